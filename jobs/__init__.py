@@ -1,0 +1,1 @@
+"""jobs: runnable entry points behind the `trufor-scan` command."""

@@ -1,0 +1,1 @@
+"""pipeline: Ray Data scanning of image archives (grows with the scan issue)."""

@@ -1,0 +1,54 @@
+"""Shared test fixtures: the ../shared data, a synthesized checkpoint, loaded models."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("TRUFOR_SHARED", REPO.parent / "shared"))
+FIXTURES = SHARED / "fixtures" / "trufor_parity"
+IMAGES = SHARED / "fixtures" / "images"
+NOISEPRINT = SHARED / "weights" / "noiseprint++.th"
+
+
+def _need_shared() -> None:
+    if not (FIXTURES.is_dir() and NOISEPRINT.is_file()):
+        msg = f"../shared (fixtures + Noiseprint++ weights) not found at {SHARED}"
+        if os.environ.get("TRUFOR_REQUIRE_SHARED"):
+            pytest.fail(msg + " and TRUFOR_REQUIRE_SHARED is set (CI must run the parity tests)")
+        pytest.skip(msg)
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    _need_shared()
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def synth_ckpt(shared, tmp_path_factory) -> Path:
+    """The fixture recipe checkpoint (untrained), written through the CLI's own code path."""
+    from trufor_core.checkpoint import write_synthetic_checkpoint
+
+    return write_synthetic_checkpoint(tmp_path_factory.mktemp("w") / "UNTRAINED-fixture.pth.tar", NOISEPRINT)
+
+
+@pytest.fixture(scope="session")
+def model(synth_ckpt):
+    from trufor_core import load_trufor
+
+    m, info = load_trufor(synth_ckpt)
+    assert info.untrained
+    return m
+
+
+def fixture_npz(name: str) -> dict[str, np.ndarray]:
+    with np.load(FIXTURES / f"{name}.npz") as z:
+        return {k: z[k] for k in z.files}
+
+
+def maxdiff(a, b) -> float:
+    return float(np.max(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))))

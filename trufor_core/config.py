@@ -1,0 +1,91 @@
+"""Typed configuration of the TruFor model and of its bounded-memory evaluation."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TruForConfig:
+    """Architecture of TruFor (official values are the defaults: MiT-B2, MLP decoder 512).
+
+    The tiny variants used by the fast tests only change sizes, never the structure.
+    """
+
+    embed_dims: tuple[int, ...] = (64, 128, 320, 512)
+    depths: tuple[int, ...] = (3, 4, 6, 3)
+    num_heads: tuple[int, ...] = (1, 2, 5, 8)
+    sr_ratios: tuple[int, ...] = (8, 4, 2, 1)
+    mlp_ratio: int = 4
+    decoder_embed_dim: int = 512
+    dncnn_depth: int = 17
+    dncnn_features: int = 64
+    # test_docker sets eps 1e-3 on the localisation head's fuse BN only; TruFor_train_test also on
+    # the confidence head ("alt" variant of the parity fixtures).
+    loc_head_bn_eps: float = 1e-3
+    conf_head_bn_eps: float = 1e-5
+
+    @classmethod
+    def official(cls, variant: str = "test_docker") -> "TruForConfig":
+        """The official architecture; variant "train_test" uses BN eps 1e-3 on both heads."""
+        if variant == "test_docker":
+            return cls()
+        if variant == "train_test":
+            return cls(conf_head_bn_eps=1e-3)
+        raise ValueError(f"unknown TruFor variant {variant!r}; expected 'test_docker' or 'train_test'")
+
+    @classmethod
+    def tiny(cls) -> "TruForConfig":
+        """A small model with the official structure, for fast tests."""
+        return cls(
+            embed_dims=(16, 32, 48, 64),
+            depths=(1, 1, 1, 1),
+            num_heads=(1, 1, 1, 1),
+            sr_ratios=(8, 4, 2, 1),
+            decoder_embed_dim=32,
+            dncnn_depth=5,
+            dncnn_features=8,
+        )
+
+    def __post_init__(self) -> None:
+        n = len(self.embed_dims)
+        lens = {k: len(getattr(self, k)) for k in ("depths", "num_heads", "sr_ratios")}
+        if n != 4 or any(v != 4 for v in lens.values()):
+            raise ValueError(f"TruFor needs 4 stages; got embed_dims={self.embed_dims}, {lens}")
+        for d, h in zip(self.embed_dims, self.num_heads):
+            if d % h:
+                raise ValueError(f"embed dim {d} is not divisible by its {h} heads")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How the forward pass is evaluated; none of these change the result beyond float rounding.
+
+    Every limit is a number of float32 elements a single temporary may hold, so memory stays
+    bounded whatever the image size; ``None`` turns that chunking off (the official behaviour).
+    """
+
+    # "sdpa": torch's fused scaled_dot_product_attention; "math": softmax(q k^T) v as the official
+    # code writes it.
+    attention: str = "sdpa"
+    # Max elements of one attention score block (queries x keys x heads).
+    attn_block_elems: int | None = 64 * 2**20
+    # Max elements of one MixFFN hidden band (rows x width x hidden channels).
+    mlp_block_elems: int | None = 64 * 2**20
+    # DnCNN tile side in pixels (a tile is evaluated with a 17-pixel halo, so it is exact).
+    dncnn_tile: int | None = 512
+    # Max elements of one decoder band (rows x width x 4*embed channels at 1/4 resolution).
+    decoder_block_elems: int | None = 64 * 2**20
+
+    def __post_init__(self) -> None:
+        if self.attention not in ("sdpa", "math"):
+            raise ValueError(f"attention must be 'sdpa' or 'math', got {self.attention!r}")
+        for name in ("attn_block_elems", "mlp_block_elems", "dncnn_tile", "decoder_block_elems"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ValueError(f"{name} must be a positive integer or None, got {v!r}")
+
+    @classmethod
+    def naive(cls) -> "EvalConfig":
+        """The official whole-image evaluation: no chunking or tiling, plain attention."""
+        return cls(attention="math", attn_block_elems=None, mlp_block_elems=None,
+                   dncnn_tile=None, decoder_block_elems=None)

@@ -1,0 +1,62 @@
+"""Image decoding exactly as the official test script does it, with safety limits."""
+from __future__ import annotations
+
+import io
+import os
+import warnings
+
+import numpy as np
+import torch
+from PIL import Image
+
+# Pillow decoders we allow; everything else is refused before any decoder runs.
+ALLOWED_FORMATS = ("JPEG", "MPO", "PNG", "TIFF", "BMP", "WEBP", "GIF")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif")
+DEFAULT_MAX_PIXELS = 100_000_000
+
+# Modes whose convert("RGB") is lossy in a way that changes the result silently (16-bit clips to
+# white, float TIFFs turn black): refused rather than guessed.
+_REFUSED_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+
+
+class ImageDecodeError(ValueError):
+    """A file that is not an allowed, decodable image within the limits."""
+
+
+def decode_rgb(source: str | os.PathLike | bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, str]:
+    """Decode to (H, W, 3) uint8 RGB as the official code does: alpha dropped, no EXIF transpose.
+
+    Returns:
+        The pixels and the Pillow format name.
+
+    Raises:
+        ImageDecodeError: unsupported format, too many pixels, unsupported mode, or a broken file.
+    """
+    fp = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
+    name = "<bytes>" if isinstance(source, (bytes, bytearray)) else str(source)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(fp, formats=ALLOWED_FORMATS) as im:
+                w, h = im.size
+                if w * h > max_pixels:
+                    raise ImageDecodeError(f"{name}: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}")
+                if im.mode in _REFUSED_MODES:
+                    raise ImageDecodeError(f"{name}: mode {im.mode} (16-bit or float) is not supported: "
+                                           "converting it to 8-bit RGB would change the pixels silently")
+                fmt = im.format
+                rgb = np.asarray(im.convert("RGB"))
+    except ImageDecodeError:
+        raise
+    except Image.UnidentifiedImageError as e:
+        raise ImageDecodeError(f"{name}: not an image in an allowed format {ALLOWED_FORMATS}") from e
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageDecodeError(f"{name}: cannot decode: {type(e).__name__}: {e}") from e
+    return rgb, fmt
+
+
+def to_model_input(rgb: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (1, 3, H, W) float32 divided by 256 (exact, as the official code)."""
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"expected an (H, W, 3) uint8 array, got {rgb.dtype} {rgb.shape}")
+    return torch.from_numpy(np.ascontiguousarray(rgb).transpose(2, 0, 1).copy())[None].float() / 256.0

@@ -1,0 +1,84 @@
+"""TruFor: Noiseprint++ + dual MiT-B2 encoder + anomaly/confidence decoders + detection."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import EvalConfig, TruForConfig
+from .decoder import MLPDecoder
+from .encoder import DualMiT
+from .noiseprint import DnCNN
+from .pooling import confpool_features, detection_head
+from .result import TruForOutput
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ImageTooSmallError(ValueError):
+    """The image is smaller than the encoder's spatial-reduction convolutions allow."""
+
+
+def min_image_side(cfg: TruForConfig) -> int:
+    """Smallest side for which every stage's sr conv sees at least one full window."""
+    # Walk the stages backwards: stage i needs a grid of at least sr_i cells.
+    need = 1
+    for i in reversed(range(4)):
+        need = max(need, cfg.sr_ratios[i])
+        stride = 4 if i == 0 else 2
+        # grid = (prev - 1) // stride + 1 >= need  <=>  prev >= (need - 1) * stride + 1
+        need = (need - 1) * stride + 1
+    return need
+
+
+class TruFor(nn.Module):
+    """The official TruFor inference model; submodule names match ``trufor.pth.tar``.
+
+    Input: (B, 3, H, W) float32 = uint8 RGB / 256. Output: ``TruForOutput``.
+    """
+
+    def __init__(self, cfg: TruForConfig | None = None):
+        super().__init__()
+        self.cfg = cfg or TruForConfig()
+        self.dncnn = DnCNN(self.cfg.dncnn_depth, self.cfg.dncnn_features)
+        self.backbone = DualMiT(self.cfg)
+        self.decode_head = MLPDecoder(self.cfg.embed_dims, 2, self.cfg.decoder_embed_dim, self.cfg.loc_head_bn_eps)
+        self.decode_head_conf = MLPDecoder(self.cfg.embed_dims, 1, self.cfg.decoder_embed_dim, self.cfg.conf_head_bn_eps)
+        self.detection = detection_head()
+        self.register_buffer("rgb_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("rgb_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.min_side = min_image_side(self.cfg)
+
+    def check_input(self, x: torch.Tensor) -> None:
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"TruFor expects a (B, 3, H, W) tensor, got shape {tuple(x.shape)}")
+        h, w = x.shape[2:]
+        if min(h, w) < self.min_side:
+            raise ImageTooSmallError(f"image of {h}x{w} px is too small: TruFor needs at least "
+                                     f"{self.min_side} px on each side")
+
+    def encode(self, x: torch.Tensor, ev: EvalConfig) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Noiseprint++ (B, H, W) and the four fused encoder features."""
+        self.check_input(x)
+        npp = self.dncnn.forward_tiled(x, ev.dncnn_tile)  # (B, 1, H, W)
+        rgb = (x - self.rgb_mean) / self.rgb_std
+        feats = self.backbone(rgb, npp.expand(-1, 3, -1, -1), ev)
+        return npp[:, 0], feats
+
+    def decode(self, npp: torch.Tensor, feats: list[torch.Tensor], ev: EvalConfig) -> TruForOutput:
+        """Both decoders, full-resolution logits, pooling and detection."""
+        size = tuple(npp.shape[-2:])
+        loc_low = self.decode_head(feats, ev)
+        conf_low = self.decode_head_conf(feats, ev)
+        loc = F.interpolate(loc_low, size=size, mode="bilinear", align_corners=False)
+        conf = F.interpolate(conf_low, size=size, mode="bilinear", align_corners=False)
+        pooled = confpool_features(loc, conf)
+        det = self.detection(pooled)[:, 0]
+        return TruForOutput(anomaly_logits=loc, conf_logits=conf, anomaly_logits_lowres=loc_low,
+                            conf_logits_lowres=conf_low, pooled=pooled, det_logit=det, noiseprint=npp)
+
+    def forward(self, x: torch.Tensor, ev: EvalConfig | None = None) -> TruForOutput:
+        ev = ev or EvalConfig()
+        npp, feats = self.encode(x, ev)
+        return self.decode(npp, feats, ev)
