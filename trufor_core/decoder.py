@@ -60,8 +60,8 @@ class MLPDecoder(nn.Module):
 
     def __init__(self, in_channels: tuple[int, ...], num_classes: int, embed_dim: int, bn_eps: float):
         super().__init__()
-        for i, c in enumerate(in_channels):
-            setattr(self, f"linear_c{i + 1}", MLP(c, embed_dim))
+        for i in reversed(range(len(in_channels))):  # c4 first, as in the official state dict
+            setattr(self, f"linear_c{i + 1}", MLP(in_channels[i], embed_dim))
         self.linear_fuse = nn.Sequential(
             nn.Conv2d(embed_dim * 4, embed_dim, 1),
             nn.BatchNorm2d(embed_dim, eps=bn_eps),

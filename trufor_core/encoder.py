@@ -15,11 +15,14 @@ class DualMiT(nn.Module):
     def __init__(self, cfg: TruForConfig):
         super().__init__()
         dims = cfg.embed_dims
+        # Registration order = the official state-dict order: all patch embeds, then per stage
+        # the RGB blocks and norm, then the extra ones.
+        for prefix in ("", "extra_"):
+            for i in range(4):
+                k, s = (7, 4) if i == 0 else (3, 2)
+                setattr(self, f"{prefix}patch_embed{i + 1}", OverlapPatchEmbed(3 if i == 0 else dims[i - 1], dims[i], k, s))
         for i in range(4):
-            in_ch = 3 if i == 0 else dims[i - 1]
-            k, s = (7, 4) if i == 0 else (3, 2)
             for prefix in ("", "extra_"):
-                setattr(self, f"{prefix}patch_embed{i + 1}", OverlapPatchEmbed(in_ch, dims[i], k, s))
                 setattr(self, f"{prefix}block{i + 1}", nn.ModuleList(
                     Block(dims[i], cfg.num_heads[i], cfg.mlp_ratio, cfg.sr_ratios[i]) for _ in range(cfg.depths[i])))
                 setattr(self, f"{prefix}norm{i + 1}", nn.LayerNorm(dims[i], eps=1e-6))

@@ -19,6 +19,11 @@ DEFAULT_MAX_PIXELS = 100_000_000
 _REFUSED_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 
 
+def _allowed_formats() -> list[str]:
+    Image.init()
+    return [f for f in ALLOWED_FORMATS if f in Image.OPEN]
+
+
 class ImageDecodeError(ValueError):
     """A file that is not an allowed, decodable image within the limits."""
 
@@ -37,7 +42,7 @@ def decode_rgb(source: str | os.PathLike | bytes, max_pixels: int = DEFAULT_MAX_
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(fp, formats=ALLOWED_FORMATS) as im:
+            with Image.open(fp, formats=_allowed_formats()) as im:
                 w, h = im.size
                 if w * h > max_pixels:
                     raise ImageDecodeError(f"{name}: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}")

@@ -41,11 +41,12 @@ class TruFor(nn.Module):
     def __init__(self, cfg: TruForConfig | None = None):
         super().__init__()
         self.cfg = cfg or TruForConfig()
-        self.dncnn = DnCNN(self.cfg.dncnn_depth, self.cfg.dncnn_features)
+        # Registration order = the official state-dict order (dncnn last).
         self.backbone = DualMiT(self.cfg)
         self.decode_head = MLPDecoder(self.cfg.embed_dims, 2, self.cfg.decoder_embed_dim, self.cfg.loc_head_bn_eps)
         self.decode_head_conf = MLPDecoder(self.cfg.embed_dims, 1, self.cfg.decoder_embed_dim, self.cfg.conf_head_bn_eps)
         self.detection = detection_head()
+        self.dncnn = DnCNN(self.cfg.dncnn_depth, self.cfg.dncnn_features)
         self.register_buffer("rgb_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("rgb_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.min_side = min_image_side(self.cfg)

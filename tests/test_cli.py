@@ -1,0 +1,185 @@
+"""CLI tier: `trufor-scan predict` reproduces the fixtures and reports bad files; weights commands."""
+from __future__ import annotations
+
+import hashlib
+import http.server
+import io
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import IMAGES, fixture_npz, maxdiff
+from jobs.cli import main
+from jobs.predict import list_inputs, output_path
+from trufor_core.weights import WeightsError, download_weights, resolve_weights
+
+
+@pytest.fixture(scope="module")
+def image_dir(shared, tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("imgs")
+    shutil.copy(IMAGES / "pristine1.jpg", d / "pristine1.jpg")
+    (d / "sub").mkdir()
+    shutil.copy(IMAGES / "synthetic_odd_333x517.png", d / "sub" / "synthetic_odd_333x517.png")
+    (d / "broken.jpg").write_bytes(b"not a jpeg at all")
+    (d / "empty.png").write_bytes(b"")
+    (d / "notes.txt").write_text("not an image")
+    return d
+
+
+def test_predict_reproduces_fixtures_and_reports_bad_files(image_dir, synth_ckpt, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = main(["predict", "--checkpoint", str(synth_ckpt), "--input", str(image_dir), "--output", str(out),
+               "--save-np"])
+    err = capsys.readouterr().err
+    assert rc == 1  # failures make the exit status non-zero
+    assert "2 errors" in err and "broken.jpg" in err and "empty.png" in err
+    assert "skipped (not an image extension)" in err and "notes.txt" in err
+    assert "UNTRAINED" in err
+    for name, rel in (("pristine1", "pristine1.jpg"), ("synthetic_odd_333x517", "sub/synthetic_odd_333x517.png")):
+        ref = fixture_npz(name)
+        with np.load(out / f"{rel}.npz") as z:
+            assert {"map", "conf", "score", "imgsize", "np++"} <= set(z.files)
+            assert z["map"].dtype == np.float32 and z["conf"].dtype == np.float32
+            assert z["score"].dtype == np.float64 and z["score"].shape == ()
+            assert z["imgsize"].dtype == np.int64 and tuple(z["imgsize"]) == tuple(ref["imgsize"])
+            assert abs(float(z["score"]) - float(ref["score"])) <= 1e-5
+            assert maxdiff(z["map"], ref["map"]) <= 5e-5
+            assert maxdiff(z["conf"], ref["conf"]) <= 5e-5
+            assert maxdiff(z["np++"], ref["np++"]) <= 5e-5
+            assert bool(z["weights_untrained"])
+    assert not (out / "broken.jpg.npz").exists()
+    # Like the official script, existing outputs are kept unless asked otherwise.
+    before = (out / "pristine1.jpg.npz").stat().st_mtime_ns
+    rc = main(["predict", "--checkpoint", str(synth_ckpt), "--input", str(image_dir / "*.jpg"), "--output", str(out)])
+    assert "1 already existed" in capsys.readouterr().err
+    assert (out / "pristine1.jpg.npz").stat().st_mtime_ns == before
+
+
+def test_predict_single_file_to_npz_via_console_script(shared, synth_ckpt, tmp_path):
+    target = tmp_path / "result.npz"
+    exe = Path(sys.executable).with_name("trufor-scan")
+    env = dict(os.environ, TRUFOR_WEIGHTS=str(synth_ckpt))
+    p = subprocess.run([str(exe), "predict", "--input", str(IMAGES / "pristine1.jpg"), "--output", str(target)],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr
+    with np.load(target) as z:
+        assert "np++" not in z.files
+        assert abs(float(z["score"]) - float(fixture_npz("pristine1")["score"])) <= 1e-5
+
+
+def test_output_naming_mirrors_official(tmp_path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    f = tmp_path / "a" / "b" / "x.png"
+    f.write_bytes(b"")
+    assert output_path(str(f), "out", str(f)) == os.path.join("out", "x.png.npz")
+    assert output_path(str(tmp_path / "a"), "out", str(f)) == os.path.join("out", "b", "x.png.npz")
+    assert output_path(str(tmp_path / "a") + "/**/*.png", "out", str(f)) == os.path.join("out", "b", "x.png.npz")
+    assert output_path(str(f), "single.npz", str(f)) == "single.npz"
+    images, others = list_inputs(str(tmp_path / "a"))
+    assert images == [str(f)] and others == []
+    with pytest.raises(FileNotFoundError, match="neither"):
+        list_inputs(str(tmp_path / "missing"))
+
+
+def test_predict_missing_weights_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("TRUFOR_WEIGHTS", raising=False)
+    monkeypatch.setenv("TRUFOR_CACHE_DIR", str(tmp_path / "cache"))
+    img = tmp_path / "i.png"
+    img.write_bytes(b"")
+    rc = main(["predict", "--input", str(img), "--output", str(tmp_path / "o"), "--no-download"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "weights download" in err and "TRUFOR_WEIGHTS" in err
+
+
+# ---- weights download against a local HTTP server ----------------------------------------------
+
+
+@pytest.fixture()
+def http_root(tmp_path):
+    root = tmp_path / "www"
+    root.mkdir()
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a, **k):
+            super().__init__(*a, directory=str(root), **k)
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield root, f"http://127.0.0.1:{srv.server_address[1]}"
+    srv.shutdown()
+
+
+def _weights_zip(payload: bytes) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("weights/trufor.pth.tar", payload)
+        zf.writestr("weights/README.txt", "readme")
+    return buf.getvalue()
+
+
+def test_download_verifies_md5_and_unpacks(http_root, tmp_path, capsys):
+    root, base = http_root
+    data = _weights_zip(b"checkpoint-bytes")
+    (root / "w.zip").write_bytes(data)
+    md5 = hashlib.md5(data).hexdigest()
+    rc = main(["weights", "download", "--dir", str(tmp_path / "d"), "--url", f"{base}/w.zip", "--md5", md5])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert (tmp_path / "d" / "trufor.pth.tar").read_bytes() == b"checkpoint-bytes"
+    assert "non-profit" in out and "GRIP-UNINA" in out
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["trufor.pth.tar"]
+
+
+def test_download_wrong_checksum_leaves_nothing(http_root, tmp_path):
+    root, base = http_root
+    (root / "w.zip").write_bytes(_weights_zip(b"tampered"))
+    with pytest.raises(WeightsError, match="checksum mismatch"):
+        download_weights(tmp_path / "d", url=f"{base}/w.zip", log=lambda m: None)  # official MD5
+    assert list((tmp_path / "d").iterdir()) == []
+    with pytest.raises(WeightsError, match="could not download"):
+        download_weights(tmp_path / "d", url=f"{base}/missing.zip", log=lambda m: None)
+
+
+def test_resolve_order_and_first_use_download(http_root, tmp_path, monkeypatch):
+    root, base = http_root
+    data = _weights_zip(b"ckpt")
+    (root / "w.zip").write_bytes(data)
+    monkeypatch.setenv("TRUFOR_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("TRUFOR_WEIGHTS", raising=False)
+    with pytest.raises(WeightsError, match="weights download"):
+        resolve_weights(None)
+    logs: list[str] = []
+    got = resolve_weights(None, allow_download=True, log=logs.append, url=f"{base}/w.zip",
+                          md5=hashlib.md5(data).hexdigest())
+    assert got == tmp_path / "cache" / "trufor.pth.tar" and any("non-profit" in m for m in logs)
+    assert resolve_weights(None) == got  # cached now
+    env_file = tmp_path / "env.pth"
+    env_file.write_bytes(b"x")
+    monkeypatch.setenv("TRUFOR_WEIGHTS", str(env_file))
+    assert resolve_weights(None) == env_file
+    arg_file = tmp_path / "arg.pth"
+    arg_file.write_bytes(b"x")
+    assert resolve_weights(str(arg_file)) == arg_file
+    with pytest.raises(WeightsError, match="not a file"):
+        resolve_weights(str(tmp_path / "nope.pth"))
+
+
+def test_synthesize_command_marks_untrained(shared, tmp_path, capsys):
+    from conftest import NOISEPRINT
+    from trufor_core.checkpoint import read_torch_file
+
+    out = tmp_path / "UNTRAINED.pth.tar"
+    assert main(["weights", "synthesize", "--out", str(out), "--noiseprint", str(NOISEPRINT)]) == 0
+    assert "UNTRAINED" in capsys.readouterr().err
+    raw = read_torch_file(out)
+    assert raw["trufor_scan_untrained"] is True and len(raw["state_dict"]) == 952
