@@ -26,6 +26,42 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 1 if s.errors else 0
 
 
+def _cmd_scan(args: argparse.Namespace) -> int:
+    from pipeline.scan import ScanConfig, run_scan
+
+    cfg = ScanConfig(input=args.input, output=args.output, checkpoint=args.checkpoint,
+                     noiseprint_weights=args.noiseprint_weights, actors=args.actors,
+                     gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor,
+                     batch_size=args.batch_size, max_pixels=args.max_pixels, run_id=args.run_id,
+                     ray_address=args.ray_address, s3_endpoint=args.s3_endpoint, variant=args.variant,
+                     allow_download=not args.no_download, progress_every_s=args.progress_every)
+    summary = run_scan(cfg)
+    print(summary.text(), file=sys.stderr)
+    return 0
+
+
+def _cmd_query(args: argparse.Namespace) -> int:
+    from pipeline.query import format_rows, run_sql
+    from pipeline.storage import StorageConfig
+
+    cols, rows = run_sql(args.output, args.sql, storage=StorageConfig.from_env(args.s3_endpoint))
+    print(format_rows(cols, rows, args.format))
+    return 0
+
+
+def _cmd_top(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from pipeline.query import format_rows, top
+    from pipeline.storage import StorageConfig
+
+    since = dt.date.fromisoformat(args.since) if args.since else None
+    cols, rows = top(args.output, k=args.k, min_score=args.min_score, since=since,
+                     storage=StorageConfig.from_env(args.s3_endpoint))
+    print(format_rows(cols, rows, args.format))
+    return 0
+
+
 def _cmd_weights_download(args: argparse.Namespace) -> int:
     from trufor_core.weights import download_weights
 
@@ -67,6 +103,42 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--no-download", action="store_true", help="fail instead of downloading missing weights")
     pr.set_defaults(func=_cmd_predict)
 
+    sc = sub.add_parser("scan", help="score an archive (folder, s3:// prefix or manifest) into Parquet + maps with Ray")
+    sc.add_argument("input", help="local directory, s3://bucket/prefix (any fsspec URI), single file, or a "
+                                  "manifest (.parquet/.csv with a uri column, or .txt with one URI per line)")
+    sc.add_argument("--output", required=True, help="local directory or object-store prefix for results/ and maps/")
+    sc.add_argument("--checkpoint", help="trufor.pth.tar (default: $TRUFOR_WEIGHTS, then the cache, then download)")
+    sc.add_argument("--noiseprint-weights", help="a noiseprint++.th-format file replacing the Noiseprint++ weights")
+    sc.add_argument("--actors", type=int, default=1, help="size of the TruFor actor pool")
+    sc.add_argument("--gpus-per-actor", type=float, default=None, help="default: 1 when a GPU exists, else 0")
+    sc.add_argument("--cpus-per-actor", type=float, default=None, help="default: the CPUs shared among actors")
+    sc.add_argument("--batch-size", type=int, default=4, help="images of one shape per forward")
+    sc.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                    help="larger images become error rows (never resized)")
+    sc.add_argument("--run-id", help="identifier written into every row (default: timestamp + random)")
+    sc.add_argument("--ray-address", help="an existing Ray cluster (default: $RAY_ADDRESS, else a local Ray)")
+    sc.add_argument("--s3-endpoint", help="S3-compatible endpoint URL (default: $AWS_ENDPOINT_URL)")
+    sc.add_argument("--variant", default="test_docker", choices=["test_docker", "train_test"])
+    sc.add_argument("--no-download", action="store_true", help="fail instead of downloading missing weights")
+    sc.add_argument("--progress-every", type=float, default=10.0, help="seconds between progress lines off a terminal")
+    sc.set_defaults(func=_cmd_scan)
+
+    q = sub.add_parser("query", help="run SQL over scan results (view `results`) with DuckDB")
+    q.add_argument("output", help="the scan's --output")
+    q.add_argument("sql", help='e.g. "SELECT uri, score FROM results ORDER BY score DESC LIMIT 10"')
+    q.add_argument("--format", default="table", choices=["table", "csv", "json"])
+    q.add_argument("--s3-endpoint")
+    q.set_defaults(func=_cmd_query)
+
+    t = sub.add_parser("top", help="the highest-scoring images with their map URIs")
+    t.add_argument("output", help="the scan's --output")
+    t.add_argument("--k", type=int, default=50)
+    t.add_argument("--min-score", type=float, default=0.5)
+    t.add_argument("--since", help="only scans on or after this date (YYYY-MM-DD)")
+    t.add_argument("--format", default="table", choices=["table", "csv", "json"])
+    t.add_argument("--s3-endpoint")
+    t.set_defaults(func=_cmd_top)
+
     w = sub.add_parser("weights", help="get, synthesize or inspect weights").add_subparsers(dest="weights_cmd", required=True)
     d = w.add_parser("download", help="fetch the official weights (MD5-checked) and show the licence")
     d.add_argument("--dir", help=f"destination directory (default: {cache_dir()})")
@@ -87,7 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (WeightsError, FileNotFoundError, ValueError, RuntimeError) as e:
-        print(f"trufor-scan: error: {e}", file=sys.stderr)
+        from pipeline.storage import redact
+
+        print(f"trufor-scan: error: {redact(str(e))}", file=sys.stderr)
         return 2
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -28,11 +29,38 @@ class ImageDecodeError(ValueError):
     """A file that is not an allowed, decodable image within the limits."""
 
 
-def decode_rgb(source: str | os.PathLike | bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, str]:
-    """Decode to (H, W, 3) uint8 RGB as the official code does: alpha dropped, no EXIF transpose.
+@dataclass
+class DecodedImage:
+    """Pixels as TruFor sees them, plus the format and EXIF fields stored in the file."""
 
-    Returns:
-        The pixels and the Pillow format name.
+    rgb: np.ndarray  # (H, W, 3) uint8
+    format: str
+    exif_make: str | None = None
+    exif_model: str | None = None
+    exif_software: str | None = None
+    exif_orientation: int | None = None
+
+
+def _exif_fields(im: Image.Image) -> dict:
+    try:
+        exif = im.getexif()
+    except Exception:  # noqa: BLE001 - broken EXIF must not lose the image
+        return {}
+
+    def text(tag: int) -> str | None:
+        v = exif.get(tag)
+        if v is None:
+            return None
+        v = v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+        return v.strip("\x00 ").strip() or None
+
+    orientation = exif.get(274)
+    return {"exif_make": text(271), "exif_model": text(272), "exif_software": text(305),
+            "exif_orientation": int(orientation) if isinstance(orientation, int) else None}
+
+
+def decode_image(source: str | os.PathLike | bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+    """Decode to (H, W, 3) uint8 RGB as the official code does: alpha dropped, no EXIF transpose.
 
     Raises:
         ImageDecodeError: unsupported format, too many pixels, unsupported mode, or a broken file.
@@ -49,6 +77,7 @@ def decode_rgb(source: str | os.PathLike | bytes, max_pixels: int = DEFAULT_MAX_
                 if im.mode in _REFUSED_MODES:
                     raise ImageDecodeError(f"{name}: mode {im.mode} (16-bit or float) is not supported: "
                                            "converting it to 8-bit RGB would change the pixels silently")
+                meta = _exif_fields(im)
                 fmt = im.format
                 rgb = np.asarray(im.convert("RGB"))
     except ImageDecodeError:
@@ -57,7 +86,13 @@ def decode_rgb(source: str | os.PathLike | bytes, max_pixels: int = DEFAULT_MAX_
         raise ImageDecodeError(f"{name}: not an image in an allowed format {ALLOWED_FORMATS}") from e
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageDecodeError(f"{name}: cannot decode: {type(e).__name__}: {e}") from e
-    return rgb, fmt
+    return DecodedImage(rgb=rgb, format=fmt, **meta)
+
+
+def decode_rgb(source: str | os.PathLike | bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, str]:
+    """(pixels, format) of ``decode_image``."""
+    img = decode_image(source, max_pixels)
+    return img.rgb, img.format
 
 
 def to_model_input(rgb: np.ndarray) -> torch.Tensor:

@@ -1,0 +1,152 @@
+"""The callable predictor: loads TruFor once per actor, scores a batch, writes maps, returns rows."""
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from trufor_core import EvalConfig, load_trufor
+
+from . import maps
+from .schema import STATUS_ERROR, STATUS_OK, ScanRow, rows_to_table
+from .storage import StorageConfig, redact
+
+MODEL_NAME = "trufor-detconfcmx-mit_b2"
+
+
+@dataclass(frozen=True)
+class PredictorConfig:
+    """Everything an actor needs; passed through Ray as constructor arguments, never globals.
+
+    Attributes:
+        checkpoint: TruFor weights file (resolved on the driver).
+        maps_root: where compressed maps go (``OUTPUT/maps``).
+        run_id: identifier written into every row.
+        code_version: trufor-scan version (+ git commit) written into every row.
+        noiseprint_weights: optional replacement Noiseprint++ weights.
+        variant: "test_docker" or "train_test" numerics.
+        device: "auto", "cpu", "cuda"...
+        batch_size: most images of one shape per forward.
+        batch_max_pixels: most pixels in one forward; larger images go alone (bounded-memory path).
+        torch_threads: intra-op threads (Ray gives workers OMP_NUM_THREADS=1).
+        storage: object-store endpoint settings.
+    """
+
+    checkpoint: str
+    maps_root: str
+    run_id: str
+    code_version: str
+    noiseprint_weights: str | None = None
+    variant: str = "test_docker"
+    device: str = "auto"
+    batch_size: int = 4
+    batch_max_pixels: int = 2_000_000
+    torch_threads: int | None = None
+    storage: StorageConfig = field(default_factory=StorageConfig)
+
+
+def _node_id() -> str | None:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    except Exception:  # noqa: BLE001 - provenance only
+        return None
+
+
+def group_batches(shapes: list[tuple[int, int]], batch_size: int, max_pixels: int) -> list[list[int]]:
+    """Indices grouped by shape, split so a group has <= batch_size images and <= max_pixels pixels."""
+    by_shape: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for i, s in enumerate(shapes):
+        by_shape[s].append(i)
+    groups = []
+    for (h, w), idx in by_shape.items():
+        per = max(1, min(batch_size, max_pixels // max(1, h * w)))
+        groups += [idx[k:k + per] for k in range(0, len(idx), per)]
+    return groups
+
+
+class TruForPredictor:
+    """Ray Data callable class (``map_batches(TruForPredictor, compute=ActorPoolStrategy(...))``)."""
+
+    def __init__(self, cfg: PredictorConfig):
+        if cfg.torch_threads:
+            torch.set_num_threads(cfg.torch_threads)
+        self.cfg = cfg
+        dev = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else ("cpu" if cfg.device == "auto" else cfg.device)
+        self.device = torch.device(dev)
+        self.model, self.info = load_trufor(cfg.checkpoint, noiseprint=cfg.noiseprint_weights, variant=cfg.variant,
+                                            device=self.device)
+        self.ev = EvalConfig()
+        name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else f"{torch.get_num_threads()} threads"
+        self.device_desc = f"{self.device} ({name})"
+        self.node_id = _node_id()
+
+    def _common(self) -> dict:
+        return {"model_name": MODEL_NAME, "weights_sha256": self.info.sha256,
+                "noiseprint_sha256": self.info.noiseprint_sha256, "weights_untrained": self.info.untrained,
+                "code_version": self.cfg.code_version, "torch_version": torch.__version__,
+                "device": self.device_desc, "ray_node_id": self.node_id, "run_id": self.cfg.run_id}
+
+    def _score(self, pixels: list[np.ndarray]) -> list:
+        x = torch.from_numpy(np.stack(pixels).transpose(0, 3, 1, 2).copy()).to(self.device).float() / 256.0
+        with torch.inference_mode():
+            return self.model(x, self.ev).results()
+
+    def _result_fields(self, res, sha256: str) -> dict:
+        a, c = res.anomaly_map, res.confidence_map
+        uri = maps.save(self.cfg.maps_root, sha256, a, c, self.cfg.storage)
+        return {"score": res.score, "det_logit": res.det_logit, **res.pooled_features(),
+                "frac_anom": float(np.mean(a > 0.5)), "frac_anom_conf": float(np.mean((a > 0.5) & (c > 0.5))),
+                "max_anom_conf": float(np.max(a * c)), "map_uri": uri, "map_codec": maps.MAP_CODEC}
+
+    def _run_group(self, idx: list[int], pixels, base: list[dict], extra: list[dict]) -> None:
+        """Score one same-shape group; a failing group is retried image by image to isolate the culprit."""
+        t0 = time.perf_counter()
+        try:
+            results = self._score([pixels[i] for i in idx])
+        except Exception as e:  # noqa: BLE001 - becomes error rows, the actor lives on
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if len(idx) > 1:
+                for i in idx:
+                    self._run_group([i], pixels, base, extra)
+            else:
+                extra[idx[0]] = {"status": STATUS_ERROR, "error": redact(f"inference failed: {type(e).__name__}: {e}")}
+            return
+        fwd_ms = (time.perf_counter() - t0) * 1000 / len(idx)
+        for i, res in zip(idx, results):
+            t1 = time.perf_counter()
+            try:
+                extra[i] = self._result_fields(res, base[i]["sha256"])
+                extra[i]["elapsed_ms"] = fwd_ms + (time.perf_counter() - t1) * 1000
+            except Exception as e:  # noqa: BLE001 - e.g. the map store is unreachable
+                extra[i] = {"status": STATUS_ERROR, "error": redact(f"writing the map failed: {type(e).__name__}: {e}")}
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        n = len(batch["uri"])
+        base = [{k: (None if isinstance(v[i], float) and v[i] != v[i] else v[i])
+                 for k, v in batch.items() if k != "pixels"} for i in range(n)]
+        extra: list[dict] = [{} for _ in range(n)]
+        ok = [i for i in range(n) if base[i]["status"] == STATUS_OK]
+        groups = group_batches([tuple(batch["pixels"][i].shape[:2]) for i in ok], self.cfg.batch_size,
+                               self.cfg.batch_max_pixels)
+        for g in groups:
+            self._run_group([ok[j] for j in g], batch["pixels"], base, extra)
+        now = dt.datetime.now(dt.timezone.utc)
+        common = self._common()
+        rows = []
+        for i in range(n):
+            fields = {k: base[i].get(k) for k in ("uri", "status", "size_bytes", "etag_or_mtime", "sha256", "format",
+                                                   "width", "height", "exif_make", "exif_model", "exif_software",
+                                                   "exif_orientation", "error")}
+            fields.update(common)
+            fields.update(extra[i])
+            fields["scanned_at"] = now
+            rows.append(ScanRow(**fields))
+        return rows_to_table(rows)

@@ -1,0 +1,97 @@
+"""The one output-row schema: a typed dataclass that maps 1:1 to the Parquet (pyarrow) schema."""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import types
+import typing
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from trufor_core.pooling import POOLED_FEATURE_NAMES
+
+STATUS_OK, STATUS_ERROR, STATUS_SKIPPED = "ok", "error", "skipped"
+
+
+@dataclass
+class ScanRow:
+    """One row per input file. ``None`` means "not applicable" (e.g. no score on an error row).
+
+    Provenance: uri, size_bytes, etag_or_mtime, sha256 (of the file bytes).
+    Image: format, width, height, exif_* (as stored, orientation not applied: neither does TruFor).
+    Outcome: status (ok / error / skipped), error (message).
+    Model outputs: score = sigmoid(det_logit); the 8 pooled features fed to the detector;
+    frac_anom_conf = fraction of pixels with anomaly > 0.5 and confidence > 0.5;
+    frac_anom = fraction with anomaly > 0.5; max_anom_conf = max of anomaly * confidence.
+    Maps: map_uri (content-addressed by sha256, shared by identical files), map_codec.
+    Run: model_name, weights_sha256, noiseprint_sha256 (when replaced), weights_untrained,
+    code_version, torch_version, device, ray_node_id, run_id, scanned_at, elapsed_ms.
+    """
+
+    uri: str
+    status: str
+    size_bytes: int | None = None
+    etag_or_mtime: str | None = None
+    sha256: str | None = None
+    format: str | None = None
+    width: int | None = None
+    height: int | None = None
+    exif_make: str | None = None
+    exif_model: str | None = None
+    exif_software: str | None = None
+    exif_orientation: int | None = None
+    error: str | None = None
+    score: float | None = None
+    conf_softmin: float | None = None
+    conf_softmax: float | None = None
+    conf_mean: float | None = None
+    conf_msq: float | None = None
+    anom_softmin: float | None = None
+    anom_softmax: float | None = None
+    anom_mean: float | None = None
+    anom_msq: float | None = None
+    det_logit: float | None = None
+    frac_anom: float | None = None
+    frac_anom_conf: float | None = None
+    max_anom_conf: float | None = None
+    map_uri: str | None = None
+    map_codec: str | None = None
+    model_name: str | None = None
+    weights_sha256: str | None = None
+    noiseprint_sha256: str | None = None
+    weights_untrained: bool | None = None
+    code_version: str | None = None
+    torch_version: str | None = None
+    device: str | None = None
+    ray_node_id: str | None = None
+    run_id: str | None = None
+    scanned_at: dt.datetime | None = None
+    elapsed_ms: float | None = None
+
+
+if tuple(f"{k}" for k in POOLED_FEATURE_NAMES) != tuple(f.name for f in dataclasses.fields(ScanRow)[14:22]):
+    raise ImportError("ScanRow's pooled-feature columns are out of step with trufor_core.POOLED_FEATURE_NAMES")
+
+_ARROW_TYPES = {str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_(),
+                dt.datetime: pa.timestamp("us", tz="UTC")}
+
+
+def _arrow_field(f: dataclasses.Field, hints: dict) -> pa.Field:
+    t = hints[f.name]
+    args = [a for a in typing.get_args(t) if a is not type(None)] if isinstance(t, types.UnionType) else [t]
+    return pa.field(f.name, _ARROW_TYPES[args[0]], nullable=isinstance(t, types.UnionType))
+
+
+ROW_SCHEMA: pa.Schema = pa.schema([_arrow_field(f, typing.get_type_hints(ScanRow)) for f in dataclasses.fields(ScanRow)])
+COLUMNS: tuple[str, ...] = tuple(ROW_SCHEMA.names)
+PARTITION_COLUMN = "scan_date"  # hive partition directory, not stored inside the files
+
+
+def rows_to_table(rows: list[ScanRow]) -> pa.Table:
+    """Rows -> a table with exactly ``ROW_SCHEMA``."""
+    return pa.Table.from_pylist([dataclasses.asdict(r) for r in rows], schema=ROW_SCHEMA)
+
+
+def table_to_rows(table: pa.Table) -> list[ScanRow]:
+    return [ScanRow(**d) for d in table.select(list(COLUMNS)).to_pylist()]

@@ -1,0 +1,57 @@
+"""Filesystems for local paths and object storage (fsspec), with credentials kept out of sight."""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+import fsspec
+
+_SECRET_RE = re.compile(r"(?i)(aws_secret_access_key|aws_access_key_id|secret|signature|credential|"
+                        r"x-amz-[a-z-]+|token)=([^&\s]+)")
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """How to reach object storage. Credentials are never stored here: each process takes them
+    from the standard chain (environment, ~/.aws, instance role), so they cannot leak into rows,
+    logs or task arguments.
+
+    Attributes:
+        endpoint_url: an S3-compatible endpoint (MinIO, a local moto server, ...); None = AWS.
+        anon: unsigned requests (public buckets).
+    """
+
+    endpoint_url: str | None = None
+    anon: bool = False
+
+    @classmethod
+    def from_env(cls, endpoint_url: str | None = None) -> "StorageConfig":
+        return cls(endpoint_url=endpoint_url or os.environ.get("TRUFOR_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL"))
+
+    def options(self, protocol: str) -> dict:
+        if protocol in ("s3", "s3a"):
+            opts: dict = {"anon": self.anon}
+            if self.endpoint_url:
+                opts["endpoint_url"] = self.endpoint_url
+            return opts
+        return {}
+
+    def filesystem(self, uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+        """(filesystem, path inside it) for a local path or a URI such as s3://bucket/key."""
+        protocol = uri.split("://", 1)[0] if "://" in uri else "file"
+        return fsspec.core.url_to_fs(uri, **self.options(protocol))
+
+
+def is_remote(uri: str) -> bool:
+    return "://" in uri and not uri.startswith("file://")
+
+
+def redact(text: str) -> str:
+    """Remove anything that looks like a credential from a message before it is stored or shown."""
+    text = _SECRET_RE.sub(lambda m: f"{m.group(1)}=***", text)
+    for var in ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN"):
+        val = os.environ.get(var)
+        if val and len(val) >= 4:
+            text = text.replace(val, "***")
+    return text

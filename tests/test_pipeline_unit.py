@@ -1,0 +1,223 @@
+"""Pipeline pieces without Ray: schema, maps, listing, decoding rows, the predictor on a hand-built batch, SQL."""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import io
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from pipeline import maps
+from pipeline.listing import list_input, read_manifest
+from pipeline.predictor import PredictorConfig, TruForPredictor, group_batches
+from pipeline.preprocess import load_batch, load_one
+from pipeline.query import format_rows, run_sql, top
+from pipeline.schema import COLUMNS, ROW_SCHEMA, ScanRow, rows_to_table, table_to_rows
+from pipeline.storage import StorageConfig, redact
+
+ST = StorageConfig()
+
+
+def test_schema_is_declared_once_and_round_trips():
+    assert list(COLUMNS) == [f.name for f in dataclasses.fields(ScanRow)]
+    assert ROW_SCHEMA.field("score").type == pa.float64()
+    assert ROW_SCHEMA.field("weights_untrained").type == pa.bool_()
+    assert ROW_SCHEMA.field("scanned_at").type == pa.timestamp("us", tz="UTC")
+    assert not ROW_SCHEMA.field("uri").nullable and ROW_SCHEMA.field("score").nullable
+    row = ScanRow(uri="a.jpg", status="ok", score=0.25, width=3, weights_untrained=True,
+                  scanned_at=dt.datetime(2026, 1, 2, tzinfo=dt.timezone.utc))
+    t = rows_to_table([row])
+    assert t.schema == ROW_SCHEMA
+    assert table_to_rows(t) == [row]
+
+
+def test_maps_round_trip_within_quantisation(tmp_path):
+    rng = np.random.default_rng(0)
+    a = rng.random((37, 53), dtype=np.float32)
+    c = rng.random((37, 53), dtype=np.float32)
+    uri = maps.save(str(tmp_path / "maps"), "ab" + "0" * 62, a, c)
+    assert uri.endswith("/ab/ab" + "0" * 62 + ".png")
+    a2, c2 = maps.load(uri)
+    assert a2.dtype == np.float32 and a2.shape == a.shape
+    assert np.abs(a2 - a).max() <= 0.5 / 255 + 1e-7 and np.abs(c2 - c).max() <= 0.5 / 255 + 1e-7
+    with Image.open(uri) as im:  # a person can open it
+        assert im.mode == "LA" and im.size == (53, 37)
+    with pytest.raises(ValueError, match="equal"):
+        maps.encode(a, c[:3])
+
+
+def _jpeg(h=64, w=64, exif: dict | None = None) -> bytes:
+    img = Image.fromarray(np.random.default_rng(h * w).integers(0, 255, (h, w, 3), dtype=np.uint8))
+    buf = io.BytesIO()
+    ex = Image.Exif()
+    for k, v in (exif or {}).items():
+        ex[k] = v
+    img.save(buf, format="JPEG", exif=ex.tobytes() if exif else b"")
+    return buf.getvalue()
+
+
+def test_listing_recursive_with_skips_and_manifests(tmp_path):
+    (tmp_path / "d" / "sub").mkdir(parents=True)
+    (tmp_path / "d" / "a.jpg").write_bytes(_jpeg())
+    (tmp_path / "d" / "sub" / "b.PNG").write_bytes(b"x")
+    (tmp_path / "d" / "notes.txt").write_text("hi")
+    files = list_input(str(tmp_path / "d"), ST)
+    assert [f.uri.rsplit("/", 1)[-1] for f in files] == ["a.jpg", "notes.txt", "b.PNG"]
+    assert files[0].size_bytes > 0 and files[0].etag_or_mtime and files[0].skip_reason is None
+    assert "not an allowed image extension" in files[1].skip_reason
+    (tmp_path / "m.txt").write_text(f"# list\n{tmp_path}/d/a.jpg\n\n{tmp_path}/d/missing.jpg\n")
+    assert [f.uri for f in list_input(str(tmp_path / "m.txt"), ST)] == [f"{tmp_path}/d/a.jpg", f"{tmp_path}/d/missing.jpg"]
+    (tmp_path / "m.csv").write_text(f"camera,uri\nx,{tmp_path}/d/a.jpg\n")
+    assert read_manifest(str(tmp_path / "m.csv"), ST) == [f"{tmp_path}/d/a.jpg"]
+    pq.write_table(pa.table({"uri": [f"{tmp_path}/d/a.jpg"]}), tmp_path / "m.parquet")
+    assert read_manifest(str(tmp_path / "m.parquet"), ST) == [f"{tmp_path}/d/a.jpg"]
+    with pytest.raises(FileNotFoundError):
+        list_input(str(tmp_path / "nope"), ST)
+
+
+@pytest.mark.parametrize("name,data,msg", [
+    ("zero.jpg", b"", "empty file"),
+    ("text.jpg", b"hello, I am text", "not an image in an allowed format"),
+    ("trunc.jpg", None, "cannot decode"),
+    ("tiny.jpg", "tiny", "too small"),
+    ("deep.png", "16bit", "16-bit or float"),
+    ("missing.jpg", "missing", "FileNotFoundError"),
+])
+def test_bad_files_become_error_rows(tmp_path, name, data, msg):
+    p = tmp_path / name
+    if data is None:
+        p.write_bytes(_jpeg(80, 80)[:400])
+    elif data == "tiny":
+        p.write_bytes(_jpeg(20, 40))
+    elif data == "16bit":
+        buf = io.BytesIO()
+        Image.fromarray(np.full((40, 40), 50000, np.uint16)).save(buf, format="PNG")
+        p.write_bytes(buf.getvalue())
+    elif data != "missing":
+        p.write_bytes(data)
+    row = load_one(str(p), None, None, None, ST, 10**8, 29)
+    assert row["status"] == "error" and msg in row["error"] and str(p) in row["error"]
+    assert row["pixels"].size == 0
+
+
+def test_good_file_row_has_hash_and_exif(tmp_path):
+    import hashlib
+
+    data = _jpeg(48, 72, {271: "Canon", 272: "EOS 5D", 305: "GIMP 2.10", 274: 6})
+    p = tmp_path / "ok.jpg"
+    p.write_bytes(data)
+    batch = load_batch({"uri": np.array([str(p), str(p) + ".txt"], dtype=object),
+                        "size_bytes": np.array([len(data), np.nan]), "etag_or_mtime": np.array(["e1", None], dtype=object),
+                        "skip_reason": np.array([None, "skipped: .txt"], dtype=object)}, ST, 10**8, 29)
+    assert batch["status"] == ["ok", "skipped"]
+    assert batch["sha256"][0] == hashlib.sha256(data).hexdigest()
+    assert (batch["width"][0], batch["height"][0], batch["format"][0]) == (72, 48, "JPEG")
+    assert (batch["exif_make"][0], batch["exif_model"][0], batch["exif_software"][0], batch["exif_orientation"][0]) == \
+        ("Canon", "EOS 5D", "GIMP 2.10", 6)
+    assert batch["pixels"][0].shape == (48, 72, 3) and batch["error"][1] == "skipped: .txt"
+
+
+def test_group_batches():
+    shapes = [(10, 10), (20, 20), (10, 10), (10, 10), (30, 30)]
+    assert group_batches(shapes, 2, 10**6) == [[0, 2], [3], [1], [4]]
+    assert group_batches(shapes, 4, 250) == [[0, 2], [3], [1], [4]]  # pixel budget: 2 of 100 px
+
+
+def test_redact_hides_credentials(monkeypatch):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "SuperSecretValue42")
+    s = redact("GET https://x/?X-Amz-Signature=abcdef&a=1 failed; key SuperSecretValue42 aws_secret_access_key=zzz")
+    assert "abcdef" not in s and "SuperSecretValue42" not in s and "zzz" not in s
+
+
+# ---- predictor on a hand-built batch (no Ray) --------------------------------------------------
+
+
+def test_predictor_hand_built_batch(shared, synth_ckpt, model, tmp_path):
+    import torch
+
+    from conftest import IMAGES
+    from trufor_core.image import decode_rgb, to_model_input
+
+    rgb, _ = decode_rgb(IMAGES / "tampered2.png")  # 256x256
+    flipped = np.ascontiguousarray(rgb[::-1])
+    pix = np.empty(4, dtype=object)
+    pix[:] = [rgb, flipped, np.zeros((0, 0, 3), np.uint8), rgb]
+    batch = {"uri": np.array(["a.png", "b.png", "bad.png", "c.png"], dtype=object),
+             "status": np.array(["ok", "ok", "error", "ok"], dtype=object),
+             "error": np.array([None, None, "broken", None], dtype=object),
+             "sha256": np.array(["a" * 64, "b" * 64, None, "a" * 64], dtype=object),
+             "size_bytes": np.array([1, 2, 3, 4]), "pixels": pix}
+    cfg = PredictorConfig(checkpoint=str(synth_ckpt), maps_root=str(tmp_path / "maps"), run_id="r1",
+                          code_version="test", batch_size=2, torch_threads=2)
+    pred = TruForPredictor(cfg)
+    table = pred(batch)
+    assert table.schema == ROW_SCHEMA
+    rows = table_to_rows(table)
+    assert [r.status for r in rows] == ["ok", "ok", "error", "ok"]
+    assert rows[2].error == "broken" and rows[2].score is None
+    assert all(r.weights_untrained and r.run_id == "r1" and r.model_name for r in rows)
+    with torch.inference_mode():
+        ref = model(to_model_input(rgb)).results()[0]
+    assert abs(rows[0].score - ref.score) <= 1e-5 and abs(rows[3].score - ref.score) <= 1e-5
+    assert rows[0].map_uri == rows[3].map_uri  # content-addressed: one map per distinct file
+    a, c = maps.load(rows[0].map_uri)
+    assert np.abs(a - ref.anomaly_map).max() <= 1 / 255 and np.abs(c - ref.confidence_map).max() <= 1 / 255
+    assert rows[0].conf_mean == pytest.approx(float(ref.pooled[2]), abs=1e-5)
+    assert rows[0].frac_anom_conf == pytest.approx(float(np.mean((ref.anomaly_map > .5) & (ref.confidence_map > .5))))
+    assert rows[0].max_anom_conf == pytest.approx(float(np.max(ref.anomaly_map * ref.confidence_map)), abs=1e-6)
+
+    # A model failure becomes an error row for that image only; the predictor keeps working.
+    real = pred.model.forward
+
+    def failing(x, ev=None):
+        if x.shape[0] > 1 or float(x[0, 0, 0, 0]) == float(flipped[0, 0, 0]) / 256:
+            raise RuntimeError("boom")
+        return real(x, ev)
+
+    pred.model.forward = failing
+    rows = table_to_rows(pred(batch))
+    assert [r.status for r in rows] == ["ok", "error", "error", "ok"]
+    assert "inference failed: RuntimeError: boom" in rows[1].error
+
+
+# ---- SQL ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def results_dir(tmp_path):
+    rows = [ScanRow(uri=f"img{i}.jpg", status="ok", score=s, frac_anom_conf=0.1, max_anom_conf=0.5,
+                    map_uri=f"maps/{i}.png", run_id="r", weights_untrained=True,
+                    scanned_at=dt.datetime(2026, 11, d, tzinfo=dt.timezone.utc))
+            for i, (s, d) in enumerate([(0.9, 20), (0.4, 20), (0.7, 21), (0.95, 21)])]
+    rows.append(ScanRow(uri="bad.jpg", status="error", error="broken", run_id="r"))
+    # img0 scanned again later with a lower score: top() must use the latest scan.
+    rows.append(ScanRow(uri="img0.jpg", status="ok", score=0.6, run_id="r2", scanned_at=dt.datetime(2026, 11, 21, 5, tzinfo=dt.timezone.utc)))
+    for date, sel in (("2026-11-20", [0, 1, 4]), ("2026-11-21", [2, 3, 5])):
+        d = tmp_path / "results" / f"scan_date={date}"
+        d.mkdir(parents=True)
+        pq.write_table(rows_to_table([rows[i] for i in sel]), d / "part-0.parquet")
+    return str(tmp_path)
+
+
+def test_query_and_top(results_dir):
+    cols, rows = run_sql(results_dir, "SELECT status, count(*) FROM results GROUP BY status ORDER BY status")
+    assert rows == [("error", 1), ("ok", 5)]
+    cols, rows = run_sql(results_dir, "SELECT uri FROM results WHERE scan_date = ? ORDER BY uri", ["2026-11-20"])
+    assert [r[0] for r in rows] == ["bad.jpg", "img0.jpg", "img1.jpg"]
+    cols, rows = top(results_dir, k=10, min_score=0.5)
+    assert [r[0] for r in rows] == ["img3.jpg", "img2.jpg", "img0.jpg"]
+    assert rows[-1][1] == 0.6  # latest scan of img0
+    cols, rows = top(results_dir, k=1, min_score=0.0, since=dt.date(2026, 11, 21))
+    assert [r[0] for r in rows] == ["img3.jpg"] and "map_uri" in cols
+    # A hostile value is data, not SQL.
+    cols, rows = run_sql(results_dir, "SELECT count(*) FROM results WHERE uri = ?", ["x' OR '1'='1"])
+    assert rows == [(0,)]
+    assert '"uri": "img3.jpg"' in format_rows(*top(results_dir, k=1), "json")
+    assert format_rows(*top(results_dir, k=1), "csv").splitlines()[1].startswith("img3.jpg,0.95")
+    assert "(1 rows)" in format_rows(*top(results_dir, k=1), "table")
+    with pytest.raises(FileNotFoundError, match="no scan results"):
+        run_sql(str(results_dir) + "/nothing", "SELECT 1")
