@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+import tempfile
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -13,10 +15,13 @@ import torch
 from trufor_core import EvalConfig, load_trufor
 
 from . import maps
-from .schema import STATUS_ERROR, STATUS_OK, ScanRow, rows_to_table
-from .storage import StorageConfig, redact
+from .schema import STATUS_ERROR, STATUS_OK, ScanRow, coerce, rows_to_table
+from .storage import StorageConfig, is_remote, redact
 
 MODEL_NAME = "trufor-detconfcmx-mit_b2"
+# Columns the pre-processing stage fills and the predictor passes through unchanged.
+_PASSED_THROUGH = ("uri", "status", "size_bytes", "etag_or_mtime", "sha256", "format", "width", "height",
+                   "exif_make", "exif_model", "exif_software", "exif_orientation", "error")
 
 
 @dataclass(frozen=True)
@@ -80,12 +85,25 @@ class TruForPredictor:
         self.cfg = cfg
         dev = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else ("cpu" if cfg.device == "auto" else cfg.device)
         self.device = torch.device(dev)
-        self.model, self.info = load_trufor(cfg.checkpoint, noiseprint=cfg.noiseprint_weights, variant=cfg.variant,
-                                            device=self.device)
+        self.model, self.info = load_trufor(self._local_copy(cfg.checkpoint), variant=cfg.variant, device=self.device,
+                                            noiseprint=self._local_copy(cfg.noiseprint_weights))
         self.ev = EvalConfig()
         name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else f"{torch.get_num_threads()} threads"
         self.device_desc = f"{self.device} ({name})"
         self.node_id = _node_id()
+
+    def _local_copy(self, uri: str | None) -> str | None:
+        """Weights on object storage are copied once to this node's disk (torch.load needs a file)."""
+        if uri is None or not is_remote(uri):
+            return uri
+        fs, path = self.cfg.storage.filesystem(uri)
+        local = os.path.join(tempfile.gettempdir(), "trufor-scan-weights", fs.info(path).get("ETag", "x").strip('"'),
+                             os.path.basename(path))
+        if not os.path.isfile(local):
+            os.makedirs(os.path.dirname(local), exist_ok=True)
+            fs.get(path, local + ".part")
+            os.replace(local + ".part", local)
+        return local
 
     def _common(self) -> dict:
         return {"model_name": MODEL_NAME, "weights_sha256": self.info.sha256,
@@ -130,8 +148,7 @@ class TruForPredictor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         n = len(batch["uri"])
-        base = [{k: (None if isinstance(v[i], float) and v[i] != v[i] else v[i])
-                 for k, v in batch.items() if k != "pixels"} for i in range(n)]
+        base = [{k: coerce(k, batch[k][i]) for k in _PASSED_THROUGH if k in batch} for i in range(n)]
         extra: list[dict] = [{} for _ in range(n)]
         ok = [i for i in range(n) if base[i]["status"] == STATUS_OK]
         groups = group_batches([tuple(batch["pixels"][i].shape[:2]) for i in ok], self.cfg.batch_size,
@@ -142,9 +159,7 @@ class TruForPredictor:
         common = self._common()
         rows = []
         for i in range(n):
-            fields = {k: base[i].get(k) for k in ("uri", "status", "size_bytes", "etag_or_mtime", "sha256", "format",
-                                                   "width", "height", "exif_make", "exif_model", "exif_software",
-                                                   "exif_orientation", "error")}
+            fields = {k: base[i].get(k) for k in _PASSED_THROUGH}
             fields.update(common)
             fields.update(extra[i])
             fields["scanned_at"] = now

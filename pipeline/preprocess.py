@@ -7,7 +7,7 @@ import numpy as np
 
 from trufor_core.image import ImageDecodeError, decode_image
 
-from .schema import STATUS_ERROR, STATUS_OK, STATUS_SKIPPED
+from .schema import STATUS_ERROR, STATUS_OK, STATUS_SKIPPED, coerce, py_value
 from .storage import StorageConfig, redact
 
 EMPTY_PIXELS = np.zeros((0, 0, 3), np.uint8)
@@ -47,17 +47,12 @@ def load_one(uri: str, size_bytes, etag_or_mtime, skip_reason, storage: StorageC
     return row
 
 
-def _none(v):
-    """Arrow nulls arrive as None or NaN in numpy batches."""
-    return None if v is None or (isinstance(v, float) and v != v) else v
-
-
 def load_batch(batch: dict[str, np.ndarray], storage: StorageConfig, max_pixels: int, min_side: int) -> dict:
     """Ray Data UDF: a batch of listed files -> decoded rows (``pixels`` holds the RGB arrays)."""
     rows = []
     for u, s, e, k in zip(batch["uri"], batch["size_bytes"], batch["etag_or_mtime"], batch["skip_reason"]):
-        s = _none(s)
-        rows.append(load_one(str(u), None if s is None else int(s), _none(e), _none(k), storage, max_pixels, min_side))
+        rows.append(load_one(str(u), coerce("size_bytes", s), coerce("etag_or_mtime", e), py_value(k), storage,
+                             max_pixels, min_side))
     out = {k: [r[k] for r in rows] for k in rows[0]} if rows else {}
     if rows:
         pix = np.empty(len(rows), dtype=object)

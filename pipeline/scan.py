@@ -25,6 +25,8 @@ from .preprocess import load_batch
 from .schema import PARTITION_COLUMN, ROW_SCHEMA, STATUS_ERROR, STATUS_OK, STATUS_SKIPPED, ScanRow, rows_to_table
 from .storage import StorageConfig, is_remote, redact
 
+DECODE_CPUS = 0.25  # per decode task: reading, hashing and decoding are light next to TruFor
+
 # Quiet, local-friendly Ray defaults; a user's own environment wins.
 RAY_ENV_DEFAULTS = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
                     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_DATA_LOG_LEVEL": "ERROR"}
@@ -151,6 +153,9 @@ def _actor_resources(cfg: ScanConfig) -> tuple[float, float, int]:
     total = res.get("CPU", os.cpu_count() or 1)
     # Leave half a CPU for the decode tasks; torch in each actor uses its share of cores.
     cpus = cfg.cpus_per_actor or max(0.25, (total - 0.5) / cfg.actors)
+    if cpus * cfg.actors > total - DECODE_CPUS:
+        raise ValueError(f"{cfg.actors} actors x {cpus:g} CPUs leave no CPU for the decode tasks "
+                         f"({DECODE_CPUS} CPU each) on a cluster of {total:g} CPUs: lower --cpus-per-actor or --actors")
     return cpus, 0.0, max(1, round(cpus + 0.5 / cfg.actors))
 
 
@@ -222,11 +227,13 @@ def run_scan(cfg: ScanConfig, log: Callable[[str], None] = lambda m: print(m, fi
                                    batch_size=cfg.batch_size, torch_threads=threads, storage=storage)
             items = [asdict(f) for f in listing]
             ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 4 * cfg.actors * 8)))
-            ds = ds.map_batches(load_batch, batch_size=cfg.batch_size, num_cpus=0.25,
+            ds = ds.map_batches(load_batch, batch_size=cfg.batch_size, num_cpus=DECODE_CPUS,
                                 fn_kwargs={"storage": storage, "max_pixels": cfg.max_pixels,
                                            "min_side": min_image_side(TruForConfig())})
+            # SPREAD: actors go to different nodes first, so a cluster's nodes all work.
             ds = ds.map_batches(TruForPredictor, fn_constructor_kwargs={"cfg": pcfg}, batch_size=cfg.batch_size,
-                                compute=ray.data.ActorPoolStrategy(size=cfg.actors), num_cpus=cpus, num_gpus=gpus)
+                                compute=ray.data.ActorPoolStrategy(size=cfg.actors), num_cpus=cpus, num_gpus=gpus,
+                                scheduling_strategy="SPREAD")
             log(f"scan {run_id}: {cfg.actors} actor(s) x ({cpus:g} CPU, {gpus:g} GPU, {threads} torch threads)")
             for table in ds.iter_batches(batch_format="pyarrow", batch_size=None):
                 take(table)

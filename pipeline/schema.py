@@ -88,6 +88,34 @@ COLUMNS: tuple[str, ...] = tuple(ROW_SCHEMA.names)
 PARTITION_COLUMN = "scan_date"  # hive partition directory, not stored inside the files
 
 
+_HINTS = typing.get_type_hints(ScanRow)
+
+
+def _base_type(name: str) -> type:
+    t = _HINTS[name]
+    return [a for a in typing.get_args(t) if a is not type(None)][0] if isinstance(t, types.UnionType) else t
+
+
+def py_value(v):
+    """A batch cell as a plain Python value: numpy scalars unwrapped, NaN/NaT nulls -> None."""
+    if v is None:
+        return None
+    if hasattr(v, "item") and getattr(v, "ndim", 1) == 0:
+        v = v.item()
+    if isinstance(v, float) and v != v:
+        return None
+    return v
+
+
+def coerce(name: str, v):
+    """A batch cell converted to the schema type of column ``name``."""
+    v = py_value(v)
+    if v is None:
+        return None
+    t = _base_type(name)
+    return v if t is dt.datetime else t(v)
+
+
 def rows_to_table(rows: list[ScanRow]) -> pa.Table:
     """Rows -> a table with exactly ``ROW_SCHEMA``."""
     return pa.Table.from_pylist([dataclasses.asdict(r) for r in rows], schema=ROW_SCHEMA)

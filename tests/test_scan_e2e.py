@@ -1,0 +1,230 @@
+"""Integration tier: real Ray (local, and a 2-node local cluster), a real S3 endpoint (moto server), DuckDB."""
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import IMAGES
+from pipeline import maps
+from pipeline.query import run_sql, top
+from pipeline.scan import RAY_ENV_DEFAULTS, ScanConfig, run_scan
+from pipeline.storage import StorageConfig
+
+pytestmark = pytest.mark.slow
+
+S3_KEY, S3_SECRET = "trufortestkey", "TruForTestSecret-9f3k2"  # moto accepts any; distinctive to grep for
+
+
+def _img(h, w, seed, fmt="PNG") -> bytes:
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def make_archive(root: Path) -> dict[str, str]:
+    """Fixture images, generated images of several sizes, and bad files; returns name -> expected status."""
+    (root / "sub").mkdir(parents=True)
+    shutil.copy(IMAGES / "pristine1.jpg", root / "pristine1.jpg")
+    shutil.copy(IMAGES / "tampered2.png", root / "sub" / "tampered2.png")
+    shutil.copy(IMAGES / "synthetic_odd_333x517.png", root / "synthetic_odd_333x517.png")
+    (root / "gen_64x96_a.png").write_bytes(_img(64, 96, 1))
+    (root / "gen_64x96_b.png").write_bytes(_img(64, 96, 2))  # same shape: batched together
+    (root / "gen_64x96_dup.png").write_bytes(_img(64, 96, 1))  # same bytes as _a: one shared map
+    (root / "sub" / "gen_45x33.webp").write_bytes(_img(45, 33, 3, "WEBP"))
+    (root / "zero.jpg").write_bytes(b"")
+    (root / "truncated.jpg").write_bytes((IMAGES / "pristine1.jpg").read_bytes()[:2000])
+    (root / "text.jpg").write_text("definitely not a JPEG")
+    (root / "tiny.png").write_bytes(_img(20, 20, 4))
+    ico = io.BytesIO()
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(ico, format="ICO")
+    (root / "icon.ico").write_bytes(ico.getvalue())  # unsupported format and extension: skipped
+    (root / "icon_named.png").write_bytes(ico.getvalue())  # unsupported format behind an image extension
+    ok = ["pristine1.jpg", "sub/tampered2.png", "synthetic_odd_333x517.png", "gen_64x96_a.png", "gen_64x96_b.png",
+          "gen_64x96_dup.png", "sub/gen_45x33.webp"]
+    err = ["zero.jpg", "truncated.jpg", "text.jpg", "tiny.png", "icon_named.png"]
+    return {**{k: "ok" for k in ok}, **{k: "error" for k in err}, "icon.ico": "skipped"}
+
+
+@pytest.fixture(scope="module")
+def ray_env(tmp_path_factory):
+    for k, v in RAY_ENV_DEFAULTS.items():
+        os.environ.setdefault(k, v)
+    os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"] = S3_KEY, S3_SECRET
+    import ray
+
+    yield ray
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def _short_tmp() -> str:
+    """Ray's socket paths must stay under 108 bytes: pytest's tmp paths are too long."""
+    return tempfile.mkdtemp(prefix="tfr", dir="/tmp")
+
+
+def _local_ray(ray):
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=2, object_store_memory=512 * 2**20, include_dashboard=False, log_to_driver=False,
+             _temp_dir=_short_tmp())
+
+
+@pytest.fixture(scope="module")
+def reference_scores(shared, model, tmp_path_factory):
+    """What `predict` (the same model, one image at a time) gives for each good image."""
+    import torch
+
+    from trufor_core.image import decode_rgb, to_model_input
+
+    root = tmp_path_factory.mktemp("ref")
+    expected = make_archive(root)
+    out = {}
+    for name, status in expected.items():
+        if status == "ok":
+            rgb, _ = decode_rgb(root / name)
+            with torch.inference_mode():
+                out[name] = model(to_model_input(rgb)).results()[0]
+    return out
+
+
+def _check_results(out_uri: str, expected: dict, ref: dict, uri_of, storage: StorageConfig, run_id: str):
+    cols, rows = run_sql(out_uri, "SELECT * FROM results WHERE run_id = ? ORDER BY uri", [run_id], storage)
+    recs = [dict(zip(cols, r)) for r in rows]
+    by_uri = {r["uri"]: r for r in recs}
+    assert len(recs) == len(expected) == len(by_uri)  # exactly one row per input
+    for name, status in expected.items():
+        r = by_uri[uri_of(name)]
+        assert r["status"] == status, (name, r["error"])
+        assert r["weights_untrained"] is True or status == "skipped"
+        if status == "ok":
+            res = ref[name]
+            assert abs(r["score"] - res.score) <= 1e-5, name
+            assert abs(r["anom_mean"] - float(res.pooled[6])) <= 5e-5
+            assert (r["height"], r["width"]) == res.imgsize
+            a, c = maps.load(r["map_uri"], storage)
+            assert np.abs(a - res.anomaly_map).max() <= 1 / 255 + 1e-6
+            assert np.abs(c - res.confidence_map).max() <= 1 / 255 + 1e-6
+            assert r["map_codec"].startswith("png-la8") and len(r["sha256"]) == 64 and r["error"] is None
+            assert r["elapsed_ms"] > 0 and r["torch_version"] and r["code_version"]
+        else:
+            assert r["error"] and r["score"] is None
+    errs = {n: by_uri[uri_of(n)]["error"] for n, s in expected.items() if s != "ok"}
+    assert "empty file" in errs["zero.jpg"] and "cannot decode" in errs["truncated.jpg"]
+    assert "not an image in an allowed format" in errs["text.jpg"] and "too small" in errs["tiny.png"]
+    assert "not an image in an allowed format" in errs["icon_named.png"]
+    assert "not an allowed image extension" in errs["icon.ico"]
+    assert by_uri[uri_of("gen_64x96_a.png")]["map_uri"] == by_uri[uri_of("gen_64x96_dup.png")]["map_uri"]
+    # Credentials never reach the results.
+    assert not any(S3_SECRET in str(v) or S3_KEY in str(v) for r in recs for v in r.values())
+    return recs
+
+
+def test_scan_local_folder_and_query(ray_env, reference_scores, synth_ckpt, tmp_path):
+    root = tmp_path / "archive"
+    expected = make_archive(root)
+    _local_ray(ray_env)
+    out = tmp_path / "out"
+    s = run_scan(ScanConfig(input=str(root), output=str(out), checkpoint=str(synth_ckpt),
+                            run_id="local1", batch_size=2, allow_download=False), log=lambda m: None)
+    assert (s.listed, s.ok, s.errors, s.skipped) == (13, 7, 5, 1)
+    assert all(Path(f).is_file() and "/results/scan_date=" in f for f in s.files)
+    _check_results(str(out), expected, reference_scores, lambda n: str(root / n), StorageConfig(), "local1")
+    cols, rows = top(str(out), k=3, min_score=0.0)
+    assert len(rows) == 3 and rows[0][1] >= rows[1][1] >= rows[2][1] and all(r[4].endswith(".png") for r in rows)
+    assert all(r[7] is True for r in rows)  # weights_untrained shown next to every candidate
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint():
+    from moto.server import ThreadedMotoServer
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+def test_scan_s3_bucket_read_and_write(ray_env, reference_scores, synth_ckpt, moto_endpoint, tmp_path):
+    import s3fs
+
+    fs = s3fs.S3FileSystem(key=S3_KEY, secret=S3_SECRET, endpoint_url=moto_endpoint)
+    fs.mkdir("archive-bucket")
+    local = tmp_path / "archive"
+    expected = make_archive(local)
+    fs.put(str(local) + "/", "archive-bucket/in/", recursive=True)
+    _local_ray(ray_env)
+    storage = StorageConfig(endpoint_url=moto_endpoint)
+    s = run_scan(ScanConfig(input="s3://archive-bucket/in", output="s3://archive-bucket/out",
+                            checkpoint=str(synth_ckpt), s3_endpoint=moto_endpoint, run_id="s3run",
+                            allow_download=False), log=lambda m: None)
+    assert (s.listed, s.ok, s.errors, s.skipped) == (13, 7, 5, 1)
+    assert s.files and all(f.startswith("s3://archive-bucket/out/results/scan_date=") for f in s.files)
+    recs = _check_results("s3://archive-bucket/out", expected, reference_scores,
+                          lambda n: f"s3://archive-bucket/in/{n}", storage, "s3run")
+    assert all(r["map_uri"].startswith("s3://archive-bucket/out/maps/") for r in recs if r["status"] == "ok")
+    assert all(r["etag_or_mtime"] for r in recs if r["status"] != "skipped")
+
+
+def test_scan_on_two_node_cluster(ray_env, reference_scores, synth_ckpt, tmp_path):
+    """The same scan on a 2-node local Ray cluster (--ray-address) puts actors on both nodes."""
+    from ray.cluster_utils import Cluster
+
+    if ray_env.is_initialized():
+        ray_env.shutdown()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": 300 * 2**20,
+                                                             "include_dashboard": False})
+    cluster.add_node(num_cpus=1, object_store_memory=300 * 2**20)
+    cluster.wait_for_nodes()
+    try:
+        root = tmp_path / "archive"
+        expected = make_archive(root)
+        out = tmp_path / "out"
+        s = run_scan(ScanConfig(input=str(root), output=str(out), checkpoint=str(synth_ckpt),
+                                run_id="cluster1", actors=2, cpus_per_actor=0.5, ray_address=cluster.address,
+                                allow_download=False), log=lambda m: None)
+        assert (s.ok, s.errors, s.skipped) == (7, 5, 1)
+        recs = _check_results(str(out), expected, reference_scores, lambda n: str(root / n), StorageConfig(), "cluster1")
+        nodes = {r["ray_node_id"] for r in recs if r["status"] == "ok"}
+        assert len(nodes) == 2, nodes
+    finally:
+        ray_env.shutdown()
+        cluster.shutdown()
+
+
+def test_scan_command_line(shared, synth_ckpt, tmp_path):
+    """`trufor-scan scan` starts its own local Ray; `query` and `top` read what it wrote."""
+    root = tmp_path / "archive"
+    root.mkdir()
+    shutil.copy(IMAGES / "tampered2.png", root / "a.png")
+    (root / "b.jpg").write_bytes(b"")
+    exe = str(Path(sys.executable).with_name("trufor-scan"))
+    env = dict(os.environ, TRUFOR_WEIGHTS=str(synth_ckpt))
+    p = subprocess.run([exe, "scan", str(root), "--output", str(tmp_path / "out"), "--no-download",
+                        "--run-id", "cli1", "--progress-every", "1"], capture_output=True, text=True, env=env,
+                       timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "listed 2, scanned 2 (1 ok, 1 errors), skipped 0" in p.stderr and "scan: 2/2 images" in p.stderr
+    q = subprocess.run([exe, "query", str(tmp_path / "out"), "SELECT uri, status, error FROM results ORDER BY uri",
+                        "--format", "csv"], capture_output=True, text=True, timeout=120)
+    assert q.returncode == 0, q.stderr
+    lines = q.stdout.strip().splitlines()
+    assert lines[0] == "uri,status,error" and lines[1].endswith("a.png,ok,") and "empty file" in lines[2]
+    t = subprocess.run([exe, "top", str(tmp_path / "out"), "--min-score", "0", "--format", "json"],
+                       capture_output=True, text=True, timeout=120)
+    assert t.returncode == 0 and '"map_uri"' in t.stdout and "a.png" in t.stdout
