@@ -111,17 +111,23 @@ class TruForPredictor:
                 "code_version": self.cfg.code_version, "torch_version": torch.__version__,
                 "device": self.device_desc, "ray_node_id": self.node_id, "run_id": self.cfg.run_id}
 
-    def _score(self, pixels: list[np.ndarray]) -> list:
+    def _score(self, pixels: list[np.ndarray]) -> list[tuple]:
+        """(result, stride-4 anomaly margin, stride-4 confidence logit) per image."""
         x = torch.from_numpy(np.stack(pixels).transpose(0, 3, 1, 2).copy()).to(self.device).float() / 256.0
         with torch.inference_mode():
-            return self.model(x, self.ev).results()
+            out = self.model(x, self.ev)
+            margin = (out.anomaly_logits_lowres[:, 1] - out.anomaly_logits_lowres[:, 0]).cpu().numpy()
+            conf = out.conf_logits_lowres[:, 0].cpu().numpy()
+            return list(zip(out.results(), margin, conf))
 
-    def _result_fields(self, res, sha256: str) -> dict:
+    def _result_fields(self, scored: tuple, sha256: str) -> dict:
+        res, margin, conf = scored
         a, c = res.anomaly_map, res.confidence_map
-        uri = maps.save(self.cfg.maps_root, sha256, a, c, self.cfg.storage)
+        uri = maps.save(self.cfg.maps_root, sha256, margin, conf, res.imgsize, self.cfg.storage)
         return {"score": res.score, "det_logit": res.det_logit, **res.pooled_features(),
                 "frac_anom": float(np.mean(a > 0.5)), "frac_anom_conf": float(np.mean((a > 0.5) & (c > 0.5))),
-                "max_anom_conf": float(np.max(a * c)), "map_uri": uri, "map_codec": maps.MAP_CODEC}
+                "max_anom_conf": float(np.max(a * c)), "map_uri": uri, "preview_uri": maps.preview_uri(uri),
+                "map_codec": maps.MAP_CODEC}
 
     def _run_group(self, idx: list[int], pixels, base: list[dict], extra: list[dict]) -> None:
         """Score one same-shape group; a failing group is retried image by image to isolate the culprit."""

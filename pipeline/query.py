@@ -14,7 +14,8 @@ import pyarrow.fs as pafs
 from .schema import PARTITION_COLUMN, ROW_SCHEMA
 from .storage import StorageConfig
 
-TOP_COLUMNS = ("uri", "score", "frac_anom_conf", "max_anom_conf", "map_uri", "scan_date", "run_id", "weights_untrained")
+TOP_COLUMNS = ("uri", "score", "frac_anom_conf", "max_anom_conf", "map_uri", "preview_uri", "scan_date", "run_id",
+               "weights_untrained")
 
 
 def results_dataset(output: str, storage: StorageConfig | None = None) -> pads.Dataset:

@@ -24,7 +24,8 @@ class ScanRow:
     Model outputs: score = sigmoid(det_logit); the 8 pooled features fed to the detector;
     frac_anom_conf = fraction of pixels with anomaly > 0.5 and confidence > 0.5;
     frac_anom = fraction with anomaly > 0.5; max_anom_conf = max of anomaly * confidence.
-    Maps: map_uri (content-addressed by sha256, shared by identical files), map_codec.
+    Maps: map_uri (content-addressed by sha256, shared by identical files; ``pipeline.maps.load``),
+    preview_uri (a PNG a person can open), map_codec.
     Run: model_name, weights_sha256, noiseprint_sha256 (when replaced), weights_untrained,
     code_version, torch_version, device, ray_node_id, run_id, scanned_at, elapsed_ms.
     """
@@ -56,6 +57,7 @@ class ScanRow:
     frac_anom_conf: float | None = None
     max_anom_conf: float | None = None
     map_uri: str | None = None
+    preview_uri: str | None = None
     map_codec: str | None = None
     model_name: str | None = None
     weights_sha256: str | None = None

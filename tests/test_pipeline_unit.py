@@ -35,19 +35,25 @@ def test_schema_is_declared_once_and_round_trips():
     assert table_to_rows(t) == [row]
 
 
-def test_maps_round_trip_within_quantisation(tmp_path):
+def test_maps_round_trip(tmp_path):
+    """Stored stride-4 logits rebuild TruFor's full-resolution maps within float16 rounding."""
+    import torch
+    import torch.nn.functional as F
+
     rng = np.random.default_rng(0)
-    a = rng.random((37, 53), dtype=np.float32)
-    c = rng.random((37, 53), dtype=np.float32)
-    uri = maps.save(str(tmp_path / "maps"), "ab" + "0" * 62, a, c)
-    assert uri.endswith("/ab/ab" + "0" * 62 + ".png")
-    a2, c2 = maps.load(uri)
-    assert a2.dtype == np.float32 and a2.shape == a.shape
-    assert np.abs(a2 - a).max() <= 0.5 / 255 + 1e-7 and np.abs(c2 - c).max() <= 0.5 / 255 + 1e-7
-    with Image.open(uri) as im:  # a person can open it
-        assert im.mode == "LA" and im.size == (53, 37)
+    lo = rng.normal(0, 3, (1, 3, 10, 14)).astype(np.float32)  # anomaly l0, l1, confidence
+    size = (37, 53)
+    up = F.interpolate(torch.from_numpy(lo), size=size, mode="bilinear", align_corners=False)[0]
+    ref_a, ref_c = torch.softmax(up[:2], dim=0)[1].numpy(), torch.sigmoid(up[2]).numpy()
+    uri = maps.save(str(tmp_path / "maps"), "ab" + "0" * 62, lo[0, 1] - lo[0, 0], lo[0, 2], size)
+    assert uri.endswith("/ab/ab" + "0" * 62 + ".npz")
+    a, c = maps.load(uri)
+    assert a.dtype == np.float32 and a.shape == size
+    assert np.abs(a - ref_a).max() <= 1e-3 and np.abs(c - ref_c).max() <= 1e-3
+    with Image.open(maps.preview_uri(uri)) as im:  # a person can open it
+        assert im.mode == "LA" and im.size == (14, 10)
     with pytest.raises(ValueError, match="equal"):
-        maps.encode(a, c[:3])
+        maps.encode(lo[0, 0], lo[0, 1, :3], size)
 
 
 def _jpeg(h=64, w=64, exif: dict | None = None) -> bytes:

@@ -98,6 +98,12 @@ def reference_scores(shared, model, tmp_path_factory):
     return out
 
 
+def _read(uri: str, storage: StorageConfig) -> bytes:
+    fs, path = storage.filesystem(uri)
+    with fs.open(path, "rb") as f:
+        return f.read()
+
+
 def _check_results(out_uri: str, expected: dict, ref: dict, uri_of, storage: StorageConfig, run_id: str):
     cols, rows = run_sql(out_uri, "SELECT * FROM results WHERE run_id = ? ORDER BY uri", [run_id], storage)
     recs = [dict(zip(cols, r)) for r in rows]
@@ -115,7 +121,9 @@ def _check_results(out_uri: str, expected: dict, ref: dict, uri_of, storage: Sto
             a, c = maps.load(r["map_uri"], storage)
             assert np.abs(a - res.anomaly_map).max() <= 1 / 255 + 1e-6
             assert np.abs(c - res.confidence_map).max() <= 1 / 255 + 1e-6
-            assert r["map_codec"].startswith("png-la8") and len(r["sha256"]) == 64 and r["error"] is None
+            assert r["map_codec"] == maps.MAP_CODEC and len(r["sha256"]) == 64 and r["error"] is None
+            with Image.open(io.BytesIO(_read(r["preview_uri"], storage))) as im:  # a person can open it
+                assert im.format == "PNG" and im.size == ((res.imgsize[1] + 3) // 4, (res.imgsize[0] + 3) // 4)
             assert r["elapsed_ms"] > 0 and r["torch_version"] and r["code_version"]
         else:
             assert r["error"] and r["score"] is None
@@ -141,8 +149,9 @@ def test_scan_local_folder_and_query(ray_env, reference_scores, synth_ckpt, tmp_
     assert all(Path(f).is_file() and "/results/scan_date=" in f for f in s.files)
     _check_results(str(out), expected, reference_scores, lambda n: str(root / n), StorageConfig(), "local1")
     cols, rows = top(str(out), k=3, min_score=0.0)
-    assert len(rows) == 3 and rows[0][1] >= rows[1][1] >= rows[2][1] and all(r[4].endswith(".png") for r in rows)
-    assert all(r[7] is True for r in rows)  # weights_untrained shown next to every candidate
+    assert len(rows) == 3 and rows[0][1] >= rows[1][1] >= rows[2][1]
+    assert all(r[4].endswith(".npz") and r[5].endswith(".png") for r in rows)
+    assert all(r[8] is True for r in rows)  # weights_untrained shown next to every candidate
 
 
 @pytest.fixture(scope="module")

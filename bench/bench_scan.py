@@ -1,0 +1,138 @@
+"""Benchmark: the full `scan` pipeline vs a model-only forward loop on the same images, in one run.
+
+Prints model-only img/s, scan img/s (end to end, and steady state after the first batch), their
+ratio, the peak RSS of all processes (driver + Ray), and compressed map bytes per image next to
+the official float32 .npz.
+
+    python bench/bench_scan.py --images 32 --size 384x512
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from bench_large import synthetic_image  # noqa: E402
+
+
+def _proc_rss(pid: str) -> tuple[str, int]:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+    with open(f"/proc/{pid}/statm") as f:
+        return cmd, int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class RssSampler:
+    """Peak of the summed RSS of this process and every Ray process on the machine (Linux /proc)."""
+
+    def __init__(self, every_s: float = 1.0):
+        self.every_s, self.peak = every_s, 0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        me = str(os.getpid())
+        while not self._stop.is_set():
+            total = 0
+            for pid in filter(str.isdigit, os.listdir("/proc")):
+                try:
+                    cmd, rss = _proc_rss(pid)
+                except OSError:
+                    continue
+                if pid == me or "ray" in cmd:
+                    total += rss
+            self.peak = max(self.peak, total)
+            time.sleep(self.every_s)
+
+    def __enter__(self):
+        self._t.start()
+        return self
+
+    def __exit__(self, *a):
+        self._stop.set()
+        self._t.join()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=32)
+    ap.add_argument("--size", default="384x512", help="HxW of the generated JPEGs")
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--actors", type=int, default=1)
+    ap.add_argument("--checkpoint", help="weights (default: synthesize untrained fixture-recipe weights)")
+    args = ap.parse_args()
+
+    import torch
+
+    from pipeline.scan import ScanConfig, run_scan
+    from pipeline.query import run_sql
+    from trufor_core import EvalConfig, load_trufor
+    from trufor_core.checkpoint import write_synthetic_checkpoint
+    from trufor_core.image import decode_rgb
+    from PIL import Image
+
+    tmp = Path(tempfile.mkdtemp(prefix="trufor-bench-scan-"))
+    if not args.checkpoint:
+        npf = REPO.parent / "shared" / "weights" / "noiseprint++.th"
+        args.checkpoint = str(write_synthetic_checkpoint(tmp / "UNTRAINED.pth.tar", npf if npf.is_file() else None))
+        print("weights: UNTRAINED fixture recipe; speed and sizes do not depend on the values")
+    h, w = (int(v) for v in args.size.split("x"))
+    src = tmp / "images"
+    src.mkdir()
+    for i in range(args.images):
+        Image.fromarray(synthetic_image(h, w, seed=i)).save(src / f"img{i:04d}.jpg", quality=90)
+    print(f"{args.images} JPEGs of {h}x{w}, batch size {args.batch_size}, {os.cpu_count()} CPUs, torch {torch.__version__}")
+
+    # Model only: decoded tensors in memory, same batching, all cores.
+    model, _ = load_trufor(args.checkpoint)
+    xs = [torch.from_numpy(decode_rgb(p)[0].transpose(2, 0, 1).copy()).float() / 256 for p in sorted(src.iterdir())]
+    ev = EvalConfig()
+    with torch.inference_mode():
+        model(xs[0][None], ev)  # warm-up
+        t0 = time.perf_counter()
+        official_bytes = 0
+        for k in range(0, len(xs), args.batch_size):
+            for res in model(torch.stack(xs[k:k + args.batch_size]), ev).results():
+                buf = io.BytesIO()
+                np.savez(buf, map=res.anomaly_map, conf=res.confidence_map, score=res.score, imgsize=res.imgsize)
+                official_bytes += buf.getbuffer().nbytes
+        model_s = time.perf_counter() - t0
+    del model
+    model_ips = len(xs) / model_s
+    print(f"model only : {model_s:7.1f} s  {model_ips:6.3f} img/s")
+
+    out = tmp / "out"
+    with RssSampler() as rss:
+        t0 = time.perf_counter()
+        s = run_scan(ScanConfig(input=str(src), output=str(out), checkpoint=args.checkpoint, actors=args.actors,
+                                batch_size=args.batch_size, allow_download=False, ray_temp_dir=tempfile.mkdtemp(prefix="tfr", dir="/tmp")),
+                     log=lambda m: None)
+        scan_s = time.perf_counter() - t0
+    cols, rows = run_sql(str(out), "SELECT epoch(max(scanned_at)) - epoch(min(scanned_at)), count(DISTINCT scanned_at), "
+                                   "count(*) FILTER (WHERE status = 'ok') FROM results")
+    span, batches, ok = rows[0]
+    per_batch = args.images / max(1, batches)
+    steady_ips = (args.images - per_batch) / span if span else float("nan")
+    map_bytes = sum(f.stat().st_size for f in (out / "maps").rglob("*.png"))
+    print(f"scan       : {scan_s:7.1f} s  {args.images / scan_s:6.3f} img/s end to end (Ray start + model load "
+          f"included), {steady_ips:6.3f} img/s steady state; {ok}/{args.images} ok")
+    print(f"ratio scan/model-only: {steady_ips / model_ips:.2f} steady state, "
+          f"{args.images / scan_s / model_ips:.2f} end to end (target >= 0.9)")
+    print(f"peak RSS (driver + Ray processes): {rss.peak / 2**30:.2f} GiB")
+    print(f"maps: {map_bytes / args.images / 1024:.1f} KiB/image vs official float32 npz "
+          f"{official_bytes / args.images / 1024:.1f} KiB/image = {100 * map_bytes / official_bytes:.1f}% (target <= 5%)")
+
+
+if __name__ == "__main__":
+    main()
