@@ -1,12 +1,12 @@
 # Two commands do all the set-up on a fresh machine (see README):
-#   make predict INPUT=... OUTPUT=...   installs what is missing, then runs the main job
-#   make test                           installs what is missing, then runs the test suite
+#   make scan INPUT=... OUTPUT=...   installs what is missing, then runs the main job (a scan)
+#   make test                        installs what is missing, then runs the test suite
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install predict test bench
+.PHONY: install scan predict test bench bench-scan
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+scan: $(STAMP)
+	@test -n "$(INPUT)" -a -n "$(OUTPUT)" || { echo "usage: make scan INPUT=<dir|s3://bucket/prefix|manifest> OUTPUT=<dir|s3://...>"; exit 2; }
+	$(BIN)/trufor-scan scan "$(INPUT)" --output "$(OUTPUT)" $(ARGS)
+
 predict: $(STAMP)
 	@test -n "$(INPUT)" -a -n "$(OUTPUT)" || { echo "usage: make predict INPUT=<file|dir|glob> OUTPUT=<dir>"; exit 2; }
 	$(BIN)/trufor-scan predict --input "$(INPUT)" --output "$(OUTPUT)" $(ARGS)
@@ -26,3 +30,6 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_large.py $(ARGS)
+
+bench-scan: $(STAMP)
+	$(BIN)/python bench/bench_scan.py $(ARGS)

@@ -220,7 +220,6 @@ def run_scan(cfg: ScanConfig, log: Callable[[str], None] = lambda m: print(m, fi
             ctx = ray.data.DataContext.get_current()
             ctx.enable_progress_bars = False
             ctx.print_on_execution_start = False
-            ctx.scheduling_strategy = "SPREAD"  # actors on different nodes first, so every node works
             cpus, gpus, threads = _actor_resources(cfg)
             pcfg = PredictorConfig(checkpoint=ckpt, maps_root=f"{out_root}/maps", run_id=run_id,
                                    code_version=code_version(), noiseprint_weights=cfg.noiseprint_weights,
@@ -231,8 +230,10 @@ def run_scan(cfg: ScanConfig, log: Callable[[str], None] = lambda m: print(m, fi
             ds = ds.map_batches(load_batch, batch_size=cfg.batch_size, num_cpus=DECODE_CPUS,
                                 fn_kwargs={"storage": storage, "max_pixels": cfg.max_pixels,
                                            "min_side": min_image_side(TruForConfig())})
+            # Two batches in flight per actor: one running, one queued, so idle actors get the rest.
             ds = ds.map_batches(TruForPredictor, fn_constructor_kwargs={"cfg": pcfg}, batch_size=cfg.batch_size,
-                                compute=ray.data.ActorPoolStrategy(size=cfg.actors), num_cpus=cpus, num_gpus=gpus)
+                                compute=ray.data.ActorPoolStrategy(size=cfg.actors, max_tasks_in_flight_per_actor=2),
+                                num_cpus=cpus, num_gpus=gpus)
             log(f"scan {run_id}: {cfg.actors} actor(s) x ({cpus:g} CPU, {gpus:g} GPU, {threads} torch threads)")
             for table in ds.iter_batches(batch_format="pyarrow", batch_size=None):
                 take(table)
