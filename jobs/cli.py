@@ -62,6 +62,40 @@ def _cmd_top(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_noiseprint(args: argparse.Namespace) -> int:
+    import json
+
+    from .noiseprint_train import config_from_args, run_training
+
+    summary = run_training(config_from_args(args))
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def _cmd_eval_noiseprint(args: argparse.Namespace) -> int:
+    import json
+
+    from pipeline.storage import StorageConfig
+
+    from .noiseprint_eval import evaluate
+
+    res = evaluate(args.weights, args.corpus, baseline=args.baseline, storage=StorageConfig.from_env(args.s3_endpoint),
+                   n_pairs=args.pairs, seed=args.seed)
+    print(json.dumps(res, indent=1))
+    return 0
+
+
+def _cmd_make_camera_corpus(args: argparse.Namespace) -> int:
+    from .camera_corpus import make_camera_corpus
+
+    desc = make_camera_corpus(args.out, args.cameras, args.images, size=args.size, eval_images=args.eval_images,
+                              seed=args.seed)
+    print(f"wrote {len(desc['cameras'])} simulated cameras x {desc['images_per_camera']} training + "
+          f"{desc['eval_images_per_camera']} held-out images to {args.out} (held-out photos: "
+          f"{', '.join(desc['eval_photos'])})", file=sys.stderr)
+    return 0
+
+
 def _cmd_weights_download(args: argparse.Namespace) -> int:
     from trufor_core.weights import download_weights
 
@@ -138,6 +172,30 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--format", default="table", choices=["table", "csv", "json"])
     t.add_argument("--s3-endpoint")
     t.set_defaults(func=_cmd_top)
+
+    from .noiseprint_train import add_arguments as add_train_arguments
+
+    tn = sub.add_parser("train-noiseprint", help="retrain Noiseprint++ on a camera corpus with Ray Train")
+    add_train_arguments(tn)
+    tn.set_defaults(func=_cmd_train_noiseprint)
+
+    en = sub.add_parser("eval-noiseprint", help="pair-verification AUC and camera identification on held-out images")
+    en.add_argument("--weights", required=True, help="noiseprint++.th (or trufor.pth.tar) to evaluate")
+    en.add_argument("--corpus", required=True, help="a corpus with <camera>/eval/ held-out images")
+    en.add_argument("--baseline", help="weights to compare with, side by side (e.g. the released noiseprint++.th)")
+    en.add_argument("--pairs", type=int, default=300, help="positive pairs (and as many negative)")
+    en.add_argument("--seed", type=int, default=0)
+    en.add_argument("--s3-endpoint")
+    en.set_defaults(func=_cmd_eval_noiseprint)
+
+    mc = sub.add_parser("make-camera-corpus", help="simulated cameras from real photographs (scikit-image data)")
+    mc.add_argument("--out", required=True)
+    mc.add_argument("--cameras", type=int, default=8)
+    mc.add_argument("--images", type=int, default=24, help="training images per camera")
+    mc.add_argument("--eval-images", type=int, default=None, help="held-out images per camera (default images/2)")
+    mc.add_argument("--size", type=int, default=192)
+    mc.add_argument("--seed", type=int, default=0)
+    mc.set_defaults(func=_cmd_make_camera_corpus)
 
     w = sub.add_parser("weights", help="get, synthesize or inspect weights").add_subparsers(dest="weights_cmd", required=True)
     d = w.add_parser("download", help="fetch the official weights (MD5-checked) and show the licence")

@@ -1,0 +1,250 @@
+"""Noiseprint++ training data: the camera corpus, the enumerated editing histories, grouped patch batches.
+
+A corpus is ``URI/<camera_model>/**/<image>`` (files under an ``eval/`` folder are held out from
+training), or a manifest with ``uri`` and ``camera_model`` columns (``camera_model = "exif"``
+takes EXIF Make + Model). Images whose camera cannot be determined are reported, never guessed.
+"""
+from __future__ import annotations
+
+import io
+import itertools
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+from pipeline.listing import list_input, read_manifest
+from pipeline.storage import StorageConfig
+from trufor_core.image import IMAGE_EXTENSIONS, ImageDecodeError, decode_image
+
+HELD_OUT_DIR = "eval"
+
+# ---- editing histories (TruFor sec. 3.1: ~512 pipelines of resizing, compression, tone, filtering) ----
+
+RESIZE_FACTORS = (1.0, 0.9, 0.8, 0.75, 0.67, 0.5, 1.25, 1.5)
+JPEG_QUALITIES = (None, 98, 95, 90, 85, 80, 75, 65)  # None: no recompression
+# Photometric edits: (gamma, contrast, brightness, filter).
+EDITS = (
+    ("identity", 1.0, 1.0, 0.0, "none"),
+    ("gamma0.8", 0.8, 1.0, 0.0, "none"),
+    ("gamma1.25", 1.25, 1.0, 0.0, "none"),
+    ("contrast1.2", 1.0, 1.2, 0.0, "none"),
+    ("bright+12-contrast0.9", 1.0, 0.9, 12.0, "none"),
+    ("blur", 1.0, 1.0, 0.0, "blur"),
+    ("sharpen", 1.0, 1.0, 0.0, "sharpen"),
+    ("gamma0.8-sharpen", 0.8, 1.0, 0.0, "sharpen"),
+)
+
+
+@dataclass(frozen=True)
+class History:
+    """One post-capture editing pipeline: photometric edit -> resize -> JPEG."""
+
+    index: int
+    resize: float
+    jpeg: int | None
+    edit: tuple
+
+
+def _enumerate_histories() -> tuple[History, ...]:
+    combos = itertools.product(RESIZE_FACTORS, JPEG_QUALITIES, EDITS)
+    return tuple(History(i, r, q, e) for i, (r, q, e) in enumerate(combos))
+
+
+HISTORIES: tuple[History, ...] = _enumerate_histories()  # 8 x 8 x 8 = 512
+
+
+def held_out_history(h: History) -> bool:
+    """One history in 8 is reserved for evaluation, spread over every edit, JPEG quality and resize."""
+    return (h.index + h.index // 8 + h.index // 64) % 8 == 0
+
+
+TRAIN_HISTORIES = tuple(h for h in HISTORIES if not held_out_history(h))
+EVAL_HISTORIES = tuple(h for h in HISTORIES if held_out_history(h))
+
+
+def apply_history(rgb: np.ndarray, h: History) -> np.ndarray:
+    """Apply one editing history to an (H, W, 3) uint8 crop; the JPEG grid starts at the crop origin."""
+    _, gamma, contrast, bright, filt = h.edit
+    x = rgb.astype(np.float32)
+    if gamma != 1.0:
+        x = 255.0 * (x / 255.0) ** gamma
+    if contrast != 1.0 or bright:
+        x = (x - 128.0) * contrast + 128.0 + bright
+    im = Image.fromarray(np.clip(np.rint(x), 0, 255).astype(np.uint8))
+    if filt == "blur":
+        im = im.filter(ImageFilter.GaussianBlur(0.7))
+    elif filt == "sharpen":
+        im = im.filter(ImageFilter.UnsharpMask(radius=1.0, percent=80, threshold=0))
+    if h.resize != 1.0:
+        w, hh = im.size
+        im = im.resize((max(1, round(w * h.resize)), max(1, round(hh * h.resize))), Image.Resampling.BICUBIC)
+    if h.jpeg is not None:
+        buf = io.BytesIO()
+        im.save(buf, format="JPEG", quality=h.jpeg)
+        buf.seek(0)
+        im = Image.open(buf)
+        im.load()
+    return np.asarray(im.convert("RGB"))
+
+
+# ---- corpus ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class CorpusReport:
+    """What was found, and everything that was left out with the reason."""
+
+    cameras: dict[str, int] = field(default_factory=dict)  # camera -> usable images
+    problems: list[str] = field(default_factory=list)
+
+    def text(self) -> str:
+        lines = [f"corpus: {len(self.cameras)} camera models, {sum(self.cameras.values())} images"]
+        lines += [f"  {cam}: {n} images" for cam, n in sorted(self.cameras.items())]
+        lines += [f"  problem: {p}" for p in self.problems]
+        return "\n".join(lines)
+
+
+@dataclass
+class Corpus:
+    """Decoded images per camera model for one split ("train" or "eval")."""
+
+    images: dict[str, list[np.ndarray]]
+    report: CorpusReport
+
+    @property
+    def cameras(self) -> list[str]:
+        return sorted(self.images)
+
+
+def _camera_entries(uri: str, storage: StorageConfig, report: CorpusReport) -> list[tuple[str, str | None]]:
+    """(file URI, camera model or None for "from EXIF") for every file of the corpus."""
+    fs, path = storage.filesystem(uri)
+    if fs.isfile(path):  # a manifest
+        import csv
+
+        if path.lower().endswith(".csv"):
+            with fs.open(path, "rb") as f:
+                rows = list(csv.DictReader(io.StringIO(f.read().decode("utf-8"))))
+        elif path.lower().endswith(".parquet"):
+            import pyarrow.parquet as pq
+
+            with fs.open(path, "rb") as f:
+                rows = pq.read_table(f).to_pylist()
+        else:
+            raise ValueError(f"a corpus manifest must be .csv or .parquet with uri and camera_model columns: {uri}")
+        if rows and not {"uri", "camera_model"} <= set(rows[0]):
+            raise ValueError(f"corpus manifest {uri} needs columns uri and camera_model, has {sorted(rows[0])}")
+        out = []
+        for r in rows:
+            cam = (r.get("camera_model") or "").strip()
+            if not cam:
+                report.problems.append(f"{r['uri']}: no camera_model in the manifest (not guessed)")
+                continue
+            out.append((r["uri"], None if cam.lower() == "exif" else cam))
+        return out
+    if not fs.isdir(path):
+        raise FileNotFoundError(f"corpus {uri!r} is neither a directory/prefix nor a manifest")
+    root = path.rstrip("/")
+    out = []
+    for d in sorted(p for p in fs.ls(root, detail=False)):
+        name = d.rstrip("/").rsplit("/", 1)[-1]
+        if not fs.isdir(d):
+            if name.lower().endswith(IMAGE_EXTENSIONS):
+                report.problems.append(f"{name}: an image at the corpus root has no camera folder (not guessed)")
+            continue
+        files = [f for f in list_input(fs.unstrip_protocol(d) if "://" in uri else d, storage) if not f.skip_reason]
+        if not files:
+            report.problems.append(f"{name}: camera folder has no images")
+        out += [(f.uri, name) for f in files]
+    return out
+
+
+def load_corpus(uri: str, split: str, storage: StorageConfig | None = None, max_pixels: int = 4_000_000,
+                min_images: int = 2) -> Corpus:
+    """Decode the ``split`` images ("train": everything outside ``eval/``; "eval": inside it).
+
+    Cameras with fewer than ``min_images`` usable images are dropped with a reason (a group needs
+    two images of one camera for positives to exist).
+    """
+    if split not in ("train", "eval"):
+        raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+    storage = storage or StorageConfig()
+    report = CorpusReport()
+    images: dict[str, list[np.ndarray]] = {}
+    for file_uri, cam in _camera_entries(uri, storage, report):
+        in_eval = f"/{HELD_OUT_DIR}/" in file_uri.replace("\\", "/")
+        if in_eval != (split == "eval"):
+            continue
+        try:
+            fs, p = storage.filesystem(file_uri)
+            with fs.open(p, "rb") as f:
+                img = decode_image(f.read(), max_pixels)
+        except (ImageDecodeError, OSError) as e:
+            report.problems.append(f"{file_uri}: unreadable, left out: {e}")
+            continue
+        if cam is None:
+            if not (img.exif_make or img.exif_model):
+                report.problems.append(f"{file_uri}: no EXIF Make/Model, camera unknown (not guessed)")
+                continue
+            cam = " ".join(v for v in (img.exif_make, img.exif_model) if v)
+        if min(img.rgb.shape[:2]) < 64:
+            report.problems.append(f"{file_uri}: {img.rgb.shape[1]}x{img.rgb.shape[0]} is too small for patches")
+            continue
+        images.setdefault(cam, []).append(img.rgb)
+    for cam in sorted(images):
+        if len(images[cam]) < min_images:
+            report.problems.append(f"{cam}: only {len(images[cam])} usable {split} image(s), needs {min_images}; left out")
+            del images[cam]
+    report.cameras = {c: len(v) for c, v in images.items()}
+    return Corpus(images=images, report=report)
+
+
+# ---- grouped patch batches ------------------------------------------------------------------------
+
+
+def sample_patch(rng: np.random.Generator, img: np.ndarray, phase: tuple[int, int], h: History, patch: int) -> np.ndarray | None:
+    """One patch at grid phase ``phase`` after history ``h``; None if the image is too small."""
+    # Source crop: origin on the 8x8 grid of the camera's JPEG, big enough for the patch after resizing.
+    src = int(np.ceil((patch + 16) / h.resize)) + 8
+    H, W = img.shape[:2]
+    if H < src or W < src:
+        src = min(H, W) // 8 * 8
+    y0 = 8 * int(rng.integers(0, (H - src) // 8 + 1))
+    x0 = 8 * int(rng.integers(0, (W - src) // 8 + 1))
+    out = apply_history(img[y0:y0 + src, x0:x0 + src], h)
+    py, px = phase
+    ny, nx = (out.shape[0] - patch - py) // 8, (out.shape[1] - patch - px) // 8
+    if ny < 0 or nx < 0:
+        return None
+    y = py + 8 * int(rng.integers(0, ny + 1))
+    x = px + 8 * int(rng.integers(0, nx + 1))
+    return out[y:y + patch, x:x + patch]
+
+
+def sample_batch(rng: np.random.Generator, corpus: Corpus, groups: int, per_group: int, patch: int,
+                 histories: tuple[History, ...] = TRAIN_HISTORIES) -> tuple[np.ndarray, np.ndarray]:
+    """``groups`` groups of ``per_group`` patches sharing camera, grid phase and history.
+
+    Returns (patches (N, patch, patch, 3) uint8, group labels (N,)). Groups differ in at least one
+    of the three; patches inside a group come from different images of the camera when it has enough.
+    """
+    cams = corpus.cameras
+    seen: set[tuple] = set()
+    xs, labels = [], []
+    g = 0
+    while g < groups:
+        cam = cams[int(rng.integers(len(cams)))]
+        key = (cam, int(rng.integers(8)), int(rng.integers(8)), histories[int(rng.integers(len(histories)))])
+        if key in seen:
+            continue
+        imgs = corpus.images[cam]
+        pick = rng.choice(len(imgs), size=per_group, replace=len(imgs) < per_group)
+        patches = [sample_patch(rng, imgs[i], key[1:3], key[3], patch) for i in pick]
+        if any(p is None for p in patches):
+            continue
+        seen.add(key)
+        xs += patches
+        labels += [g] * per_group
+        g += 1
+    return np.stack(xs), np.asarray(labels)

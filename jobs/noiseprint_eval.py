@@ -1,0 +1,148 @@
+"""`trufor-scan eval-noiseprint`: does a Noiseprint++ tell origins apart on held-out images?
+
+- Pair verification ROC AUC: pairs of patches from held-out images with the same camera model,
+  grid position and (held-out) history vs pairs that differ in any of them; the score is minus the
+  mean squared difference of the two residual patches (the training loss's distance).
+- Camera-model identification: per image, statistics of the noiseprint on each of the 64 phases
+  of the 8x8 grid (mean and standard deviation); nearest centroid, with centroids from the
+  training-split images and tests on the held-out (eval-split) images.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from pipeline.storage import StorageConfig
+
+from .noiseprint_data import EVAL_HISTORIES, Corpus, load_corpus, sample_patch
+from .noiseprint_train import build_dncnn, pair_distances, to_input
+
+DIFFERS = ("camera", "position", "history")
+
+
+def roc_auc(pos: np.ndarray, neg: np.ndarray) -> float:
+    """P(score of a positive > score of a negative), ties counted half (Mann-Whitney U)."""
+    scores = np.concatenate([pos, neg])
+    order = scores.argsort(kind="mergesort")
+    ranks = np.empty(len(scores))
+    ranks[order] = np.arange(1, len(scores) + 1)
+    for v in np.unique(scores):  # average ranks over ties
+        m = scores == v
+        if m.sum() > 1:
+            ranks[m] = ranks[m].mean()
+    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def make_pairs(corpus: Corpus, n_pairs: int, patch: int, seed: int) -> tuple[np.ndarray, list[tuple[int, int, str]]]:
+    """Patches and (i, j, kind) pairs: kind "same" or what differs ("camera", "position", "history")."""
+    rng = np.random.default_rng(seed)
+    cams = corpus.cameras
+    patches: list[np.ndarray] = []
+    pairs: list[tuple[int, int, str]] = []
+
+    def add(cam, phase, h, exclude=None):
+        imgs = corpus.images[cam]
+        while True:
+            k = int(rng.integers(len(imgs)))
+            if k != exclude:
+                break
+        p = sample_patch(rng, imgs[k], phase, h, patch)
+        if p is None:
+            return None, k
+        patches.append(p)
+        return len(patches) - 1, k
+
+    def draw():
+        return cams[int(rng.integers(len(cams)))], (int(rng.integers(8)), int(rng.integers(8))), \
+            EVAL_HISTORIES[int(rng.integers(len(EVAL_HISTORIES)))]
+
+    while len(pairs) < 2 * n_pairs:
+        cam, phase, h = draw()
+        i, k = add(cam, phase, h)
+        if i is None:
+            continue
+        if len([p for p in pairs if p[2] == "same"]) < n_pairs:
+            j, _ = add(cam, phase, h, exclude=k)
+            kind = "same"
+        else:
+            kind = DIFFERS[len(pairs) % 3]
+            cam2, phase2, h2 = cam, phase, h
+            while (cam2, phase2, h2) == (cam, phase, h):
+                c2, p2, hh2 = draw()
+                cam2 = c2 if kind == "camera" else cam
+                phase2 = p2 if kind == "position" else phase
+                h2 = hh2 if kind == "history" else h
+            j, _ = add(cam2, phase2, h2, exclude=k if cam2 == cam else None)
+        if j is None:
+            continue
+        pairs.append((i, j, kind))
+    return np.stack(patches), pairs
+
+
+@torch.inference_mode()
+def residuals(model: torch.nn.Module, patches: np.ndarray, batch: int = 64) -> torch.Tensor:
+    return torch.cat([model(to_input(patches[k:k + batch])) for k in range(0, len(patches), batch)])
+
+
+@torch.inference_mode()
+def phase_features(model: torch.nn.Module, img: np.ndarray, crop: int = 128) -> np.ndarray:
+    """Mean and std of the noiseprint on each of the 64 phases of the 8x8 grid (centre crop)."""
+    h, w = img.shape[:2]
+    s = min(crop, h, w) // 8 * 8
+    y0, x0 = (h - s) // 2 // 8 * 8, (w - s) // 2 // 8 * 8
+    r = model(to_input(img[None, y0:y0 + s, x0:x0 + s]))[0, 0].numpy()
+    blocks = r.reshape(s // 8, 8, s // 8, 8).transpose(1, 3, 0, 2).reshape(64, -1)  # (phase, samples)
+    return np.concatenate([blocks.mean(1), blocks.std(1)])
+
+
+def camera_id_accuracy(model: torch.nn.Module, reference: Corpus, held_out: Corpus) -> float:
+    cams = [c for c in held_out.cameras if c in reference.images]
+    ref = {c: np.stack([phase_features(model, im) for im in reference.images[c]]) for c in cams}
+    allref = np.concatenate(list(ref.values()))
+    mu, sd = allref.mean(0), allref.std(0) + 1e-8
+    centroids = np.stack([((ref[c] - mu) / sd).mean(0) for c in cams])
+    hits = total = 0
+    for ci, c in enumerate(cams):
+        for im in held_out.images[c]:
+            f = (phase_features(model, im) - mu) / sd
+            hits += int(np.argmin(((centroids - f) ** 2).sum(1)) == ci)
+            total += 1
+    return hits / max(1, total)
+
+
+def metrics_for(model: torch.nn.Module, patches: np.ndarray, pairs, reference: Corpus, held_out: Corpus) -> dict:
+    model.eval()
+    r = residuals(model, patches)
+    i = torch.tensor([p[0] for p in pairs])
+    j = torch.tensor([p[1] for p in pairs])
+    d = ((r[i] - r[j]) ** 2).flatten(1).mean(1).numpy()
+    kinds = np.array([p[2] for p in pairs])
+    pos = -d[kinds == "same"]
+    out = {"pair_auc": roc_auc(pos, -d[kinds != "same"])}
+    for k in DIFFERS:
+        out[f"pair_auc_vs_different_{k}"] = roc_auc(pos, -d[kinds == k])
+    out["camera_id_accuracy"] = camera_id_accuracy(model, reference, held_out)
+    return out
+
+
+def evaluate(weights: str, corpus: str, baseline: str | None = None, storage: StorageConfig | None = None,
+             n_pairs: int = 300, patch: int = 64, seed: int = 0) -> dict:
+    """Metrics of ``weights`` (and of ``baseline`` side by side) on the corpus's held-out split.
+
+    Returns:
+        {"weights": {...}, "baseline": {...} or None, "pairs": ..., "held_out_images": ..., "cameras": ...}
+    """
+    held_out = load_corpus(corpus, "eval", storage)
+    reference = load_corpus(corpus, "train", storage)
+    if len(held_out.cameras) < 2:
+        raise ValueError(f"evaluation needs held-out images ({corpus}/<camera>/eval/) of >= 2 cameras; "
+                         f"found {held_out.report.text()}")
+    patches, pairs = make_pairs(held_out, n_pairs, patch, seed)
+    result = {"weights": metrics_for(build_dncnn(weights), patches, pairs, reference, held_out),
+              "baseline": metrics_for(build_dncnn(baseline), patches, pairs, reference, held_out) if baseline else None,
+              "weights_path": weights, "baseline_path": baseline, "pairs": len(pairs),
+              "held_out_images": sum(held_out.report.cameras.values()), "cameras": len(held_out.cameras),
+              "problems": held_out.report.problems + reference.report.problems}
+    if baseline:
+        result["gain"] = {k: result["weights"][k] - result["baseline"][k] for k in result["weights"]}
+    return result

@@ -1,0 +1,327 @@
+"""`trufor-scan train-noiseprint`: retrain Noiseprint++ on a camera corpus with Ray Train (DDP).
+
+Also a plain Ray job entry point: ``ray job submit -- python -m jobs.noiseprint_train --corpus ... --output ...``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from trufor_core.checkpoint import CheckpointError, map_noiseprint_state_dict, map_official_state_dict, read_torch_file
+from trufor_core.noiseprint import DnCNN
+
+LATEST_RUN_FILE = "LATEST_RUN"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of one training run (see `trufor-scan train-noiseprint --help`)."""
+
+    corpus: str
+    output: str
+    init: str = "scratch"  # a noiseprint++.th / trufor.pth.tar path, or "scratch"
+    workers: int = 2
+    use_gpu: bool = False
+    steps: int | None = None
+    epochs: float | None = None
+    batch_groups: int = 8  # groups per worker batch
+    per_group: int = 4  # patches per group (from different images of the camera)
+    patch: int = 64
+    lr: float = 1e-4
+    temperature: float = 0.05  # distances are mean squared residual differences / temperature
+    checkpoint_every: int = 25
+    resume: bool = False
+    seed: int = 0
+    threads_per_worker: int = 1
+    max_failures: int = 1
+    s3_endpoint: str | None = None
+    run_name: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.steps is None) == (self.epochs is None):
+            raise ValueError("give exactly one of --steps and --epochs")
+        if self.per_group < 2 or self.batch_groups < 2:
+            raise ValueError(f"need >= 2 groups of >= 2 patches (positives and negatives), got "
+                             f"{self.batch_groups} x {self.per_group}")
+
+
+def load_dncnn_weights(path: str) -> dict[str, torch.Tensor]:
+    """DnCNN weights (keys '0.weight', ...) from a noiseprint++.th file or a full trufor.pth.tar."""
+    raw = read_torch_file(path)
+    if isinstance(raw, dict) and "network" in raw:
+        sd = map_noiseprint_state_dict(raw)
+    else:
+        sd = {k: v for k, v in map_official_state_dict(raw).items() if k.startswith("dncnn.")}
+        if not sd:
+            raise CheckpointError(f"{path} holds no Noiseprint++ (dncnn.*) weights")
+    return {k[len("dncnn."):]: v for k, v in sd.items()}
+
+
+def build_dncnn(init: str | None) -> DnCNN:
+    """The same 17-layer DnCNN as trufor_core, loaded strictly from ``init`` unless "scratch"."""
+    model = DnCNN()
+    if init and init != "scratch":
+        sd = load_dncnn_weights(init)
+        expected = model.state_dict()
+        missing, unexpected = sorted(set(expected) - set(sd)), sorted(set(sd) - set(expected))
+        if missing or unexpected:
+            raise CheckpointError(f"{init}: missing {missing}, unexpected {unexpected}")
+        model.load_state_dict(sd, strict=True)
+    return model
+
+
+def to_input(patches: np.ndarray) -> torch.Tensor:
+    """(N, P, P, 3) uint8 -> (N, 3, P, P) float32 / 256, exactly TruFor's preprocessing."""
+    return torch.from_numpy(patches.transpose(0, 3, 1, 2).copy()).float() / 256.0
+
+
+def pair_distances(residuals: torch.Tensor, temperature: float) -> torch.Tensor:
+    """s(i, j): mean squared difference of residual patches, divided by the temperature. (N, N)."""
+    r = residuals.flatten(1)  # (N, 1, P, P) -> (N, P*P)
+    sq = (r * r).sum(1)
+    d = (sq[:, None] + sq[None, :] - 2.0 * (r @ r.T)).clamp_min(0.0)
+    return d / r.shape[1] / temperature
+
+
+def infonce_loss(residuals: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
+    """TruFor eq. (1): -mean_i log( sum_{j in N_i} e^{-s_ij} / sum_{j != i} e^{-s_ij} )."""
+    logits = -pair_distances(residuals, temperature)
+    n = logits.shape[0]
+    eye = torch.eye(n, dtype=torch.bool, device=logits.device)
+    pos = (labels[:, None] == labels[None, :]) & ~eye
+    if not bool(pos.any(1).all()):
+        raise ValueError("every patch needs at least one positive in its batch")
+    logits = logits.masked_fill(eye, float("-inf"))
+    return (torch.logsumexp(logits, 1) - torch.logsumexp(logits.masked_fill(~pos, float("-inf")), 1)).mean()
+
+
+def _bn_eval(model: torch.nn.Module) -> None:
+    # Fine-tuning keeps the released BN statistics: small patch batches would only add noise to them.
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.eval()
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Runs on every Ray Train worker: DDP over grouped patch batches, checkpoints every K steps."""
+    import ray.train
+    import ray.train.torch
+
+    from pipeline.storage import StorageConfig
+
+    from .noiseprint_data import load_corpus, sample_batch
+
+    cfg = TrainConfig(**config["cfg"])
+    torch.set_num_threads(cfg.threads_per_worker)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    corpus = load_corpus(cfg.corpus, "train", StorageConfig.from_env(cfg.s3_endpoint))
+    steps = config["steps"]
+    model = build_dncnn(cfg.init)
+    model = ray.train.torch.prepare_model(model)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    start = 0
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            state = torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=True)
+        (model.module if hasattr(model, "module") else model).load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start = int(state["step"])
+        if rank == 0:
+            print(f"[train-noiseprint] resumed from the checkpoint at step {start}", flush=True)
+    t_run, patches_seen = time.perf_counter(), 0
+    for step in range(start, steps):
+        rng = np.random.default_rng([cfg.seed, step, rank])  # reproducible, and the same after a resume
+        x, labels = sample_batch(rng, corpus, cfg.batch_groups, cfg.per_group, cfg.patch)
+        model.train()
+        if cfg.init != "scratch":
+            _bn_eval(model)
+        t0 = time.perf_counter()
+        loss = infonce_loss(model(to_input(x).to(ray.train.torch.get_device())), torch.from_numpy(labels).to(
+            ray.train.torch.get_device()), cfg.temperature)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        patches_seen += len(x)
+        dt = time.perf_counter() - t0
+        el = time.perf_counter() - t_run
+        metrics = {"step": step + 1, "loss": float(loss), "patches_per_s_worker": len(x) / dt,
+                   "patches_per_s_total": patches_seen * world / el, "rank": rank}
+        if rank == 0:
+            eta = (steps - step - 1) * el / (step + 1 - start)
+            print(f"[train-noiseprint] step {step + 1}/{steps} loss {float(loss):.4f} "
+                  f"{metrics['patches_per_s_worker']:.1f} patches/s/worker "
+                  f"{metrics['patches_per_s_total']:.1f} patches/s total ETA {eta:.0f} s", flush=True)
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == steps:
+            with tempfile.TemporaryDirectory() as d:
+                if rank == 0:
+                    net = model.module if hasattr(model, "module") else model
+                    torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "step": step + 1},
+                               os.path.join(d, "state.pt"))
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d) if rank == 0 else None)
+        else:
+            ray.train.report(metrics)
+
+
+def export_noiseprint(state: dict, path: str | Path, step: int) -> Path:
+    """Write ``{"network": state_dict, "global_step": step}`` exactly like the released noiseprint++.th."""
+    sd = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    build = DnCNN()
+    build.load_state_dict(sd, strict=True)  # same keys and shapes as the released file
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"network": sd, "global_step": int(step)}, path)
+    return path
+
+
+def _steps(cfg: TrainConfig, n_train_images: int) -> int:
+    if cfg.steps is not None:
+        return cfg.steps
+    per_step = cfg.batch_groups * cfg.per_group * cfg.workers
+    return max(1, int(np.ceil(cfg.epochs * n_train_images / per_step)))
+
+
+def run_training(cfg: TrainConfig, log=lambda m: print(m, file=sys.stderr)) -> dict:
+    """Train, export ``noiseprint++.th`` into the output, then evaluate trained vs starting weights.
+
+    Returns:
+        A summary: run name, steps, export path, loss curve, throughput and the evaluation.
+    """
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from pipeline.storage import StorageConfig
+
+    from .noiseprint_data import load_corpus
+    from .noiseprint_eval import evaluate
+
+    storage = StorageConfig.from_env(cfg.s3_endpoint)
+    train = load_corpus(cfg.corpus, "train", storage)
+    log(train.report.text())
+    if len(train.cameras) < 2:
+        raise ValueError(f"the corpus needs at least 2 usable camera models for training, found {train.cameras}")
+    steps = _steps(cfg, sum(train.report.cameras.values()))
+    out_fs, out_path = storage.filesystem(cfg.output)
+    out_fs.makedirs(out_path, exist_ok=True)
+    latest = f"{out_path.rstrip('/')}/{LATEST_RUN_FILE}"
+    if cfg.resume:
+        if not out_fs.exists(latest):
+            raise FileNotFoundError(f"--resume: no earlier run recorded in {cfg.output} ({LATEST_RUN_FILE} missing)")
+        name = out_fs.cat_file(latest).decode().strip()
+        log(f"resuming run {name} from its last checkpoint")
+    else:
+        name = cfg.run_name or f"noiseprint-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        with out_fs.open(latest, "wb") as f:
+            f.write(name.encode())
+    for k, v in {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
+                 "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}.items():
+        os.environ.setdefault(k, v)
+    started = False
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False)
+        started = True
+    try:
+        fs_arg = {}
+        if "://" in cfg.output:
+            import pyarrow.fs as pafs
+
+            fs_arg = {"storage_filesystem": pafs.PyFileSystem(pafs.FSSpecHandler(out_fs))}
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config={"cfg": asdict(cfg), "steps": steps},
+            scaling_config=ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu,
+                                                   resources_per_worker={"CPU": cfg.threads_per_worker}),
+            run_config=ray.train.RunConfig(
+                name=name, storage_path=out_path if fs_arg else os.path.abspath(cfg.output), **fs_arg,
+                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+                failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures)),
+        )
+        t0 = time.perf_counter()
+        result = trainer.fit()
+        wall = time.perf_counter() - t0
+        if result.checkpoint is None:
+            raise RuntimeError(f"training run {name} ended without a checkpoint: {result.error}")
+        with result.checkpoint.as_directory() as d:
+            state = torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=True)
+    finally:
+        if started:
+            ray.shutdown()
+    with tempfile.TemporaryDirectory() as d:
+        local = export_noiseprint(state["model"], Path(d) / "noiseprint++.th", state["step"])
+        export_uri = f"{cfg.output.rstrip('/')}/{name}/noiseprint++.th"
+        out_fs.put(str(local), f"{out_path.rstrip('/')}/{name}/noiseprint++.th")
+        evaluation = evaluate(str(local), cfg.corpus, baseline=None if cfg.init == "scratch" else cfg.init,
+                              storage=storage, seed=cfg.seed)
+    curve = _loss_curve(result)
+    summary = {"run": name, "steps": int(state["step"]), "workers": cfg.workers, "wall_s": round(wall, 1),
+               "export": export_uri, "loss_curve": curve, "evaluation": evaluation,
+               "patches_per_s_total": result.metrics.get("patches_per_s_total"),
+               "patches_per_s_worker": result.metrics.get("patches_per_s_worker")}
+    with out_fs.open(f"{out_path.rstrip('/')}/{name}/summary.json", "wb") as f:
+        f.write(json.dumps(summary, indent=1).encode())
+    return summary
+
+
+def _loss_curve(result) -> list[dict]:
+    """Loss by step from the run's reported metrics (rank 0), thinned to at most ~20 points."""
+    try:
+        df = result.metrics_dataframe
+        rows = [(int(s), float(l)) for s, l, r in zip(df["step"], df["loss"], df["rank"]) if int(r) == 0]
+    except Exception:  # noqa: BLE001 - the curve is a report extra; an empty one says so
+        return []
+    every = max(1, len(rows) // 20)
+    return [{"step": s, "loss": round(l, 5)} for i, (s, l) in enumerate(rows) if i % every == 0 or i == len(rows) - 1]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--corpus", required=True, help="URI/<camera_model>/**/*.jpg (eval/ folders held out) or a "
+                                                    "manifest with uri, camera_model ('exif' = from EXIF)")
+    p.add_argument("--output", required=True, help="local directory or object-store prefix for checkpoints and the export")
+    p.add_argument("--init", default="scratch", help="noiseprint++.th or trufor.pth.tar to fine-tune, or 'scratch'")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--use-gpu", action="store_true")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--steps", type=int)
+    g.add_argument("--epochs", type=float)
+    p.add_argument("--batch-groups", type=int, default=8, help="groups per worker batch")
+    p.add_argument("--per-group", type=int, default=4, help="patches per group")
+    p.add_argument("--patch", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--temperature", type=float, default=0.05)
+    p.add_argument("--checkpoint-every", type=int, default=25)
+    p.add_argument("--resume", action="store_true", help="continue the last run in --output from its checkpoint")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads-per-worker", type=int, default=1)
+    p.add_argument("--s3-endpoint")
+
+
+def config_from_args(a: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(corpus=a.corpus, output=a.output, init=a.init, workers=a.workers, use_gpu=a.use_gpu,
+                       steps=a.steps, epochs=a.epochs, batch_groups=a.batch_groups, per_group=a.per_group,
+                       patch=a.patch, lr=a.lr, temperature=a.temperature, checkpoint_every=a.checkpoint_every,
+                       resume=a.resume, seed=a.seed, threads_per_worker=a.threads_per_worker,
+                       s3_endpoint=a.s3_endpoint)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m jobs.noiseprint_train", description=__doc__)
+    add_arguments(p)
+    summary = run_training(config_from_args(p.parse_args(argv)))
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
