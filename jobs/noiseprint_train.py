@@ -45,7 +45,7 @@ class TrainConfig:
     threads_per_worker: int = 1
     max_failures: int = 1
     s3_endpoint: str | None = None
-    run_name: str | None = None
+    eval_pairs: int = 300
 
     def __post_init__(self) -> None:
         if (self.steps is None) == (self.epochs is None):
@@ -130,14 +130,14 @@ def train_loop_per_worker(config: dict) -> None:
     model = build_dncnn(cfg.init)
     model = ray.train.torch.prepare_model(model)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    start = 0
+    start, history = 0, []
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
             state = torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=True)
         (model.module if hasattr(model, "module") else model).load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-        start = int(state["step"])
+        start, history = int(state["step"]), [list(h) for h in state["history"]]
         if rank == 0:
             print(f"[train-noiseprint] resumed from the checkpoint at step {start}", flush=True)
     t_run, patches_seen = time.perf_counter(), 0
@@ -154,6 +154,7 @@ def train_loop_per_worker(config: dict) -> None:
         loss.backward()
         opt.step()
         patches_seen += len(x)
+        history.append([step + 1, float(loss)])
         dt = time.perf_counter() - t0
         el = time.perf_counter() - t_run
         metrics = {"step": step + 1, "loss": float(loss), "patches_per_s_worker": len(x) / dt,
@@ -167,8 +168,9 @@ def train_loop_per_worker(config: dict) -> None:
             with tempfile.TemporaryDirectory() as d:
                 if rank == 0:
                     net = model.module if hasattr(model, "module") else model
-                    torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "step": step + 1},
-                               os.path.join(d, "state.pt"))
+                    # The loss history travels with the checkpoint, so a resumed run keeps the whole curve.
+                    torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "step": step + 1,
+                                "history": history}, os.path.join(d, "state.pt"))
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d) if rank == 0 else None)
         else:
             ray.train.report(metrics)
@@ -222,7 +224,7 @@ def run_training(cfg: TrainConfig, log=lambda m: print(m, file=sys.stderr)) -> d
         name = out_fs.cat_file(latest).decode().strip()
         log(f"resuming run {name} from its last checkpoint")
     else:
-        name = cfg.run_name or f"noiseprint-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        name = f"noiseprint-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         with out_fs.open(latest, "wb") as f:
             f.write(name.encode())
     for k, v in {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
@@ -263,8 +265,8 @@ def run_training(cfg: TrainConfig, log=lambda m: print(m, file=sys.stderr)) -> d
         export_uri = f"{cfg.output.rstrip('/')}/{name}/noiseprint++.th"
         out_fs.put(str(local), f"{out_path.rstrip('/')}/{name}/noiseprint++.th")
         evaluation = evaluate(str(local), cfg.corpus, baseline=None if cfg.init == "scratch" else cfg.init,
-                              storage=storage, seed=cfg.seed)
-    curve = _loss_curve(result)
+                              storage=storage, n_pairs=cfg.eval_pairs, patch=cfg.patch, seed=cfg.seed)
+    curve = [{"step": int(st), "loss": round(float(lo), 5)} for st, lo in state["history"]]
     summary = {"run": name, "steps": int(state["step"]), "workers": cfg.workers, "wall_s": round(wall, 1),
                "export": export_uri, "loss_curve": curve, "evaluation": evaluation,
                "patches_per_s_total": result.metrics.get("patches_per_s_total"),
@@ -272,17 +274,6 @@ def run_training(cfg: TrainConfig, log=lambda m: print(m, file=sys.stderr)) -> d
     with out_fs.open(f"{out_path.rstrip('/')}/{name}/summary.json", "wb") as f:
         f.write(json.dumps(summary, indent=1).encode())
     return summary
-
-
-def _loss_curve(result) -> list[dict]:
-    """Loss by step from the run's reported metrics (rank 0), thinned to at most ~20 points."""
-    try:
-        df = result.metrics_dataframe
-        rows = [(int(s), float(l)) for s, l, r in zip(df["step"], df["loss"], df["rank"]) if int(r) == 0]
-    except Exception:  # noqa: BLE001 - the curve is a report extra; an empty one says so
-        return []
-    every = max(1, len(rows) // 20)
-    return [{"step": s, "loss": round(l, 5)} for i, (s, l) in enumerate(rows) if i % every == 0 or i == len(rows) - 1]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -304,6 +295,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue the last run in --output from its checkpoint")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads-per-worker", type=int, default=1)
+    p.add_argument("--eval-pairs", type=int, default=300, help="positive (and negative) pairs of the final evaluation")
     p.add_argument("--s3-endpoint")
 
 
@@ -312,7 +304,7 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
                        steps=a.steps, epochs=a.epochs, batch_groups=a.batch_groups, per_group=a.per_group,
                        patch=a.patch, lr=a.lr, temperature=a.temperature, checkpoint_every=a.checkpoint_every,
                        resume=a.resume, seed=a.seed, threads_per_worker=a.threads_per_worker,
-                       s3_endpoint=a.s3_endpoint)
+                       s3_endpoint=a.s3_endpoint, eval_pairs=a.eval_pairs)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -212,6 +212,7 @@ def run_scan(cfg: ScanConfig, log: Callable[[str], None] = lambda m: print(m, fi
         progress.update(summary.scanned + summary.skipped, summary.errors)
 
     started_ray = False
+    failure: Exception | None = None
     if listing:
         started_ray = _init_ray(cfg)
         try:
@@ -237,22 +238,24 @@ def run_scan(cfg: ScanConfig, log: Callable[[str], None] = lambda m: print(m, fi
             log(f"scan {run_id}: {cfg.actors} actor(s) x ({cpus:g} CPU, {gpus:g} GPU, {threads} torch threads)")
             for table in ds.iter_batches(batch_format="pyarrow", batch_size=None):
                 take(table)
-        except Exception as e:
-            raise RuntimeError(f"scan {run_id} failed in the Ray pipeline: {redact(str(e))}") from e
+        except Exception as e:  # noqa: BLE001 - recorded below, then raised
+            failure = e
         finally:
-            flush()
             if started_ray:
                 import ray
 
                 ray.shutdown()
     # Every listed file is accounted for: anything the pipeline lost gets an error row.
     lost = [f for f in listing if f.uri not in seen]
+    reason = f"scan {run_id} failed in the Ray pipeline: {redact(str(failure))}" if failure else None
     if lost:
         take(rows_to_table([ScanRow(uri=f.uri, status=STATUS_ERROR, size_bytes=f.size_bytes,
                                     etag_or_mtime=f.etag_or_mtime, run_id=run_id,
-                                    error="no result came back from the pipeline for this file",
+                                    error=reason or "no result came back from the pipeline for this file",
                                     scanned_at=dt.datetime.now(dt.timezone.utc)) for f in lost]))
-        flush()
+    flush()
+    if failure:
+        raise RuntimeError(reason) from failure
     summary.wall_s = time.monotonic() - t0
     progress.update(summary.scanned + summary.skipped, summary.errors, final=True)
     return summary

@@ -1,0 +1,231 @@
+"""Noiseprint++ retraining: data, loss, export (fast) and Ray Train runs with 2 CPU workers (slow)."""
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from jobs.camera_corpus import make_camera_corpus
+from jobs.noiseprint_data import (EVAL_HISTORIES, HISTORIES, TRAIN_HISTORIES, apply_history, load_corpus,
+                                  sample_batch)
+from jobs.noiseprint_eval import roc_auc
+from jobs.noiseprint_train import build_dncnn, export_noiseprint, infonce_loss, load_dncnn_weights
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("corpus")
+    make_camera_corpus(d, cameras=3, images=4, size=128, eval_images=3, seed=1)
+    return d
+
+
+def test_histories_enumerated_and_split():
+    assert len(HISTORIES) == 512 and len(set(HISTORIES)) == 512
+    assert len(EVAL_HISTORIES) == 64 and not set(EVAL_HISTORIES) & set(TRAIN_HISTORIES)
+    # The held-out ones cover every edit, JPEG quality and resize factor.
+    assert {h.edit for h in EVAL_HISTORIES} == {h.edit for h in HISTORIES}
+    assert {h.jpeg for h in EVAL_HISTORIES} == {h.jpeg for h in HISTORIES}
+    x = np.random.default_rng(0).integers(0, 255, (96, 96, 3), dtype=np.uint8)
+    assert apply_history(x, HISTORIES[0]).shape == (96, 96, 3)
+    half = next(h for h in HISTORIES if h.resize == 0.5 and h.jpeg == 75)
+    y = apply_history(x, half)
+    assert y.shape == (48, 48, 3) and y.dtype == np.uint8
+
+
+def test_corpus_layout_and_grouped_batches(corpus_dir):
+    desc = json.loads((corpus_dir / "cameras.json").read_text())
+    assert len(desc["cameras"]) == 3 and set(desc["eval_photos"]).isdisjoint(desc["train_photos"])
+    train, held = load_corpus(str(corpus_dir), "train"), load_corpus(str(corpus_dir), "eval")
+    assert train.report.cameras == {"simcam00": 4, "simcam01": 4, "simcam02": 4}
+    assert held.report.cameras == {"simcam00": 3, "simcam01": 3, "simcam02": 3}
+    assert train.report.problems == []
+    x, labels = sample_batch(np.random.default_rng(0), train, groups=5, per_group=3, patch=48)
+    assert x.shape == (15, 48, 48, 3) and x.dtype == np.uint8
+    assert list(labels) == [g for g in range(5) for _ in range(3)]
+
+
+def test_corpus_problems_are_reported(tmp_path, corpus_dir):
+    import shutil
+
+    root = tmp_path / "c"
+    shutil.copytree(corpus_dir / "simcam00", root / "camA")
+    shutil.copytree(corpus_dir / "simcam01", root / "camB")
+    (root / "camEmpty").mkdir()
+    (root / "camA" / "train" / "broken.jpg").write_bytes(b"not a jpeg")
+    (root / "camSolo").mkdir()
+    shutil.copy(next((corpus_dir / "simcam02" / "train").iterdir()), root / "camSolo" / "only.jpg")
+    shutil.copy(next((corpus_dir / "simcam02" / "train").iterdir()), root / "loose.jpg")
+    c = load_corpus(str(root), "train")
+    text = c.report.text()
+    assert set(c.cameras) == {"camA", "camB"}
+    assert "camEmpty: camera folder has no images" in text
+    assert "broken.jpg: unreadable" in text
+    assert "camSolo: only 1 usable train image(s), needs 2" in text
+    assert "loose.jpg: an image at the corpus root has no camera folder (not guessed)" in text
+    # A manifest: explicit camera models, EXIF when asked for, never guessed.
+    exif_img = io.BytesIO()
+    ex = Image.Exif()
+    ex[271], ex[272] = "Acme", "Cam 1"
+    Image.fromarray(np.random.default_rng(3).integers(0, 255, (80, 80, 3), dtype=np.uint8)).save(
+        exif_img, format="JPEG", exif=ex.tobytes())
+    (tmp_path / "e1.jpg").write_bytes(exif_img.getvalue())
+    (tmp_path / "e2.jpg").write_bytes(exif_img.getvalue())
+    (tmp_path / "noexif.jpg").write_bytes((root / "camSolo" / "only.jpg").read_bytes())
+    (tmp_path / "m.csv").write_text(f"uri,camera_model\n{tmp_path}/e1.jpg,exif\n{tmp_path}/e2.jpg,exif\n"
+                                    f"{tmp_path}/noexif.jpg,exif\n{tmp_path}/e1.jpg,\n")
+    m = load_corpus(str(tmp_path / "m.csv"), "train")
+    assert m.report.cameras == {"Acme Cam 1": 2}
+    assert any("noexif.jpg: no EXIF Make/Model" in p for p in m.report.problems)
+    assert any("no camera_model in the manifest" in p for p in m.report.problems)
+
+
+def test_infonce_loss():
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    base = torch.randn(3, 1, 8, 8)
+    clustered = base[labels] + 0.01 * torch.randn(6, 1, 8, 8)
+    shuffled = base[torch.tensor([0, 1, 2, 0, 1, 2])]
+    good, bad = infonce_loss(clustered, labels, 0.05), infonce_loss(shuffled, labels, 0.05)
+    assert torch.isfinite(good) and torch.isfinite(bad) and good < 0.01 < bad
+    with pytest.raises(ValueError, match="positive"):
+        infonce_loss(base, torch.tensor([0, 1, 2]), 0.05)
+
+
+def test_roc_auc():
+    rng = np.random.default_rng(0)
+    pos, neg = rng.normal(1, 1, 50), rng.normal(0, 1, 40)
+    brute = np.mean([(p > n) + 0.5 * (p == n) for p, n in itertools.product(pos, neg)])
+    assert roc_auc(pos, neg) == pytest.approx(brute)
+    assert roc_auc(np.array([1.0, 1.0]), np.array([1.0])) == 0.5
+
+
+def test_export_has_the_released_format(shared, tmp_path):
+    from conftest import NOISEPRINT
+
+    released = read = torch.load(NOISEPRINT, map_location="cpu", weights_only=True)
+    model = build_dncnn(str(NOISEPRINT))
+    path = export_noiseprint(model.state_dict(), tmp_path / "np.th", step=7)
+    out = torch.load(path, map_location="cpu", weights_only=True)
+    assert set(out) == {"network", "global_step"} and out["global_step"] == 7
+    assert list(out["network"]) == list(released["network"])
+    assert all(out["network"][k].shape == v.shape for k, v in read["network"].items())
+    assert all(torch.equal(out["network"][k].cpu(), v.cpu()) for k, v in released["network"].items())
+    assert set(load_dncnn_weights(str(path))) == set(released["network"])
+
+
+# ---- Ray Train runs (2 CPU workers) --------------------------------------------------------------
+
+TRAIN_ARGS = ["--workers", "2", "--batch-groups", "3", "--per-group", "2", "--patch", "48", "--eval-pairs", "20",
+              "--lr", "5e-4"]
+
+
+def _ray_tmp() -> str:
+    return tempfile.mkdtemp(prefix="tfn", dir="/tmp")
+
+
+def _run_cli(args: list[str], ray_tmp: str, timeout: int = 600, **kw) -> subprocess.Popen:
+    exe = str(Path(sys.executable).with_name("trufor-scan"))
+    env = dict(os.environ, RAY_TMPDIR=ray_tmp, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled")
+    return subprocess.Popen([exe, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True, **kw)
+
+
+def _kill_ray(ray_tmp: str) -> None:
+    """End every Ray process of one run (they carry its temp dir on their command line)."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if ray_tmp in cmd:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except OSError:
+                pass
+
+
+@pytest.mark.slow
+def test_train_two_workers_export_and_eval(shared, corpus_dir, tmp_path):
+    from conftest import NOISEPRINT
+    from trufor_core import load_trufor
+
+    out = tmp_path / "run"
+    ray_tmp = _ray_tmp()
+    try:
+        p = _run_cli(["train-noiseprint", "--corpus", str(corpus_dir), "--output", str(out), "--init", str(NOISEPRINT),
+                      "--steps", "8", "--checkpoint-every", "4", *TRAIN_ARGS], ray_tmp)
+        log, _ = p.communicate(timeout=600)
+    finally:
+        _kill_ray(ray_tmp)
+    assert p.returncode == 0, log[-4000:]
+    summary = json.loads(log[log.rindex("\n{") + 1:])
+    assert summary["steps"] == 8 and summary["workers"] == 2
+    run_dir = out / summary["run"]
+    assert sorted(d.name for d in run_dir.iterdir() if d.name.startswith("checkpoint_"))  # checkpoints written
+    losses = [pt["loss"] for pt in summary["loss_curve"]]
+    assert len(losses) == 8 and all(np.isfinite(losses))
+    assert np.mean(losses[-3:]) < np.mean(losses[:3])  # fixed seed: it learns
+    assert "patches/s/worker" in log and "ETA" in log and summary["patches_per_s_worker"] > 0
+    ev = summary["evaluation"]
+    assert set(ev["weights"]) >= {"pair_auc", "camera_id_accuracy"} and ev["baseline"] is not None
+    # The export drops into the scanner: strict load as the Noiseprint++ of TruFor.
+    export = Path(summary["export"])
+    from trufor_core.checkpoint import write_synthetic_checkpoint
+
+    ckpt = write_synthetic_checkpoint(tmp_path / "UNTRAINED.pth.tar", NOISEPRINT)
+    model, info = load_trufor(ckpt, noiseprint=export)
+    assert info.noiseprint_sha256 and info.noiseprint_path == str(export)
+    trained = torch.load(export, map_location="cpu", weights_only=True)["network"]
+    assert torch.equal(model.dncnn[0].weight, trained["0.weight"])
+    assert not torch.equal(trained["0.weight"], torch.load(NOISEPRINT, map_location="cpu", weights_only=True)["network"]["0.weight"].cpu())
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_from_its_checkpoint(shared, corpus_dir, tmp_path):
+    out = tmp_path / "run"
+    args = ["train-noiseprint", "--corpus", str(corpus_dir), "--output", str(out), "--init", "scratch",
+            "--steps", "12", "--checkpoint-every", "2", *TRAIN_ARGS]
+    ray_tmp = _ray_tmp()
+    p = _run_cli(args, ray_tmp)
+    try:
+        deadline = time.time() + 400
+        while time.time() < deadline:
+            ckpts = list(out.glob("*/checkpoint_*"))
+            if len(ckpts) >= 2:  # at least step 4 is safely on disk
+                break
+            if p.poll() is not None:
+                pytest.fail("the run ended before it could be killed: " + p.stdout.read()[-3000:])
+            time.sleep(0.5)
+        else:
+            pytest.fail("no checkpoint appeared")
+        os.killpg(p.pid, signal.SIGKILL)  # the driver dies mid-run
+        p.wait()
+    finally:
+        _kill_ray(ray_tmp)
+    ray_tmp2 = _ray_tmp()
+    try:
+        p2 = _run_cli([*args, "--resume"], ray_tmp2)
+        log, _ = p2.communicate(timeout=600)
+    finally:
+        _kill_ray(ray_tmp2)
+    assert p2.returncode == 0, log[-4000:]
+    resumed = [int(line.rsplit("step ", 1)[1]) for line in log.splitlines() if "resumed from the checkpoint at step" in line]
+    assert resumed and resumed[0] >= 2 and resumed[0] % 2 == 0
+    summary = json.loads(log[log.rindex("\n{") + 1:])
+    assert summary["steps"] == 12
+    assert (out / "LATEST_RUN").read_text().strip() == summary["run"]
+    assert [pt["step"] for pt in summary["loss_curve"]] == list(range(1, 13))  # every step once, curve kept
+    steps_after = [int(line.split("step ", 1)[1].split("/", 1)[0]) for line in log.splitlines()
+                   if "[train-noiseprint] step " in line]
+    assert min(steps_after) == resumed[0] + 1  # the resumed run did not redo finished steps
