@@ -232,7 +232,8 @@ def run_training(cfg: TrainConfig, log=lambda m: print(m, file=sys.stderr)) -> d
         os.environ.setdefault(k, v)
     started = False
     if not ray.is_initialized():
-        ray.init(include_dashboard=False)
+        # WARNING: Ray Train logs every report at INFO, which would drown the progress lines.
+        ray.init(include_dashboard=False, logging_config=ray.LoggingConfig(log_level="WARNING"))
         started = True
     try:
         fs_arg = {}
