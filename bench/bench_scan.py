@@ -115,7 +115,7 @@ def main() -> None:
     out = tmp / "out"
     with RssSampler() as rss:
         t0 = time.perf_counter()
-        s = run_scan(ScanConfig(input=str(src), output=str(out), checkpoint=args.checkpoint, actors=args.actors,
+        run_scan(ScanConfig(input=str(src), output=str(out), checkpoint=args.checkpoint, actors=args.actors,
                                 batch_size=args.batch_size, allow_download=False, ray_temp_dir=tempfile.mkdtemp(prefix="tfr", dir="/tmp")),
                      log=lambda m: None)
         scan_s = time.perf_counter() - t0

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageFilter
 
-from pipeline.listing import list_input, read_manifest
+from pipeline.listing import list_input
 from pipeline.storage import StorageConfig
 from trufor_core.image import IMAGE_EXTENSIONS, ImageDecodeError, decode_image
 

@@ -15,7 +15,7 @@ import torch
 from pipeline.storage import StorageConfig
 
 from .noiseprint_data import EVAL_HISTORIES, Corpus, load_corpus, sample_patch
-from .noiseprint_train import build_dncnn, pair_distances, to_input
+from .noiseprint_train import build_dncnn, to_input
 
 DIFFERS = ("camera", "position", "history")
 
@@ -56,12 +56,13 @@ def make_pairs(corpus: Corpus, n_pairs: int, patch: int, seed: int) -> tuple[np.
         return cams[int(rng.integers(len(cams)))], (int(rng.integers(8)), int(rng.integers(8))), \
             EVAL_HISTORIES[int(rng.integers(len(EVAL_HISTORIES)))]
 
+    n_same = 0
     while len(pairs) < 2 * n_pairs:
         cam, phase, h = draw()
         i, k = add(cam, phase, h)
         if i is None:
             continue
-        if len([p for p in pairs if p[2] == "same"]) < n_pairs:
+        if n_same < n_pairs:
             j, _ = add(cam, phase, h, exclude=k)
             kind = "same"
         else:
@@ -76,6 +77,7 @@ def make_pairs(corpus: Corpus, n_pairs: int, patch: int, seed: int) -> tuple[np.
         if j is None:
             continue
         pairs.append((i, j, kind))
+        n_same += kind == "same"
     return np.stack(patches), pairs
 
 

@@ -227,8 +227,9 @@ def run_training(cfg: TrainConfig, log=lambda m: print(m, file=sys.stderr)) -> d
         name = f"noiseprint-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         with out_fs.open(latest, "wb") as f:
             f.write(name.encode())
-    for k, v in {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
-                 "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}.items():
+    from pipeline.scan import RAY_ENV_DEFAULTS
+
+    for k, v in RAY_ENV_DEFAULTS.items():
         os.environ.setdefault(k, v)
     started = False
     if not ray.is_initialized():

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from trufor_core import EvalConfig, load_trufor
+from trufor_core.model import resolve_device
 from trufor_core.image import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, decode_rgb, to_model_input
 from trufor_core.weights import resolve_weights
 
@@ -102,12 +103,6 @@ class _Progress:
     def close(self) -> None:
         if self.enabled:
             self.stream.write("\n")
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def run_predict(cfg: PredictConfig, log=lambda m: print(m, file=sys.stderr)) -> PredictSummary:

@@ -13,6 +13,7 @@ import pyarrow as pa
 import torch
 
 from trufor_core import EvalConfig, load_trufor
+from trufor_core.model import resolve_device
 
 from . import maps
 from .schema import STATUS_ERROR, STATUS_OK, ScanRow, coerce, rows_to_table
@@ -83,8 +84,7 @@ class TruForPredictor:
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)
         self.cfg = cfg
-        dev = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else ("cpu" if cfg.device == "auto" else cfg.device)
-        self.device = torch.device(dev)
+        self.device = resolve_device(cfg.device)
         self.model, self.info = load_trufor(self._local_copy(cfg.checkpoint), variant=cfg.variant, device=self.device,
                                             noiseprint=self._local_copy(cfg.noiseprint_weights))
         self.ev = EvalConfig()

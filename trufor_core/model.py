@@ -16,6 +16,13 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def resolve_device(name: str) -> torch.device:
+    """"auto" -> cuda when available, else cpu; anything else as torch understands it."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 class ImageTooSmallError(ValueError):
     """The image is smaller than the encoder's spatial-reduction convolutions allow."""
 
