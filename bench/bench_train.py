@@ -18,14 +18,15 @@ def main() -> None:
     ap.add_argument("--corpus", required=True)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--init", default="scratch")
+    ap.add_argument("--batch-groups", type=int, default=16)
     args = ap.parse_args()
     from jobs.noiseprint_train import TrainConfig, run_training
 
     rows = []
     for workers in (1, 2):
         out = tempfile.mkdtemp(prefix=f"trufor-bench-train-{workers}w-")
-        s = run_training(TrainConfig(corpus=args.corpus, output=out, init=args.init, workers=workers,
-                                     steps=args.steps, checkpoint_every=args.steps, eval_pairs=10),
+        s = run_training(TrainConfig(corpus=args.corpus, output=out, init=args.init, workers=workers, batch_groups=args.batch_groups,
+                                     steps=args.steps, checkpoint_every=args.steps, eval_pairs=0),
                          log=lambda m: None)
         rows.append((workers, s["patches_per_s_worker"], s["patches_per_s_total"], s["wall_s"]))
     print(f"{'workers':>7} {'patches/s/worker':>16} {'patches/s total':>15} {'wall s':>7}")

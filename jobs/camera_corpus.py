@@ -1,7 +1,8 @@
 """`trufor-scan make-camera-corpus`: simulated cameras from real photographs, for training and evaluation.
 
-Each source photo (scikit-image's bundled colour photos) is downscaled 2x with area averaging,
-which wipes its own camera traces, then cut into scenes. Every simulated camera has its own
+Each source photo (scikit-image's bundled photographs: colour ones, and greyscale ones given a
+per-scene colour cast) is downscaled 2x with area averaging, which wipes its own camera traces,
+then cut into scenes. Every simulated camera has its own
 pipeline: white balance, CFA pattern and demosaicing method, sensor noise, tone curve,
 sharpening, JPEG quality and chroma subsampling. Scenes from held-out photos go to
 ``<camera>/eval/`` (never trained on); the rest to ``<camera>/train/``.
@@ -17,9 +18,11 @@ from PIL import Image, ImageFilter
 
 CFA_PATTERNS = ("RGGB", "BGGR", "GRBG", "GBRG")
 DEMOSAIC = ("bilinear", "nearest", "green-smooth")
-# Bundled colour photographs of scikit-image (no download needed).
-SOURCE_PHOTOS = ("astronaut", "coffee", "hubble_deep_field", "immunohistochemistry", "retina", "rocket", "chelsea")
-EVAL_SOURCES = 2  # the last photos that load are held out for evaluation scenes
+# Bundled photographs of scikit-image (no download needed). Training scenes come from many photos
+# so that scene content cannot tell groups apart; the last EVAL_SOURCES are held out.
+SOURCE_PHOTOS = ("astronaut", "coffee", "hubble_deep_field", "immunohistochemistry", "retina", "stereo_motorcycle",
+                 "camera", "moon", "brick", "grass", "gravel", "coins", "clock", "rocket", "chelsea")
+EVAL_SOURCES = 2
 
 
 @dataclass(frozen=True)
@@ -99,16 +102,22 @@ def capture(scene: np.ndarray, cam: CameraPipeline, rng: np.random.Generator) ->
 
 
 def source_photos() -> list[tuple[str, np.ndarray]]:
-    """The bundled colour photos, each downscaled 2x by area averaging (wipes the source's own traces)."""
+    """The bundled photos, each downscaled 2x by area averaging (wipes the source's own traces).
+
+    Greyscale photos come back with one channel repeated; `scenes` gives each of their crops a colour cast.
+    """
     import skimage.data as skd
 
     out = []
     for name in SOURCE_PHOTOS:
         try:
-            img = np.asarray(getattr(skd, name)())
+            img = getattr(skd, name)()
         except Exception:  # noqa: BLE001 - not bundled in this scikit-image version: use the others
             continue
-        if img.ndim != 3 or img.shape[2] < 3:
+        img = np.asarray(img[0] if isinstance(img, tuple) else img)  # stereo_motorcycle: (left, right, disparity)
+        if img.ndim == 2:
+            img = np.repeat(img[..., None], 3, axis=2)
+        if img.ndim != 3 or img.shape[2] < 3 or img.dtype != np.uint8:
             continue
         img = img[..., :3].astype(np.float64)
         h, w = img.shape[0] // 2 * 2, img.shape[1] // 2 * 2
@@ -121,13 +130,16 @@ def source_photos() -> list[tuple[str, np.ndarray]]:
 
 
 def scenes(rng: np.random.Generator, photo: np.ndarray, n: int, size: int) -> list[np.ndarray]:
-    """n random crops (with flips and quarter turns) of one photo."""
+    """n random crops (with flips and quarter turns; greyscale photos get a colour cast) of one photo."""
     out = []
     for _ in range(n):
-        s = min(size, *photo.shape[:2])
+        s = min(size, *photo.shape[:2]) // 8 * 8  # even for the CFA, whole 8x8 JPEG blocks
         y = int(rng.integers(0, photo.shape[0] - s + 1))
         x = int(rng.integers(0, photo.shape[1] - s + 1))
         crop = np.rot90(photo[y:y + s, x:x + s], int(rng.integers(4)))
+        if np.array_equal(crop[..., 0], crop[..., 1]) and np.array_equal(crop[..., 1], crop[..., 2]):
+            cast = rng.uniform(0.75, 1.0, 3)  # a greyscale photo: tint it so that the CFA sees colour
+            crop = np.clip(np.rint(crop * cast), 0, 255).astype(np.uint8)
         out.append(np.ascontiguousarray(crop[:, ::-1] if rng.integers(2) else crop))
     return out
 

@@ -55,8 +55,11 @@ HISTORIES: tuple[History, ...] = _enumerate_histories()  # 8 x 8 x 8 = 512
 
 
 def held_out_history(h: History) -> bool:
-    """One history in 8 is reserved for evaluation, spread over every edit, JPEG quality and resize."""
-    return (h.index + h.index // 8 + h.index // 64) % 8 == 0
+    """One history in 8 is reserved for evaluation, spread over every edit, JPEG quality and resize.
+
+    HISTORIES[0], no editing at all, is never held out: it is the camera's own output.
+    """
+    return (h.index + h.index // 8 + h.index // 64) % 8 == 1
 
 
 TRAIN_HISTORIES = tuple(h for h in HISTORIES if not held_out_history(h))
@@ -222,29 +225,78 @@ def sample_patch(rng: np.random.Generator, img: np.ndarray, phase: tuple[int, in
     return out[y:y + patch, x:x + patch]
 
 
-def sample_batch(rng: np.random.Generator, corpus: Corpus, groups: int, per_group: int, patch: int,
-                 histories: tuple[History, ...] = TRAIN_HISTORIES) -> tuple[np.ndarray, np.ndarray]:
-    """``groups`` groups of ``per_group`` patches sharing camera, grid phase and history.
+@dataclass(frozen=True)
+class BatchLayout:
+    """How the groups of one batch are composed: every camera x every position x every history.
 
-    Returns (patches (N, patch, patch, 3) uint8, group labels (N,)). Groups differ in at least one
-    of the three; patches inside a group come from different images of the camera when it has enough.
+    Crossing the three factors puts hard negatives in every batch: groups that differ from each
+    other in the camera only, the position only or the history only. Groups drawn independently
+    almost always differ in all three (64 positions, 448 histories), which a network separates by
+    the JPEG grid alone and never learns the camera (measured in TRAINING.md).
+    """
+
+    cameras: int
+    positions: int
+    histories: int
+    per_group: int
+
+    @property
+    def groups(self) -> int:
+        return self.cameras * self.positions * self.histories
+
+    @classmethod
+    def for_groups(cls, groups: int, cameras: int, positions: int, per_group: int, corpus_cameras: int) -> "BatchLayout":
+        """``groups`` groups over min(``cameras``, corpus cameras) cameras and ``positions`` positions."""
+        c = min(cameras, corpus_cameras)
+        if c < 1 or positions < 1 or per_group < 2:
+            raise ValueError(f"a batch needs >= 1 camera, >= 1 position and >= 2 patches per group, got "
+                             f"{cameras}, {positions}, {per_group}")
+        if groups < 2 or groups % (c * positions):
+            valid = [c * positions * k for k in range(1, 5)]
+            raise ValueError(f"--batch-groups {groups} must be a multiple of cameras x positions = {c} x {positions} "
+                             f"(e.g. {valid}); the batch crosses cameras, positions and histories")
+        if groups // (c * positions) > len(TRAIN_HISTORIES):
+            raise ValueError(f"--batch-groups {groups} needs more histories than the {len(TRAIN_HISTORIES)} there are")
+        return cls(c, positions, groups // (c * positions), per_group)
+
+
+def sample_batch(rng: np.random.Generator, corpus: Corpus, layout: BatchLayout, patch: int,
+                 histories: tuple[History, ...] = TRAIN_HISTORIES, unedited_share: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """One batch of ``layout.groups`` groups of ``layout.per_group`` patches sharing camera, grid phase and history.
+
+    Args:
+        rng: the batch's random generator (seeded per step and rank for reproducible resumes).
+        corpus: training images per camera.
+        layout: cameras x positions x histories crossed into groups.
+        patch: patch side in pixels.
+        histories: the histories to draw from.
+        unedited_share: probability that a history slot is "unedited" (the camera's own output,
+            HISTORIES[0]), which is what camera identification sees.
+
+    Returns:
+        (patches (N, patch, patch, 3) uint8, group labels (N,)). Patches inside a group come from
+        different images of the camera when it has enough.
     """
     cams = corpus.cameras
-    seen: set[tuple] = set()
+    pick_cams = [cams[i] for i in rng.choice(len(cams), size=layout.cameras, replace=False)]
+    phases: list[tuple[int, int]] = []
+    while len(phases) < layout.positions:
+        ph = (int(rng.integers(8)), int(rng.integers(8)))
+        if ph not in phases:
+            phases.append(ph)
+    hists: list[History] = []
+    while len(hists) < layout.histories:
+        unedited = rng.random() < unedited_share and HISTORIES[0] not in hists
+        h = HISTORIES[0] if unedited else histories[int(rng.integers(len(histories)))]
+        if h not in hists:
+            hists.append(h)
     xs, labels = [], []
-    g = 0
-    while g < groups:
-        cam = cams[int(rng.integers(len(cams)))]
-        key = (cam, int(rng.integers(8)), int(rng.integers(8)), histories[int(rng.integers(len(histories)))])
-        if key in seen:
-            continue
+    for g, (cam, ph, h) in enumerate(itertools.product(pick_cams, phases, hists)):
         imgs = corpus.images[cam]
-        pick = rng.choice(len(imgs), size=per_group, replace=len(imgs) < per_group)
-        patches = [sample_patch(rng, imgs[i], key[1:3], key[3], patch) for i in pick]
-        if any(p is None for p in patches):
-            continue
-        seen.add(key)
-        xs += patches
-        labels += [g] * per_group
-        g += 1
+        for k in rng.choice(len(imgs), size=layout.per_group, replace=len(imgs) < layout.per_group):
+            p = sample_patch(rng, imgs[k], ph, h, patch)
+            while p is None:  # too small for this resize: another image of the camera
+                p = sample_patch(rng, imgs[int(rng.integers(len(imgs)))], ph, h, patch)
+            xs.append(p)
+            labels.append(g)
     return np.stack(xs), np.asarray(labels)

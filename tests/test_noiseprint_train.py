@@ -18,8 +18,8 @@ import torch
 from PIL import Image
 
 from jobs.camera_corpus import make_camera_corpus
-from jobs.noiseprint_data import (EVAL_HISTORIES, HISTORIES, TRAIN_HISTORIES, apply_history, load_corpus,
-                                  sample_batch)
+from jobs.noiseprint_data import (EVAL_HISTORIES, HISTORIES, TRAIN_HISTORIES, BatchLayout, apply_history,
+                                  load_corpus, sample_batch)
 from jobs.noiseprint_eval import roc_auc
 from jobs.noiseprint_train import build_dncnn, export_noiseprint, infonce_loss, load_dncnn_weights
 
@@ -34,6 +34,7 @@ def corpus_dir(tmp_path_factory) -> Path:
 def test_histories_enumerated_and_split():
     assert len(HISTORIES) == 512 and len(set(HISTORIES)) == 512
     assert len(EVAL_HISTORIES) == 64 and not set(EVAL_HISTORIES) & set(TRAIN_HISTORIES)
+    assert HISTORIES[0] in TRAIN_HISTORIES  # no editing: the camera's own output
     # The held-out ones cover every edit, JPEG quality and resize factor.
     assert {h.edit for h in EVAL_HISTORIES} == {h.edit for h in HISTORIES}
     assert {h.jpeg for h in EVAL_HISTORIES} == {h.jpeg for h in HISTORIES}
@@ -51,9 +52,18 @@ def test_corpus_layout_and_grouped_batches(corpus_dir):
     assert train.report.cameras == {"simcam00": 4, "simcam01": 4, "simcam02": 4}
     assert held.report.cameras == {"simcam00": 3, "simcam01": 3, "simcam02": 3}
     assert train.report.problems == []
-    x, labels = sample_batch(np.random.default_rng(0), train, groups=5, per_group=3, patch=48)
-    assert x.shape == (15, 48, 48, 3) and x.dtype == np.uint8
-    assert list(labels) == [g for g in range(5) for _ in range(3)]
+    layout = BatchLayout.for_groups(12, cameras=4, positions=2, per_group=3, corpus_cameras=3)
+    assert (layout.cameras, layout.positions, layout.histories) == (3, 2, 2)
+    x, labels = sample_batch(np.random.default_rng(0), train, layout, patch=48, unedited_share=1.0)
+    assert x.shape == (36, 48, 48, 3) and x.dtype == np.uint8
+    assert list(labels) == [g for g in range(12) for _ in range(3)]
+    # Only one history slot can be "unedited": with unedited_share=1 the other is still drawn (no endless loop).
+    x2, labels2 = sample_batch(np.random.default_rng(1), train, layout, patch=48, unedited_share=1.0)
+    assert not np.array_equal(x2, x)  # a different seed, a different batch
+    with pytest.raises(ValueError, match="multiple of cameras x positions = 3 x 2"):
+        BatchLayout.for_groups(16, cameras=4, positions=2, per_group=3, corpus_cameras=3)
+    with pytest.raises(ValueError, match=">= 2 patches per group"):
+        BatchLayout.for_groups(12, cameras=3, positions=2, per_group=1, corpus_cameras=3)
 
 
 def test_corpus_problems_are_reported(tmp_path, corpus_dir):
@@ -126,8 +136,9 @@ def test_export_has_the_released_format(shared, tmp_path):
 
 # ---- Ray Train runs (2 CPU workers) --------------------------------------------------------------
 
-TRAIN_ARGS = ["--workers", "2", "--batch-groups", "3", "--per-group", "2", "--patch", "48", "--eval-pairs", "20",
-              "--lr", "5e-4"]
+# Groups differ in grid position only: the JPEG grid makes that learnable within a few steps.
+TRAIN_ARGS = ["--workers", "2", "--batch-groups", "4", "--batch-cameras", "1", "--batch-positions", "4",
+              "--per-group", "2", "--patch", "48", "--eval-pairs", "20", "--lr", "5e-4"]
 
 
 def _ray_tmp() -> str:
@@ -163,14 +174,21 @@ def test_train_two_workers_export_and_eval(shared, corpus_dir, tmp_path):
     out = tmp_path / "run"
     ray_tmp = _ray_tmp()
     try:
-        p = _run_cli(["train-noiseprint", "--corpus", str(corpus_dir), "--output", str(out), "--init", str(NOISEPRINT),
-                      "--steps", "8", "--checkpoint-every", "4", *TRAIN_ARGS], ray_tmp)
+        # Paths relative to the caller's directory: the workers run elsewhere and must still find them.
+        p = _run_cli(["train-noiseprint", "--corpus", os.path.relpath(corpus_dir, tmp_path), "--output", "run",
+                      "--init", os.path.relpath(NOISEPRINT, tmp_path), "--steps", "8", "--checkpoint-every", "4",
+                      *TRAIN_ARGS], ray_tmp, cwd=tmp_path)
         log, _ = p.communicate(timeout=600)
     finally:
         _kill_ray(ray_tmp)
     assert p.returncode == 0, log[-4000:]
     summary = json.loads(log[log.rindex("\n{") + 1:])
     assert summary["steps"] == 8 and summary["workers"] == 2
+    # One progress line per step, no per-report INFO chatter, no once-a-second cleaner warnings.
+    progress = [line for line in log.splitlines() if "[train-noiseprint] step " in line]
+    assert len(progress) == 8, progress
+    assert "Reporting training result" not in log
+    assert "Failed to query Ray Train Controller" not in log
     run_dir = out / summary["run"]
     assert sorted(d.name for d in run_dir.iterdir() if d.name.startswith("checkpoint_"))  # checkpoints written
     losses = [pt["loss"] for pt in summary["loss_curve"]]
