@@ -171,14 +171,15 @@ def train_loop_per_worker(config: dict) -> None:
         loss.backward()
         opt.step()
         patches_seen += len(x)
-        history.append([step + 1, float(loss)])
+        loss_value = float(loss.detach())
+        history.append([step + 1, loss_value])
         dt = time.perf_counter() - t0
         el = time.perf_counter() - t_run
-        metrics = {"step": step + 1, "loss": float(loss), "patches_per_s_worker": len(x) / dt,
+        metrics = {"step": step + 1, "loss": loss_value, "patches_per_s_worker": len(x) / dt,
                    "patches_per_s_total": patches_seen * world / el, "rank": rank}
         if rank == 0:
             eta = (steps - step - 1) * el / (step + 1 - start)
-            print(f"[train-noiseprint] step {step + 1}/{steps} loss {float(loss):.4f} "
+            print(f"[train-noiseprint] step {step + 1}/{steps} loss {loss_value:.4f} "
                   f"{metrics['patches_per_s_worker']:.1f} patches/s/worker "
                   f"{metrics['patches_per_s_total']:.1f} patches/s total ETA {eta:.0f} s", flush=True)
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == steps:
@@ -321,6 +322,8 @@ def run_training(cfg: TrainConfig, log=lambda m: print(m, file=sys.stderr)) -> d
         evaluation = None if cfg.eval_pairs == 0 else evaluate(
             str(local), cfg.corpus, baseline=None if cfg.init == "scratch" else cfg.init, storage=storage,
             n_pairs=cfg.eval_pairs, patch=cfg.patch, seed=cfg.seed)
+        if evaluation:
+            evaluation["weights_path"] = export_uri  # not the temporary copy it was read from
     curve = [{"step": int(st), "loss": round(float(lo), 5)} for st, lo in state["history"]]
     summary = {"run": name, "steps": int(state["step"]), "workers": cfg.workers, "wall_s": round(wall, 1),
                "export": export_uri, "loss_curve": curve, "evaluation": evaluation,
