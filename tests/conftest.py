@@ -52,3 +52,24 @@ def fixture_npz(name: str) -> dict[str, np.ndarray]:
 
 def maxdiff(a, b) -> float:
     return float(np.max(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))))
+
+
+S3_KEY, S3_SECRET = "trufortestkey", "TruForTestSecret-9f3k2"  # moto accepts any; distinctive to grep for
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint():
+    """A real S3 endpoint (moto's server) on 127.0.0.1, for the tests of one module."""
+    import logging
+    import socket
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()

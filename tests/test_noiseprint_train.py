@@ -145,9 +145,9 @@ def _ray_tmp() -> str:
     return tempfile.mkdtemp(prefix="tfn", dir="/tmp")
 
 
-def _run_cli(args: list[str], ray_tmp: str, timeout: int = 600, **kw) -> subprocess.Popen:
+def _run_cli(args: list[str], ray_tmp: str, extra_env: dict | None = None, **kw) -> subprocess.Popen:
     exe = str(Path(sys.executable).with_name("trufor-scan"))
-    env = dict(os.environ, RAY_TMPDIR=ray_tmp, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled")
+    env = dict(os.environ, RAY_TMPDIR=ray_tmp, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled", **(extra_env or {}))
     return subprocess.Popen([exe, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             start_new_session=True, **kw)
 
@@ -207,6 +207,52 @@ def test_train_two_workers_export_and_eval(shared, corpus_dir, tmp_path):
     trained = torch.load(export, map_location="cpu", weights_only=True)["network"]
     assert torch.equal(model.dncnn[0].weight, trained["0.weight"])
     assert not torch.equal(trained["0.weight"], torch.load(NOISEPRINT, map_location="cpu", weights_only=True)["network"]["0.weight"].cpu())
+    # ... and its sha256 shows in the scan rows (the scanner's predictor on a hand-built batch).
+    import hashlib
+
+    from pipeline.predictor import PredictorConfig, TruForPredictor
+    from pipeline.schema import table_to_rows
+
+    rgb = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    pix = np.empty(1, dtype=object)
+    pix[0] = rgb
+    batch = {"uri": np.array(["x.png"], dtype=object), "status": np.array(["ok"], dtype=object),
+             "error": np.array([None], dtype=object), "sha256": np.array(["0" * 64], dtype=object),
+             "size_bytes": np.array([1]), "pixels": pix}
+    pred = TruForPredictor(PredictorConfig(checkpoint=str(ckpt), maps_root=str(tmp_path / "maps"), run_id="np",
+                                           code_version="test", noiseprint_weights=str(export)))
+    row = table_to_rows(pred(batch))[0]
+    assert row.status == "ok", row.error
+    assert row.noiseprint_sha256 == hashlib.sha256(export.read_bytes()).hexdigest()
+
+
+@pytest.mark.slow
+def test_train_from_and_to_object_storage(corpus_dir, moto_endpoint, tmp_path):
+    import s3fs
+
+    from conftest import S3_KEY, S3_SECRET
+
+    fs = s3fs.S3FileSystem(key=S3_KEY, secret=S3_SECRET, endpoint_url=moto_endpoint)
+    fs.mkdir("train-bucket")
+    fs.put(str(corpus_dir) + "/", "train-bucket/corpus/", recursive=True)
+    ray_tmp = _ray_tmp()
+    try:
+        p = _run_cli(["train-noiseprint", "--corpus", "s3://train-bucket/corpus", "--output", "s3://train-bucket/runs",
+                      "--init", "scratch", "--steps", "2", "--checkpoint-every", "1", "--s3-endpoint", moto_endpoint,
+                      *TRAIN_ARGS], ray_tmp, {"AWS_ACCESS_KEY_ID": S3_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET})
+        log, _ = p.communicate(timeout=600)
+    finally:
+        _kill_ray(ray_tmp)
+    assert p.returncode == 0, log[-4000:]
+    assert S3_SECRET not in log
+    summary = json.loads(log[log.rindex("\n{") + 1:])
+    run = summary["run"]
+    assert summary["export"] == f"s3://train-bucket/runs/{run}/noiseprint++.th"
+    assert fs.cat_file("train-bucket/runs/LATEST_RUN").decode() == run
+    assert fs.exists(f"train-bucket/runs/{run}/noiseprint++.th") and fs.exists(f"train-bucket/runs/{run}/summary.json")
+    assert fs.glob(f"train-bucket/runs/{run}/checkpoint_*/state.pt")  # Ray Train's checkpoints, in the bucket
+    ev = summary["evaluation"]  # held-out images read from the bucket too
+    assert ev["held_out_images"] == 9 and ev["weights"]["pair_auc"] >= 0.0
 
 
 @pytest.mark.slow

@@ -4,7 +4,6 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import IMAGES
+from conftest import IMAGES, S3_KEY, S3_SECRET
 from pipeline import maps
 from pipeline.query import run_sql, top
 from pipeline.scan import RAY_ENV_DEFAULTS, ScanConfig, run_scan
@@ -22,7 +21,6 @@ from pipeline.storage import StorageConfig
 
 pytestmark = pytest.mark.slow
 
-S3_KEY, S3_SECRET = "trufortestkey", "TruForTestSecret-9f3k2"  # moto accepts any; distinctive to grep for
 
 
 def _img(h, w, seed, fmt="PNG") -> bytes:
@@ -159,21 +157,6 @@ def test_scan_local_folder_and_query(ray_env, reference_scores, synth_ckpt, tmp_
         FROM read_parquet('{out}/results/*/*.parquet', hive_partitioning = true)
         WHERE status = 'ok' AND score >= 0.0 ORDER BY score DESC, uri LIMIT 50""").fetchall()
     assert [r[0] for r in plain[:3]] == [r[0] for r in rows] and len(plain) == 7
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint():
-    from moto.server import ThreadedMotoServer
-    import logging
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
 
 
 def test_scan_s3_bucket_read_and_write(ray_env, reference_scores, synth_ckpt, moto_endpoint, tmp_path):
