@@ -134,6 +134,21 @@ def test_export_has_the_released_format(shared, tmp_path):
     assert set(load_dncnn_weights(str(path))) == set(released["network"])
 
 
+def test_eval_noiseprint_cli_side_by_side(shared, corpus_dir, tmp_path, capsys):
+    from conftest import NOISEPRINT
+    from jobs.cli import main
+
+    assert main(["eval-noiseprint", "--weights", str(NOISEPRINT), "--corpus", str(corpus_dir),
+                 "--baseline", str(NOISEPRINT), "--pairs", "20"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["weights"] == res["baseline"] and set(res["gain"].values()) == {0.0}  # same weights, same figures
+    assert 0.0 <= res["weights"]["pair_auc"] <= 1.0 and res["pairs"] == 40 and res["held_out_images"] == 9
+    bad = tmp_path / "bad.th"
+    bad.write_bytes(b"not a checkpoint")
+    assert main(["eval-noiseprint", "--weights", str(bad), "--corpus", str(corpus_dir)]) == 2
+    assert "bad.th" in capsys.readouterr().err
+
+
 # ---- Ray Train runs (2 CPU workers) --------------------------------------------------------------
 
 # Groups differ in grid position only: the JPEG grid makes that learnable within a few steps.
