@@ -138,14 +138,15 @@ def evaluate(weights: str, corpus: str, baseline: str | None = None, storage: St
     Returns:
         {"weights": {...}, "baseline": {...} or None, "pairs": ..., "held_out_images": ..., "cameras": ...}
     """
+    storage = storage or StorageConfig()
     held_out = load_corpus(corpus, "eval", storage)
     reference = load_corpus(corpus, "train", storage)
     if len(held_out.cameras) < 2:
         raise ValueError(f"evaluation needs held-out images ({corpus}/<camera>/eval/) of >= 2 cameras; "
                          f"found {held_out.report.text()}")
     patches, pairs = make_pairs(held_out, n_pairs, patch, seed)
-    result = {"weights": metrics_for(build_dncnn(weights), patches, pairs, reference, held_out),
-              "baseline": metrics_for(build_dncnn(baseline), patches, pairs, reference, held_out) if baseline else None,
+    result = {"weights": metrics_for(build_dncnn(weights, storage), patches, pairs, reference, held_out),
+              "baseline": metrics_for(build_dncnn(baseline, storage), patches, pairs, reference, held_out) if baseline else None,
               "weights_path": weights, "baseline_path": baseline, "pairs": len(pairs),
               "held_out_images": sum(held_out.report.cameras.values()), "cameras": len(held_out.cameras),
               "problems": held_out.report.problems + reference.report.problems}

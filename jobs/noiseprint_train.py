@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.storage import StorageConfig, local_copy
 from trufor_core.checkpoint import CheckpointError, map_noiseprint_state_dict, map_official_state_dict, read_torch_file
 from trufor_core.noiseprint import DnCNN
 
@@ -80,11 +81,11 @@ def load_dncnn_weights(path: str) -> dict[str, torch.Tensor]:
     return {k[len("dncnn."):]: v for k, v in sd.items()}
 
 
-def build_dncnn(init: str | None) -> DnCNN:
-    """The same 17-layer DnCNN as trufor_core, loaded strictly from ``init`` unless "scratch"."""
+def build_dncnn(init: str | None, storage: StorageConfig | None = None) -> DnCNN:
+    """The same 17-layer DnCNN as trufor_core, loaded strictly from ``init`` (a path or URI) unless "scratch"."""
     model = DnCNN()
     if init and init != "scratch":
-        sd = load_dncnn_weights(init)
+        sd = load_dncnn_weights(local_copy(init, storage or StorageConfig()))
         expected = model.state_dict()
         missing, unexpected = sorted(set(expected) - set(sd)), sorted(set(sd) - set(expected))
         if missing or unexpected:
@@ -130,8 +131,6 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    from pipeline.storage import StorageConfig
-
     from .noiseprint_data import load_corpus, sample_batch
 
     cfg = TrainConfig(**config["cfg"])
@@ -139,11 +138,12 @@ def train_loop_per_worker(config: dict) -> None:
     torch.set_num_threads(cfg.threads_per_worker)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    corpus = load_corpus(cfg.corpus, "train", StorageConfig.from_env(cfg.s3_endpoint))
+    storage = StorageConfig.from_env(cfg.s3_endpoint)
+    corpus = load_corpus(cfg.corpus, "train", storage)
     layout = cfg.layout(len(corpus.cameras))
     steps = config["steps"]
     # channels_last: oneDNN's faster convolution layout on CPU (2x measured for this DnCNN), still fp32.
-    model = build_dncnn(cfg.init).to(memory_format=torch.channels_last)
+    model = build_dncnn(cfg.init, storage).to(memory_format=torch.channels_last)
     model = ray.train.torch.prepare_model(model)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     start, history = 0, []
@@ -248,16 +248,14 @@ def run_training(cfg: TrainConfig, log=lambda m: print(m, file=sys.stderr)) -> d
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from pipeline.storage import StorageConfig
-
     from .noiseprint_data import load_corpus
     from .noiseprint_eval import evaluate
 
     # Workers run in their own directories: local paths must not stay relative to the driver's.
     cfg = replace(cfg, corpus=_absolute(cfg.corpus), output=_absolute(cfg.output),
                   init=cfg.init if cfg.init == "scratch" else _absolute(cfg.init))
-    build_dncnn(cfg.init)  # a missing or foreign --init fails here, before Ray starts
     storage = StorageConfig.from_env(cfg.s3_endpoint)
+    build_dncnn(cfg.init, storage)  # a missing or foreign --init fails here, before Ray starts
     train = load_corpus(cfg.corpus, "train", storage)
     log(train.report.text())
     if len(train.cameras) < 2:

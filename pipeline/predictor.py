@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
-import tempfile
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -17,7 +15,7 @@ from trufor_core.model import resolve_device
 
 from . import maps
 from .schema import STATUS_ERROR, STATUS_OK, ScanRow, coerce, rows_to_table
-from .storage import StorageConfig, is_remote, redact
+from .storage import StorageConfig, local_copy, redact
 
 MODEL_NAME = "trufor-detconfcmx-mit_b2"
 # Columns the pre-processing stage fills and the predictor passes through unchanged.
@@ -93,17 +91,7 @@ class TruForPredictor:
         self.node_id = _node_id()
 
     def _local_copy(self, uri: str | None) -> str | None:
-        """Weights on object storage are copied once to this node's disk (torch.load needs a file)."""
-        if uri is None or not is_remote(uri):
-            return uri
-        fs, path = self.cfg.storage.filesystem(uri)
-        local = os.path.join(tempfile.gettempdir(), "trufor-scan-weights", fs.info(path).get("ETag", "x").strip('"'),
-                             os.path.basename(path))
-        if not os.path.isfile(local):
-            os.makedirs(os.path.dirname(local), exist_ok=True)
-            fs.get(path, local + ".part")
-            os.replace(local + ".part", local)
-        return local
+        return None if uri is None else local_copy(uri, self.cfg.storage)
 
     def _common(self) -> dict:
         return {"model_name": MODEL_NAME, "weights_sha256": self.info.sha256,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from dataclasses import dataclass
 
 import fsspec
@@ -41,6 +42,23 @@ class StorageConfig:
         """(filesystem, path inside it) for a local path or a URI such as s3://bucket/key."""
         protocol = uri.split("://", 1)[0] if "://" in uri else "file"
         return fsspec.core.url_to_fs(uri, **self.options(protocol))
+
+
+def local_copy(uri: str, storage: StorageConfig) -> str:
+    """A local path for ``uri``: itself when local, else a copy on this node's disk, made once per ETag.
+
+    torch.load needs a file; weights on object storage are fetched by every node that needs them.
+    """
+    if not is_remote(uri):
+        return uri
+    fs, path = storage.filesystem(uri)
+    local = os.path.join(tempfile.gettempdir(), "trufor-scan-weights", fs.info(path).get("ETag", "x").strip('"'),
+                         os.path.basename(path))
+    if not os.path.isfile(local):
+        os.makedirs(os.path.dirname(local), exist_ok=True)
+        fs.get(path, local + ".part")
+        os.replace(local + ".part", local)
+    return local
 
 
 def is_remote(uri: str) -> bool:

@@ -39,6 +39,20 @@ def test_rayjob_manifest():
     assert "aws_secret_access_key" not in text and "secretref" in text  # credentials from a secret only
 
 
+def test_rayjob_train_manifest():
+    path = INFRA / "kuberay" / "rayjob-train-noiseprint.yaml"
+    doc = yaml.safe_load(path.read_text())
+    assert doc["apiVersion"] == "ray.io/v1" and doc["kind"] == "RayJob"
+    args = _parse_command(doc["spec"]["entrypoint"])
+    assert args.command == "train-noiseprint" and args.use_gpu
+    assert all(u.startswith("s3://") for u in (args.corpus, args.output, args.init))
+    gpu_workers = sum(g["minReplicas"] for g in doc["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+                      if g["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu"))
+    assert args.workers <= gpu_workers  # every Train worker gets its GPU
+    text = path.read_text().lower()
+    assert "aws_secret_access_key" not in text and "secretref" in text
+
+
 def test_cluster_launcher_config():
     doc = yaml.safe_load((INFRA / "cluster-launcher" / "trufor-aws.yaml").read_text())
     assert doc["head_node_type"] in doc["available_node_types"]

@@ -242,18 +242,20 @@ def test_train_two_workers_export_and_eval(shared, corpus_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_train_from_and_to_object_storage(corpus_dir, moto_endpoint, tmp_path):
+def test_train_from_and_to_object_storage(shared, corpus_dir, moto_endpoint, tmp_path):
     import s3fs
 
-    from conftest import S3_KEY, S3_SECRET
+    from conftest import NOISEPRINT, S3_KEY, S3_SECRET
 
     fs = s3fs.S3FileSystem(key=S3_KEY, secret=S3_SECRET, endpoint_url=moto_endpoint)
     fs.mkdir("train-bucket")
     fs.put(str(corpus_dir) + "/", "train-bucket/corpus/", recursive=True)
+    fs.put(str(NOISEPRINT), "train-bucket/weights/noiseprint++.th")
     ray_tmp = _ray_tmp()
     try:
         p = _run_cli(["train-noiseprint", "--corpus", "s3://train-bucket/corpus", "--output", "s3://train-bucket/runs",
-                      "--init", "scratch", "--steps", "2", "--checkpoint-every", "1", "--s3-endpoint", moto_endpoint,
+                      "--init", "s3://train-bucket/weights/noiseprint++.th", "--steps", "2", "--checkpoint-every", "1",
+                      "--s3-endpoint", moto_endpoint,
                       *TRAIN_ARGS], ray_tmp, {"AWS_ACCESS_KEY_ID": S3_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET})
         log, _ = p.communicate(timeout=600)
     finally:
@@ -266,8 +268,9 @@ def test_train_from_and_to_object_storage(corpus_dir, moto_endpoint, tmp_path):
     assert fs.cat_file("train-bucket/runs/LATEST_RUN").decode() == run
     assert fs.exists(f"train-bucket/runs/{run}/noiseprint++.th") and fs.exists(f"train-bucket/runs/{run}/summary.json")
     assert fs.glob(f"train-bucket/runs/{run}/checkpoint_*/state.pt")  # Ray Train's checkpoints, in the bucket
-    ev = summary["evaluation"]  # held-out images read from the bucket too
-    assert ev["held_out_images"] == 9 and ev["weights"]["pair_auc"] >= 0.0
+    ev = summary["evaluation"]  # held-out images and the starting weights read from the bucket too
+    assert ev["held_out_images"] == 9 and ev["baseline_path"] == "s3://train-bucket/weights/noiseprint++.th"
+    assert ev["baseline"] is not None and ev["weights"] != ev["baseline"]
 
 
 @pytest.mark.slow
