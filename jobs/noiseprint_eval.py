@@ -83,11 +83,7 @@ def make_pairs(corpus: Corpus, n_pairs: int, patch: int, seed: int) -> tuple[np.
 
 @torch.inference_mode()
 def residuals(model: torch.nn.Module, patches: np.ndarray, batch: int = 64) -> torch.Tensor:
-    return torch.cat([model(_channels_last(to_input(patches[k:k + batch]))) for k in range(0, len(patches), batch)])
-
-
-def _channels_last(x: torch.Tensor) -> torch.Tensor:
-    return x.contiguous(memory_format=torch.channels_last)  # the faster oneDNN layout, as in training
+    return torch.cat([model(to_input(patches[k:k + batch])) for k in range(0, len(patches), batch)])
 
 
 @torch.inference_mode()
@@ -96,7 +92,7 @@ def phase_features(model: torch.nn.Module, img: np.ndarray, crop: int = 512) -> 
     h, w = img.shape[:2]
     s = min(crop, h, w) // 8 * 8
     y0, x0 = (h - s) // 2 // 8 * 8, (w - s) // 2 // 8 * 8
-    r = model(_channels_last(to_input(img[None, y0:y0 + s, x0:x0 + s])))[0, 0].numpy()
+    r = model(to_input(img[None, y0:y0 + s, x0:x0 + s]))[0, 0].numpy()
     blocks = r.reshape(s // 8, 8, s // 8, 8).transpose(1, 3, 0, 2).reshape(64, -1)  # (s, s) -> (phase, samples)
     return np.concatenate([blocks.mean(1), blocks.std(1)])
 
@@ -117,7 +113,7 @@ def camera_id_accuracy(model: torch.nn.Module, reference: Corpus, held_out: Corp
 
 
 def metrics_for(model: torch.nn.Module, patches: np.ndarray, pairs, reference: Corpus, held_out: Corpus) -> dict:
-    model.eval().to(memory_format=torch.channels_last)
+    model.eval()
     r = residuals(model, patches)
     i = torch.tensor([p[0] for p in pairs])
     j = torch.tensor([p[1] for p in pairs])

@@ -83,15 +83,13 @@ class TruForPredictor:
             torch.set_num_threads(cfg.torch_threads)
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
-        self.model, self.info = load_trufor(self._local_copy(cfg.checkpoint), variant=cfg.variant, device=self.device,
-                                            noiseprint=self._local_copy(cfg.noiseprint_weights))
+        noiseprint = None if cfg.noiseprint_weights is None else local_copy(cfg.noiseprint_weights, cfg.storage)
+        self.model, self.info = load_trufor(local_copy(cfg.checkpoint, cfg.storage), variant=cfg.variant,
+                                            device=self.device, noiseprint=noiseprint)
         self.ev = EvalConfig()
         name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else f"{torch.get_num_threads()} threads"
         self.device_desc = f"{self.device} ({name})"
         self.node_id = _node_id()
-
-    def _local_copy(self, uri: str | None) -> str | None:
-        return None if uri is None else local_copy(uri, self.cfg.storage)
 
     def _common(self) -> dict:
         return {"model_name": MODEL_NAME, "weights_sha256": self.info.sha256,
