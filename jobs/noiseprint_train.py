@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 import tempfile
@@ -25,6 +26,7 @@ from trufor_core.noiseprint import DnCNN
 from .noiseprint_data import BatchLayout
 
 LATEST_RUN_FILE = "LATEST_RUN"
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,9 @@ class TrainConfig:
     unedited_share: float = 0.25  # share of history slots that are the camera's own, unedited output
     patch: int = 64
     lr: float = 1e-4
+    lr_schedule: str = "constant"  # "constant" or "cosine" (decays to 0 at the last step)
+    warmup_steps: int = 0  # linear warm-up to lr over the first steps
+    ema_decay: float = 0.0  # > 0: export an exponential moving average of the weights, not the last step's
     temperature: float = 0.05  # distances are mean squared residual differences / temperature
     checkpoint_every: int = 25
     resume: bool = False
@@ -53,6 +58,7 @@ class TrainConfig:
     max_failures: int = 1
     s3_endpoint: str | None = None
     eval_pairs: int = 300  # 0: no evaluation at the end
+    eval_seed: int = 0  # the held-out pairs; apart from --seed so that runs of any seed meet the same pairs
 
     def __post_init__(self) -> None:
         if (self.steps is None) == (self.epochs is None):
@@ -62,6 +68,19 @@ class TrainConfig:
                              f"{self.batch_groups} x {self.per_group}")
         if not 0.0 <= self.unedited_share <= 1.0:
             raise ValueError(f"--unedited-share must be in [0, 1], got {self.unedited_share}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"--lr-schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.warmup_steps < 0 or not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"need --warmup-steps >= 0 and 0 <= --ema-decay < 1, got {self.warmup_steps}, "
+                             f"{self.ema_decay}")
+
+    def learning_rate(self, step: int, steps: int) -> float:
+        """The learning rate of 0-based ``step`` out of ``steps``: linear warm-up, then constant or cosine."""
+        if step < self.warmup_steps:
+            return self.lr * (step + 1) / self.warmup_steps
+        if self.lr_schedule == "cosine":
+            return self.lr * 0.5 * (1.0 + math.cos(math.pi * (step - self.warmup_steps) / max(1, steps - self.warmup_steps)))
+        return self.lr
 
     def layout(self, corpus_cameras: int) -> BatchLayout:
         """The batch layout for a corpus with ``corpus_cameras`` cameras (raises on an impossible one)."""
@@ -147,16 +166,21 @@ def train_loop_per_worker(config: dict) -> None:
     model = ray.train.torch.prepare_model(build_dncnn(cfg.init, storage))
     device = ray.train.torch.get_device()
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    start, history = 0, []
+    net = model.module if hasattr(model, "module") else model
+    start, history, saved_average = 0, [], None
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
             state = torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=True)
-        (model.module if hasattr(model, "module") else model).load_state_dict(state["model"])
+        net.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start, history = int(state["step"]), [list(h) for h in state["history"]]
+        saved_average = state.get("average")
         if rank == 0:
             print(f"[train-noiseprint] resumed from the checkpoint at step {start}", flush=True)
+    average = None
+    if cfg.ema_decay and rank == 0:  # every rank holds the same weights after a step: one average suffices
+        average = _clone_state(net) if saved_average is None else {k: v.to(device) for k, v in saved_average.items()}
     t_run, patches_seen = time.perf_counter(), 0
     for step in range(start, steps):
         rng = np.random.default_rng([cfg.seed, step, rank])  # reproducible, and the same after a resume
@@ -165,10 +189,14 @@ def train_loop_per_worker(config: dict) -> None:
         if cfg.init != "scratch":
             _bn_eval(model)
         t0 = time.perf_counter()
+        for group in opt.param_groups:
+            group["lr"] = cfg.learning_rate(step, steps)
         loss = infonce_loss(model(to_input(x).to(device)), torch.from_numpy(labels).to(device), cfg.temperature)
         opt.zero_grad()
         loss.backward()
         opt.step()
+        if average is not None:
+            update_average(average, net, cfg.ema_decay)
         patches_seen += len(x)
         loss_value = float(loss.detach())
         history.append([step + 1, loss_value])
@@ -184,13 +212,26 @@ def train_loop_per_worker(config: dict) -> None:
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == steps:
             with tempfile.TemporaryDirectory() as d:
                 if rank == 0:
-                    net = model.module if hasattr(model, "module") else model
                     # The loss history travels with the checkpoint, so a resumed run keeps the whole curve.
                     torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "step": step + 1,
-                                "history": history}, os.path.join(d, "state.pt"))
+                                "history": history, "average": average}, os.path.join(d, "state.pt"))
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d) if rank == 0 else None)
         else:
             ray.train.report(metrics)
+
+
+def _clone_state(net: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in net.state_dict().items()}
+
+
+def update_average(average: dict[str, torch.Tensor], net: torch.nn.Module, decay: float) -> None:
+    """average <- decay * average + (1 - decay) * weights, in place; integer buffers are copied."""
+    with torch.no_grad():
+        for k, v in net.state_dict().items():
+            if v.is_floating_point():
+                average[k].lerp_(v, 1.0 - decay)
+            else:
+                average[k].copy_(v)
 
 
 def export_noiseprint(state: dict, path: str | Path, step: int) -> Path:
@@ -313,12 +354,14 @@ def run_training(cfg: TrainConfig, log=lambda m: print(m, file=sys.stderr)) -> d
         if started:
             ray.shutdown()
     with tempfile.TemporaryDirectory() as d:
-        local = export_noiseprint(state["model"], Path(d) / "noiseprint++.th", state["step"])
+        # The moving average, when kept, is what gets exported: the last step's weights carry that step's noise.
+        weights = state["average"] if state.get("average") is not None else state["model"]
+        local = export_noiseprint(weights, Path(d) / "noiseprint++.th", state["step"])
         export_uri = f"{cfg.output.rstrip('/')}/{name}/noiseprint++.th"
         out_fs.put(str(local), f"{out_path.rstrip('/')}/{name}/noiseprint++.th")
         evaluation = None if cfg.eval_pairs == 0 else evaluate(
             str(local), cfg.corpus, baseline=None if cfg.init == "scratch" else cfg.init, storage=storage,
-            n_pairs=cfg.eval_pairs, patch=cfg.patch, seed=cfg.seed)
+            n_pairs=cfg.eval_pairs, patch=cfg.patch, seed=cfg.eval_seed)
         if evaluation:
             evaluation["weights_path"] = export_uri  # not the temporary copy it was read from
     curve = [{"step": int(st), "loss": round(float(lo), 5)} for st, lo in state["history"]]
@@ -350,12 +393,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="share of history slots that are the camera's unedited output")
     p.add_argument("--patch", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant",
+                   help="constant, or cosine decay to 0 at the last step")
+    p.add_argument("--warmup-steps", type=int, default=0, help="linear learning-rate warm-up")
+    p.add_argument("--ema-decay", type=float, default=0.0,
+                   help="> 0: export the exponential moving average of the weights (e.g. 0.95)")
     p.add_argument("--temperature", type=float, default=0.05)
     p.add_argument("--checkpoint-every", type=int, default=25)
     p.add_argument("--resume", action="store_true", help="continue the last run in --output from its checkpoint")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads-per-worker", type=int, default=1)
     p.add_argument("--eval-pairs", type=int, default=300, help="positive (and negative) pairs of the final evaluation; 0 skips it")
+    p.add_argument("--eval-seed", type=int, default=0, help="seed of the evaluation's held-out pairs (not --seed: "
+                                                            "runs of any seed are compared on the same pairs)")
     p.add_argument("--s3-endpoint")
 
 
@@ -363,9 +413,10 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
     return TrainConfig(corpus=a.corpus, output=a.output, init=a.init, workers=a.workers, use_gpu=a.use_gpu,
                        steps=a.steps, epochs=a.epochs, batch_groups=a.batch_groups, batch_cameras=a.batch_cameras,
                        batch_positions=a.batch_positions, per_group=a.per_group, unedited_share=a.unedited_share,
-                       patch=a.patch, lr=a.lr, temperature=a.temperature, checkpoint_every=a.checkpoint_every,
+                       patch=a.patch, lr=a.lr, lr_schedule=a.lr_schedule, warmup_steps=a.warmup_steps,
+                       ema_decay=a.ema_decay, temperature=a.temperature, checkpoint_every=a.checkpoint_every,
                        resume=a.resume, seed=a.seed, threads_per_worker=a.threads_per_worker,
-                       s3_endpoint=a.s3_endpoint, eval_pairs=a.eval_pairs)
+                       s3_endpoint=a.s3_endpoint, eval_pairs=a.eval_pairs, eval_seed=a.eval_seed)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,8 @@ from jobs.camera_corpus import make_camera_corpus
 from jobs.noiseprint_data import (EVAL_HISTORIES, HISTORIES, TRAIN_HISTORIES, BatchLayout, apply_history,
                                   load_corpus, sample_batch)
 from jobs.noiseprint_eval import roc_auc
-from jobs.noiseprint_train import build_dncnn, export_noiseprint, infonce_loss, load_dncnn_weights
+from jobs.noiseprint_train import (TrainConfig, build_dncnn, export_noiseprint, infonce_loss, load_dncnn_weights,
+                                   update_average)
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +111,28 @@ def test_infonce_loss():
     assert torch.isfinite(good) and torch.isfinite(bad) and good < 0.01 < bad
     with pytest.raises(ValueError, match="positive"):
         infonce_loss(base, torch.tensor([0, 1, 2]), 0.05)
+
+
+def test_learning_rate_schedule_and_weight_average():
+    cos = TrainConfig(corpus="c", output="o", steps=10, lr=1e-3, lr_schedule="cosine", warmup_steps=2)
+    lrs = [cos.learning_rate(s, 10) for s in range(10)]
+    assert lrs[:2] == pytest.approx([5e-4, 1e-3])  # warm-up
+    assert lrs[2] == 1e-3 and all(a > b for a, b in zip(lrs[2:], lrs[3:])) and lrs[-1] < 0.05 * 1e-3  # decays to ~0
+    const = TrainConfig(corpus="c", output="o", steps=10, lr=1e-3)
+    assert {const.learning_rate(s, 10) for s in range(10)} == {1e-3}
+    with pytest.raises(ValueError, match="lr-schedule"):
+        TrainConfig(corpus="c", output="o", steps=10, lr_schedule="linear")
+    with pytest.raises(ValueError, match="ema-decay"):
+        TrainConfig(corpus="c", output="o", steps=10, ema_decay=1.0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 1), torch.nn.BatchNorm2d(1))
+    average = {k: v.clone() for k, v in net.state_dict().items()}
+    start = net[0].weight.detach().clone()
+    with torch.no_grad():
+        net[0].weight.add_(1.0)
+    net[1].num_batches_tracked += 5
+    update_average(average, net, 0.9)
+    assert torch.allclose(average["0.weight"], start + 0.1)
+    assert int(average["1.num_batches_tracked"]) == 5
 
 
 def test_roc_auc():
@@ -276,8 +299,10 @@ def test_train_from_and_to_object_storage(shared, corpus_dir, moto_endpoint, tmp
 @pytest.mark.slow
 def test_killed_run_resumes_from_its_checkpoint(shared, corpus_dir, tmp_path):
     out = tmp_path / "run"
+    # With a weight average and a cosine schedule: both must carry over the kill.
     args = ["train-noiseprint", "--corpus", str(corpus_dir), "--output", str(out), "--init", "scratch",
-            "--steps", "12", "--checkpoint-every", "2", *TRAIN_ARGS]
+            "--steps", "12", "--checkpoint-every", "2", "--ema-decay", "0.5", "--lr-schedule", "cosine",
+            *TRAIN_ARGS]
     ray_tmp = _ray_tmp()
     p = _run_cli(args, ray_tmp)
     try:
@@ -311,3 +336,10 @@ def test_killed_run_resumes_from_its_checkpoint(shared, corpus_dir, tmp_path):
     steps_after = [int(line.split("step ", 1)[1].split("/", 1)[0]) for line in log.splitlines()
                    if "[train-noiseprint] step " in line]
     assert min(steps_after) == resumed[0] + 1  # the resumed run did not redo finished steps
+    # The export is the weight average of the last checkpoint, not its last-step weights.
+    last = max(out.glob(f"{summary['run']}/checkpoint_*/state.pt"), key=lambda f: f.parent.name)
+    state = torch.load(last, map_location="cpu", weights_only=True)
+    exported = torch.load(summary["export"], map_location="cpu", weights_only=True)["network"]
+    assert state["step"] == 12 and state["average"] is not None
+    assert all(torch.equal(exported[k], v.contiguous()) for k, v in state["average"].items())
+    assert not torch.equal(exported["0.weight"], state["model"]["0.weight"].contiguous())

@@ -1,0 +1,82 @@
+"""Train Noiseprint++ in one process on exactly the batches `train-noiseprint --workers W` would use.
+
+Rank r's batch of step s comes from the same seed ([seed, s, r]) and the gradients of the W
+batches are averaged, which is what DDP does; the learning-rate schedule and weight average are
+the job's own (`TrainConfig`). The export is then evaluated by `eval-noiseprint`'s code. It
+exists to compare training settings and seeds side by side without Ray's start-up and helper
+processes (two runs with ``--threads-per-worker 1`` fit on 2 cores at once).
+
+    python bench/train_recipe.py --corpus corp8n --output /tmp/recipe-s1 \
+        --init ../shared/weights/noiseprint++.th --steps 130 --seed 1 [train-noiseprint options]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from jobs.noiseprint_data import load_corpus, sample_batch  # noqa: E402
+from jobs.noiseprint_eval import evaluate  # noqa: E402
+from jobs.noiseprint_train import (_bn_eval, _clone_state, _steps, add_arguments, build_dncnn,  # noqa: E402
+                                   config_from_args, export_noiseprint, infonce_loss, to_input, update_average)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    p.add_argument("--skip-baseline", action="store_true", help="evaluate the trained weights only")
+    a = p.parse_args()
+    cfg = config_from_args(a)
+    torch.set_num_threads(cfg.threads_per_worker)
+    corpus = load_corpus(cfg.corpus, "train")
+    layout = cfg.layout(len(corpus.cameras))
+    steps = _steps(cfg, sum(corpus.report.cameras.values()))
+    model = build_dncnn(cfg.init)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    average = _clone_state(model) if cfg.ema_decay else None
+    t0, curve = time.perf_counter(), []
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = cfg.learning_rate(step, steps)
+        model.train()
+        if cfg.init != "scratch":
+            _bn_eval(model)
+        opt.zero_grad()
+        loss_sum = 0.0
+        for rank in range(cfg.workers):
+            x, labels = sample_batch(np.random.default_rng([cfg.seed, step, rank]), corpus, layout, cfg.patch,
+                                     unedited_share=cfg.unedited_share)
+            loss = infonce_loss(model(to_input(x)), torch.from_numpy(labels), cfg.temperature) / cfg.workers
+            loss.backward()  # gradients add up over the ranks' batches: DDP's average
+            loss_sum += float(loss.detach())
+        opt.step()
+        if average is not None:
+            update_average(average, model, cfg.ema_decay)
+        curve.append(loss_sum)
+        if (step + 1) % 10 == 0:
+            rate = (step + 1) * len(x) * cfg.workers / (time.perf_counter() - t0)
+            print(f"step {step + 1}/{steps} mean loss (last 10) {np.mean(curve[-10:]):.3f} {rate:.1f} patches/s",
+                  flush=True)
+    train_s = time.perf_counter() - t0
+    out = Path(cfg.output)
+    export = export_noiseprint(average if average is not None else model.state_dict(), out / "noiseprint++.th", steps)
+    baseline = None if a.skip_baseline or cfg.init == "scratch" else cfg.init
+    ev = evaluate(str(export), cfg.corpus, baseline=baseline, n_pairs=cfg.eval_pairs, patch=cfg.patch,
+                  seed=cfg.eval_seed)
+    loss_10 = [round(float(np.mean(curve[k:k + 10])), 3) for k in range(0, steps, 10)]
+    summary = {"seed": cfg.seed, "lr": cfg.lr, "lr_schedule": cfg.lr_schedule, "warmup_steps": cfg.warmup_steps,
+               "ema_decay": cfg.ema_decay, "steps": steps, "train_s": round(train_s, 1),
+               "loss_by_10_steps": loss_10, "evaluation": ev}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()
