@@ -47,7 +47,7 @@ class TrainConfig:
     unedited_share: float = 0.25  # share of history slots that are the camera's own, unedited output
     patch: int = 64
     lr: float = 1e-4
-    lr_schedule: str = "constant"  # "constant" or "cosine" (decays to 0 at the last step)
+    lr_schedule: str = "constant"  # "constant" or "cosine" (decays towards 0 by the last step)
     warmup_steps: int = 0  # linear warm-up to lr over the first steps
     ema_decay: float = 0.0  # > 0: export an exponential moving average of the weights, not the last step's
     temperature: float = 0.05  # distances are mean squared residual differences / temperature
