@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jobs.noiseprint_data import load_corpus, sample_batch  # noqa: E402
 from jobs.noiseprint_eval import evaluate  # noqa: E402
-from jobs.noiseprint_train import (_bn_eval, _clone_state, _steps, add_arguments, build_dncnn,  # noqa: E402
-                                   config_from_args, export_noiseprint, infonce_loss, to_input, update_average)
+from jobs.noiseprint_train import (_clone_state, _steps, add_arguments, build_dncnn, config_from_args,  # noqa: E402
+                                   export_noiseprint, infonce_loss, start_step, to_input, update_average)
 
 
 def main() -> None:
@@ -43,11 +43,7 @@ def main() -> None:
     average = _clone_state(model) if cfg.ema_decay else None
     t0, curve = time.perf_counter(), []
     for step in range(steps):
-        for group in opt.param_groups:
-            group["lr"] = cfg.learning_rate(step, steps)
-        model.train()
-        if cfg.init != "scratch":
-            _bn_eval(model)
+        start_step(model, opt, cfg, step, steps)
         opt.zero_grad()
         loss_sum = 0.0
         for rank in range(cfg.workers):

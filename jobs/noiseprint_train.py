@@ -140,6 +140,15 @@ def infonce_loss(residuals: torch.Tensor, labels: torch.Tensor, temperature: flo
     return (torch.logsumexp(logits, 1) - torch.logsumexp(logits.masked_fill(~pos, float("-inf")), 1)).mean()
 
 
+def start_step(model: torch.nn.Module, opt: torch.optim.Optimizer, cfg: TrainConfig, step: int, steps: int) -> None:
+    """Training mode (released BN statistics kept when fine-tuning) and this step's learning rate."""
+    model.train()
+    if cfg.init != "scratch":
+        _bn_eval(model)
+    for group in opt.param_groups:
+        group["lr"] = cfg.learning_rate(step, steps)
+
+
 def _bn_eval(model: torch.nn.Module) -> None:
     # Fine-tuning keeps the released BN statistics: small patch batches would only add noise to them.
     for m in model.modules():
@@ -185,12 +194,8 @@ def train_loop_per_worker(config: dict) -> None:
     for step in range(start, steps):
         rng = np.random.default_rng([cfg.seed, step, rank])  # reproducible, and the same after a resume
         x, labels = sample_batch(rng, corpus, layout, cfg.patch, unedited_share=cfg.unedited_share)
-        model.train()
-        if cfg.init != "scratch":
-            _bn_eval(model)
         t0 = time.perf_counter()
-        for group in opt.param_groups:
-            group["lr"] = cfg.learning_rate(step, steps)
+        start_step(model, opt, cfg, step, steps)
         loss = infonce_loss(model(to_input(x).to(device)), torch.from_numpy(labels).to(device), cfg.temperature)
         opt.zero_grad()
         loss.backward()
