@@ -3,6 +3,8 @@
 - Pair verification ROC AUC: pairs of patches from held-out images with the same camera model,
   grid position and (held-out) history vs pairs that differ in any of them; the score is minus the
   mean squared difference of the two residual patches (the training loss's distance).
+- Residual RMS on the held-out patches: TruFor's detector was trained on the released weights'
+  noiseprint, so a retrained one far off that scale changes what the detector sees.
 - Camera-model identification: per image, statistics of the noiseprint on each of the 64 phases
   of the 8x8 grid (mean and standard deviation, whole image up to 512x512); nearest centroid,
   with centroids from the training-split images and tests on the held-out (eval-split) images.
@@ -123,6 +125,7 @@ def metrics_for(model: torch.nn.Module, patches: np.ndarray, pairs, reference: C
     out = {"pair_auc": roc_auc(pos, -d[kinds != "same"])}
     for k in DIFFERS:
         out[f"pair_auc_vs_different_{k}"] = roc_auc(pos, -d[kinds == k])
+    out["residual_rms"] = float(r.pow(2).mean().sqrt())
     out["camera_id_accuracy"] = camera_id_accuracy(model, reference, held_out)
     return out
 

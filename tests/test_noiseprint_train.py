@@ -166,6 +166,7 @@ def test_eval_noiseprint_cli_side_by_side(shared, corpus_dir, tmp_path, capsys):
     res = json.loads(capsys.readouterr().out)
     assert res["weights"] == res["baseline"] and set(res["gain"].values()) == {0.0}  # same weights, same figures
     assert 0.0 <= res["weights"]["pair_auc"] <= 1.0 and res["pairs"] == 40 and res["held_out_images"] == 9
+    assert 0.0 < res["weights"]["residual_rms"] < 10.0
     bad = tmp_path / "bad.th"
     bad.write_bytes(b"not a checkpoint")
     assert main(["eval-noiseprint", "--weights", str(bad), "--corpus", str(corpus_dir)]) == 2
