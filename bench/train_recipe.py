@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from jobs.noiseprint_data import load_corpus, sample_batch  # noqa: E402
 from jobs.noiseprint_eval import evaluate  # noqa: E402
 from jobs.noiseprint_train import (_clone_state, _steps, add_arguments, build_dncnn, config_from_args,  # noqa: E402
-                                   export_noiseprint, infonce_loss, start_step, to_input, update_average)
+                                   export_noiseprint, final_weights, infonce_loss, start_step, to_input,
+                                   update_average)
 
 
 def main() -> None:
@@ -62,13 +63,15 @@ def main() -> None:
                   flush=True)
     train_s = time.perf_counter() - t0
     out = Path(cfg.output)
-    export = export_noiseprint(average if average is not None else model.state_dict(), out / "noiseprint++.th", steps)
+    weights, scale = final_weights(model.state_dict(), average, cfg, corpus, layout)
+    export = export_noiseprint(weights, out / "noiseprint++.th", steps)
     baseline = None if a.skip_baseline or cfg.init == "scratch" else cfg.init
     ev = evaluate(str(export), cfg.corpus, baseline=baseline, n_pairs=cfg.eval_pairs, patch=cfg.patch,
                   seed=cfg.eval_seed)
     loss_10 = [round(float(np.mean(curve[k:k + 10])), 3) for k in range(0, steps, 10)]
     summary = {"seed": cfg.seed, "lr": cfg.lr, "lr_schedule": cfg.lr_schedule, "warmup_steps": cfg.warmup_steps,
-               "ema_decay": cfg.ema_decay, "steps": steps, "train_s": round(train_s, 1),
+               "ema_decay": cfg.ema_decay, "temperature": cfg.temperature, "residual_scale_factor": scale,
+               "steps": steps, "train_s": round(train_s, 1),
                "loss_by_10_steps": loss_10, "evaluation": ev}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary, indent=1))

@@ -23,7 +23,7 @@ from pipeline.storage import StorageConfig, local_copy
 from trufor_core.checkpoint import CheckpointError, map_noiseprint_state_dict, map_official_state_dict, read_torch_file
 from trufor_core.noiseprint import DnCNN
 
-from .noiseprint_data import BatchLayout
+from .noiseprint_data import BatchLayout, Corpus, sample_batch
 
 LATEST_RUN_FILE = "LATEST_RUN"
 LR_SCHEDULES = ("constant", "cosine")
@@ -51,6 +51,7 @@ class TrainConfig:
     warmup_steps: int = 0  # linear warm-up to lr over the first steps
     ema_decay: float = 0.0  # > 0: export an exponential moving average of the weights, not the last step's
     temperature: float = 0.05  # distances are mean squared residual differences / temperature
+    match_scale: bool = True  # fine-tuning: export at the starting weights' residual RMS (TruFor's detector expects it)
     checkpoint_every: int = 25
     resume: bool = False
     seed: int = 0
@@ -161,7 +162,7 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    from .noiseprint_data import load_corpus, sample_batch
+    from .noiseprint_data import load_corpus
 
     cfg = TrainConfig(**config["cfg"])
     _quiet_report_logs()
@@ -248,6 +249,53 @@ def export_noiseprint(state: dict, path: str | Path, step: int) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"network": sd, "global_step": int(step)}, path)
     return path
+
+
+def match_residual_scale(state: dict, reference: torch.nn.Module, patches: np.ndarray) -> tuple[dict, float]:
+    """Scale the last convolution so that the residual RMS on ``patches`` equals ``reference``'s.
+
+    The last layer is linear, so the residual is scaled exactly: pair distances change by one
+    common factor, which moves no AUC and no nearest centroid of standardised features, while
+    TruFor's detector, trained on the released noiseprint, sees residuals of the scale it knows
+    (the contrastive loss lets training inflate them freely).
+
+    Returns:
+        (the state with the last layer's weight and bias scaled, the factor).
+    """
+    model = DnCNN()
+    model.load_state_dict(state, strict=True)
+    x = to_input(patches)
+    with torch.inference_mode():
+        ref_rms = float(reference.eval()(x).pow(2).mean().sqrt())
+        rms = float(model.eval()(x).pow(2).mean().sqrt())
+    factor = ref_rms / rms if rms > 0 else float("nan")
+    if not (math.isfinite(factor) and factor > 0):
+        raise ValueError(f"cannot match the residual scale: RMS {rms} (trained) vs {ref_rms} (reference)")
+    last = len(model) - 1
+    out = dict(state)
+    out[f"{last}.weight"] = state[f"{last}.weight"] * factor
+    out[f"{last}.bias"] = state[f"{last}.bias"] * factor
+    return out, factor
+
+
+def calibration_patches(corpus: Corpus, layout: BatchLayout, cfg: TrainConfig, batches: int = 2) -> np.ndarray:
+    """Training patches of a fixed seed (apart from the steps' seeds) for `match_residual_scale`."""
+    rng = np.random.default_rng([cfg.seed, 1 << 31])
+    return np.concatenate([sample_batch(rng, corpus, layout, cfg.patch, unedited_share=cfg.unedited_share)[0]
+                           for _ in range(batches)])
+
+
+def final_weights(model_state: dict, average: dict | None, cfg: TrainConfig, corpus: Corpus, layout: BatchLayout,
+                  storage: StorageConfig | None = None) -> tuple[dict, float | None]:
+    """The weights to export and the residual scale factor applied to them (None: not matched).
+
+    The moving average when kept (the last step's weights carry that step's noise), brought to the
+    starting weights' residual scale when fine-tuning with ``cfg.match_scale``.
+    """
+    weights = average if average is not None else model_state
+    if not cfg.match_scale or cfg.init == "scratch":
+        return weights, None
+    return match_residual_scale(weights, build_dncnn(cfg.init, storage), calibration_patches(corpus, layout, cfg))
 
 
 def _steps(cfg: TrainConfig, n_train_images: int) -> int:
@@ -359,8 +407,9 @@ def run_training(cfg: TrainConfig, log=lambda m: print(m, file=sys.stderr)) -> d
         if started:
             ray.shutdown()
     with tempfile.TemporaryDirectory() as d:
-        # The moving average, when kept, is what gets exported: the last step's weights carry that step's noise.
-        weights = state["average"] if state.get("average") is not None else state["model"]
+        weights, scale = final_weights(state["model"], state.get("average"), cfg, train, layout, storage)
+        if scale is not None:
+            log(f"export: last layer scaled by {scale:.4g} to the starting weights' residual RMS")
         local = export_noiseprint(weights, Path(d) / "noiseprint++.th", state["step"])
         export_uri = f"{cfg.output.rstrip('/')}/{name}/noiseprint++.th"
         out_fs.put(str(local), f"{out_path.rstrip('/')}/{name}/noiseprint++.th")
@@ -371,7 +420,7 @@ def run_training(cfg: TrainConfig, log=lambda m: print(m, file=sys.stderr)) -> d
             evaluation["weights_path"] = export_uri  # not the temporary copy it was read from
     curve = [{"step": int(st), "loss": round(float(lo), 5)} for st, lo in state["history"]]
     summary = {"run": name, "steps": int(state["step"]), "workers": cfg.workers, "wall_s": round(wall, 1),
-               "export": export_uri, "loss_curve": curve, "evaluation": evaluation,
+               "export": export_uri, "residual_scale_factor": scale, "loss_curve": curve, "evaluation": evaluation,
                "patches_per_s_total": result.metrics.get("patches_per_s_total"),
                "patches_per_s_worker": result.metrics.get("patches_per_s_worker")}
     with out_fs.open(f"{out_path.rstrip('/')}/{name}/summary.json", "wb") as f:
@@ -404,6 +453,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ema-decay", type=float, default=0.0,
                    help="> 0: export the exponential moving average of the weights (e.g. 0.95)")
     p.add_argument("--temperature", type=float, default=0.05)
+    p.add_argument("--no-match-scale", dest="match_scale", action="store_false",
+                   help="export the trained residual scale as it is (default when fine-tuning: scale the last layer "
+                        "to the starting weights' residual RMS, which no metric depends on but TruFor's detector does)")
     p.add_argument("--checkpoint-every", type=int, default=25)
     p.add_argument("--resume", action="store_true", help="continue the last run in --output from its checkpoint")
     p.add_argument("--seed", type=int, default=0)
@@ -419,7 +471,7 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
                        steps=a.steps, epochs=a.epochs, batch_groups=a.batch_groups, batch_cameras=a.batch_cameras,
                        batch_positions=a.batch_positions, per_group=a.per_group, unedited_share=a.unedited_share,
                        patch=a.patch, lr=a.lr, lr_schedule=a.lr_schedule, warmup_steps=a.warmup_steps,
-                       ema_decay=a.ema_decay, temperature=a.temperature, checkpoint_every=a.checkpoint_every,
+                       ema_decay=a.ema_decay, temperature=a.temperature, match_scale=a.match_scale, checkpoint_every=a.checkpoint_every,
                        resume=a.resume, seed=a.seed, threads_per_worker=a.threads_per_worker,
                        s3_endpoint=a.s3_endpoint, eval_pairs=a.eval_pairs, eval_seed=a.eval_seed)
 

@@ -21,8 +21,8 @@ from jobs.camera_corpus import make_camera_corpus
 from jobs.noiseprint_data import (EVAL_HISTORIES, HISTORIES, TRAIN_HISTORIES, BatchLayout, apply_history,
                                   load_corpus, sample_batch)
 from jobs.noiseprint_eval import roc_auc
-from jobs.noiseprint_train import (TrainConfig, build_dncnn, export_noiseprint, infonce_loss, load_dncnn_weights,
-                                   update_average)
+from jobs.noiseprint_train import (TrainConfig, build_dncnn, calibration_patches, export_noiseprint, infonce_loss,
+                                   load_dncnn_weights, match_residual_scale, to_input, update_average)
 
 
 @pytest.fixture(scope="module")
@@ -157,6 +157,36 @@ def test_export_has_the_released_format(shared, tmp_path):
     assert set(load_dncnn_weights(str(path))) == set(released["network"])
 
 
+def test_export_matches_the_starting_residual_scale(shared, corpus_dir):
+    from conftest import NOISEPRINT
+
+    reference = build_dncnn(str(NOISEPRINT))
+    cfg = TrainConfig(corpus=str(corpus_dir), output="unused", init=str(NOISEPRINT), steps=1, batch_groups=6)
+    corpus = load_corpus(str(corpus_dir), "train")
+    patches = calibration_patches(corpus, cfg.layout(len(corpus.cameras)), cfg)
+    assert patches.shape[1:] == (64, 64, 3) and np.array_equal(
+        patches, calibration_patches(corpus, cfg.layout(len(corpus.cameras)), cfg))  # fixed seed
+    # A "trained" state whose residuals are inflated and changed in shape, as the contrastive loss lets them be.
+    trained = {k: v.clone() for k, v in reference.state_dict().items()}
+    trained["0.weight"] += 0.01 * torch.randn_like(trained["0.weight"], generator=torch.Generator().manual_seed(0))
+    trained["47.weight"] *= 7.0
+    trained["47.bias"] *= 7.0
+    scaled, factor = match_residual_scale(trained, reference, patches)
+    nets = {}
+    for name, sd in (("reference", reference.state_dict()), ("trained", trained), ("scaled", scaled)):
+        nets[name] = build_dncnn("scratch")
+        nets[name].load_state_dict(sd, strict=True)
+        nets[name].eval()
+    x = to_input(patches)
+    with torch.inference_mode():
+        r = {k: m(x) for k, m in nets.items()}
+    rms = {k: float(v.pow(2).mean().sqrt()) for k, v in r.items()}
+    assert 0.05 < factor < 0.3  # undoes most of the x7
+    assert rms["scaled"] == pytest.approx(rms["reference"], rel=1e-4)
+    assert torch.allclose(r["scaled"], factor * r["trained"], rtol=1e-4, atol=1e-6)  # exactly a scale: no metric moves
+    assert all(torch.equal(scaled[k], trained[k]) for k in trained if not k.startswith("47."))
+
+
 def test_eval_noiseprint_cli_side_by_side(shared, corpus_dir, tmp_path, capsys):
     from conftest import NOISEPRINT
     from jobs.cli import main
@@ -236,6 +266,9 @@ def test_train_two_workers_export_and_eval(shared, corpus_dir, tmp_path):
     assert "patches/s/worker" in log and "ETA" in log and summary["patches_per_s_worker"] > 0
     ev = summary["evaluation"]
     assert set(ev["weights"]) >= {"pair_auc", "camera_id_accuracy"} and ev["baseline"] is not None
+    # Exported at the starting weights' residual scale (calibrated on training patches, checked on held-out ones).
+    assert summary["residual_scale_factor"] > 0 and "residual RMS" in log
+    assert ev["weights"]["residual_rms"] == pytest.approx(ev["baseline"]["residual_rms"], rel=0.5)
     # The export drops into the scanner: strict load as the Noiseprint++ of TruFor.
     export = Path(summary["export"])
     from trufor_core.checkpoint import write_synthetic_checkpoint
