@@ -471,8 +471,8 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
                        steps=a.steps, epochs=a.epochs, batch_groups=a.batch_groups, batch_cameras=a.batch_cameras,
                        batch_positions=a.batch_positions, per_group=a.per_group, unedited_share=a.unedited_share,
                        patch=a.patch, lr=a.lr, lr_schedule=a.lr_schedule, warmup_steps=a.warmup_steps,
-                       ema_decay=a.ema_decay, temperature=a.temperature, match_scale=a.match_scale, checkpoint_every=a.checkpoint_every,
-                       resume=a.resume, seed=a.seed, threads_per_worker=a.threads_per_worker,
+                       ema_decay=a.ema_decay, temperature=a.temperature, match_scale=a.match_scale,
+                       checkpoint_every=a.checkpoint_every, resume=a.resume, seed=a.seed, threads_per_worker=a.threads_per_worker,
                        s3_endpoint=a.s3_endpoint, eval_pairs=a.eval_pairs, eval_seed=a.eval_seed)
 
 
