@@ -40,6 +40,7 @@ def main() -> None:
     layout = cfg.layout(len(corpus.cameras))
     steps = _steps(cfg, sum(corpus.report.cameras.values()))
     model = build_dncnn(cfg.init)
+    reference = None if cfg.init == "scratch" else build_dncnn(cfg.init)  # the export's residual scale
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     average = _clone_state(model) if cfg.ema_decay else None
     t0, curve = time.perf_counter(), []
@@ -63,7 +64,7 @@ def main() -> None:
                   flush=True)
     train_s = time.perf_counter() - t0
     out = Path(cfg.output)
-    weights, scale = final_weights(model.state_dict(), average, cfg, corpus, layout)
+    weights, scale = final_weights(model.state_dict(), average, cfg, corpus, layout, reference)
     export = export_noiseprint(weights, out / "noiseprint++.th", steps)
     baseline = None if a.skip_baseline or cfg.init == "scratch" else cfg.init
     ev = evaluate(str(export), cfg.corpus, baseline=baseline, n_pairs=cfg.eval_pairs, patch=cfg.patch,

@@ -80,7 +80,8 @@ class TrainConfig:
         if step < self.warmup_steps:
             return self.lr * (step + 1) / self.warmup_steps
         if self.lr_schedule == "cosine":
-            return self.lr * 0.5 * (1.0 + math.cos(math.pi * (step - self.warmup_steps) / max(1, steps - self.warmup_steps)))
+            progress = (step - self.warmup_steps) / max(1, steps - self.warmup_steps)
+            return self.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
         return self.lr
 
     def layout(self, corpus_cameras: int) -> BatchLayout:
@@ -286,16 +287,16 @@ def calibration_patches(corpus: Corpus, layout: BatchLayout, cfg: TrainConfig, b
 
 
 def final_weights(model_state: dict, average: dict | None, cfg: TrainConfig, corpus: Corpus, layout: BatchLayout,
-                  storage: StorageConfig | None = None) -> tuple[dict, float | None]:
+                  reference: torch.nn.Module | None) -> tuple[dict, float | None]:
     """The weights to export and the residual scale factor applied to them (None: not matched).
 
     The moving average when kept (the last step's weights carry that step's noise), brought to the
-    starting weights' residual scale when fine-tuning with ``cfg.match_scale``.
+    residual scale of ``reference`` (the starting weights; None from scratch) with ``cfg.match_scale``.
     """
     weights = average if average is not None else model_state
-    if not cfg.match_scale or cfg.init == "scratch":
+    if not cfg.match_scale or reference is None:
         return weights, None
-    return match_residual_scale(weights, build_dncnn(cfg.init, storage), calibration_patches(corpus, layout, cfg))
+    return match_residual_scale(weights, reference, calibration_patches(corpus, layout, cfg))
 
 
 def _steps(cfg: TrainConfig, n_train_images: int) -> int:
@@ -348,7 +349,8 @@ def run_training(cfg: TrainConfig, log=lambda m: print(m, file=sys.stderr)) -> d
     cfg = replace(cfg, corpus=_absolute(cfg.corpus), output=_absolute(cfg.output),
                   init=cfg.init if cfg.init == "scratch" else _absolute(cfg.init))
     storage = StorageConfig.from_env(cfg.s3_endpoint)
-    build_dncnn(cfg.init, storage)  # a missing or foreign --init fails here, before Ray starts
+    # A missing or foreign --init fails here, before Ray starts; the loaded weights set the export's residual scale.
+    reference = None if cfg.init == "scratch" else build_dncnn(cfg.init, storage)
     train = load_corpus(cfg.corpus, "train", storage)
     log(train.report.text())
     if len(train.cameras) < 2:
@@ -407,7 +409,7 @@ def run_training(cfg: TrainConfig, log=lambda m: print(m, file=sys.stderr)) -> d
         if started:
             ray.shutdown()
     with tempfile.TemporaryDirectory() as d:
-        weights, scale = final_weights(state["model"], state.get("average"), cfg, train, layout, storage)
+        weights, scale = final_weights(state["model"], state.get("average"), cfg, train, layout, reference)
         if scale is not None:
             log(f"export: last layer scaled by {scale:.4g} to the starting weights' residual RMS")
         local = export_noiseprint(weights, Path(d) / "noiseprint++.th", state["step"])
@@ -472,8 +474,8 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
                        batch_positions=a.batch_positions, per_group=a.per_group, unedited_share=a.unedited_share,
                        patch=a.patch, lr=a.lr, lr_schedule=a.lr_schedule, warmup_steps=a.warmup_steps,
                        ema_decay=a.ema_decay, temperature=a.temperature, match_scale=a.match_scale,
-                       checkpoint_every=a.checkpoint_every, resume=a.resume, seed=a.seed, threads_per_worker=a.threads_per_worker,
-                       s3_endpoint=a.s3_endpoint, eval_pairs=a.eval_pairs, eval_seed=a.eval_seed)
+                       checkpoint_every=a.checkpoint_every, resume=a.resume, seed=a.seed,
+                       threads_per_worker=a.threads_per_worker, s3_endpoint=a.s3_endpoint, eval_pairs=a.eval_pairs, eval_seed=a.eval_seed)
 
 
 def main(argv: list[str] | None = None) -> int:
