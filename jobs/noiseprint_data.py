@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import itertools
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 import numpy as np
 from PIL import Image, ImageFilter
@@ -21,7 +22,9 @@ HELD_OUT_DIR = "eval"
 
 # ---- editing histories (TruFor sec. 3.1: ~512 pipelines of resizing, compression, tone, filtering) ----
 
-RESIZE_FACTORS = (1.0, 0.9, 0.8, 0.75, 0.67, 0.5, 1.25, 1.5)
+# Ratios of small integers, so that a whole number of the camera's 8x8 grid periods maps onto a whole
+# number of output pixels (see grid_period).
+RESIZE_FACTORS = (1.0, 0.9, 0.8, 0.75, 2 / 3, 0.5, 1.25, 1.5)
 JPEG_QUALITIES = (None, 98, 95, 90, 85, 80, 75, 65)  # None: no recompression
 # Photometric edits: (gamma, contrast, brightness, filter).
 EDITS = (
@@ -62,6 +65,19 @@ def held_out_history(h: History) -> bool:
     return (h.index + h.index // 8 + h.index // 64) % 8 == 1
 
 
+def grid_period(h: History) -> tuple[int, int]:
+    """(source px, output px) of one period of the camera's grids through ``h``'s resize.
+
+    The camera's JPEG blocks and 2x2 CFA repeat every 8 source pixels. A resize by a/b maps 8b
+    source pixels onto 8a output pixels (a multiple of 8), so output positions 8a apart share both
+    the phase of the output's own 8x8 JPEG grid and the place relative to the camera's grids.
+    """
+    f = Fraction(h.resize).limit_denominator(16)
+    if abs(float(f) - h.resize) > 1e-9:
+        raise ValueError(f"resize factor {h.resize} is not a ratio of small integers (nearest {f})")
+    return 8 * f.denominator, 8 * f.numerator
+
+
 TRAIN_HISTORIES = tuple(h for h in HISTORIES if not held_out_history(h))
 EVAL_HISTORIES = tuple(h for h in HISTORIES if held_out_history(h))
 
@@ -81,7 +97,8 @@ def apply_history(rgb: np.ndarray, h: History) -> np.ndarray:
         im = im.filter(ImageFilter.UnsharpMask(radius=1.0, percent=80, threshold=0))
     if h.resize != 1.0:
         w, hh = im.size
-        im = im.resize((max(1, round(w * h.resize)), max(1, round(hh * h.resize))), Image.Resampling.BICUBIC)
+        f = Fraction(h.resize).limit_denominator(16)  # exact sizes for whole grid periods (grid_period)
+        im = im.resize((max(1, round(w * f)), max(1, round(hh * f))), Image.Resampling.BICUBIC)
     if h.jpeg is not None:
         buf = io.BytesIO()
         im.save(buf, format="JPEG", quality=h.jpeg)
@@ -207,21 +224,39 @@ def load_corpus(uri: str, split: str, storage: StorageConfig | None = None, max_
 
 
 def sample_patch(rng: np.random.Generator, img: np.ndarray, phase: tuple[int, int], h: History, patch: int) -> np.ndarray | None:
-    """One patch at grid phase ``phase`` after history ``h``; None if the image is too small."""
-    # Source crop: origin on the 8x8 grid of the camera's JPEG, big enough for the patch after resizing.
-    src = int(np.ceil((patch + 16) / h.resize)) + 8
+    """One patch at grid phase ``phase`` after history ``h``; None if the image is too small.
+
+    "Same position" means the same phase on the output's 8x8 JPEG grid and the same place relative
+    to the camera's CFA and JPEG grids, also after a resize: the source crop starts on the camera's
+    8x8 grid and spans whole grid periods, and the patch sits a whole number of periods from it.
+    Patches of one phase therefore carry the same camera trace pattern; with a free choice of
+    output offset, a resize by 0.75 would put them on three different camera phases, mixing what
+    the fingerprint is meant to keep apart.
+    """
+    src_period, out_period = grid_period(h)
+    py, px = phase
     H, W = img.shape[:2]
-    if H < src or W < src:
-        src = min(H, W) // 8 * 8
+    # Enough periods for one period of room before the patch (away from the crop's border, where
+    # filters and resampling see padding) and a few pixels after it, if the image has them.
+    want = -(-(out_period + 7 + patch + 4) // out_period)
+    periods = min(want, H // src_period, W // src_period)
+    if periods < 1:
+        return None
+    src, out_size = periods * src_period, periods * out_period
+    if py + patch > out_size or px + patch > out_size:
+        return None
     y0 = 8 * int(rng.integers(0, (H - src) // 8 + 1))
     x0 = 8 * int(rng.integers(0, (W - src) // 8 + 1))
     out = apply_history(img[y0:y0 + src, x0:x0 + src], h)
-    py, px = phase
-    ny, nx = (out.shape[0] - patch - py) // 8, (out.shape[1] - patch - px) // 8
-    if ny < 0 or nx < 0:
-        return None
-    y = py + 8 * int(rng.integers(0, ny + 1))
-    x = px + 8 * int(rng.integers(0, nx + 1))
+    if out.shape[:2] != (out_size, out_size):
+        raise RuntimeError(f"history {h} resized a {src}px crop to {out.shape[:2]}, expected {out_size}px")
+
+    def offset(p: int) -> int:
+        fits = [p + out_period * j for j in range((out_size - p - patch) // out_period + 1)]
+        inner = [o for o in fits if o >= 8 and o + patch + 4 <= out_size] or [o for o in fits if o >= 8] or fits
+        return inner[int(rng.integers(len(inner)))]
+
+    y, x = offset(py), offset(px)
     return out[y:y + patch, x:x + patch]
 
 
@@ -295,7 +330,15 @@ def sample_batch(rng: np.random.Generator, corpus: Corpus, layout: BatchLayout, 
         imgs = corpus.images[cam]
         for k in rng.choice(len(imgs), size=layout.per_group, replace=len(imgs) < layout.per_group):
             p = sample_patch(rng, imgs[k], ph, h, patch)
+            tries = 0
             while p is None:  # too small for this resize: another image of the camera
+                tries += 1
+                if tries > 4 * len(imgs):
+                    src, out = grid_period(h)
+                    raise ValueError(
+                        f"camera {cam}: no image is large enough for a {patch}px patch at phase {ph} after a resize "
+                        f"by {h.resize:.3g} (needs {-(-(patch + 7) // out) * src}px per side; image sizes "
+                        f"{sorted({im.shape[:2] for im in imgs})}); use a smaller --patch or larger images")
                 p = sample_patch(rng, imgs[int(rng.integers(len(imgs)))], ph, h, patch)
             xs.append(p)
             labels.append(g)

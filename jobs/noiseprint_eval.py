@@ -2,7 +2,9 @@
 
 - Pair verification ROC AUC: pairs of patches from held-out images with the same camera model,
   grid position and (held-out) history vs pairs that differ in any of them; the score is minus the
-  mean squared difference of the two residual patches (the training loss's distance).
+  mean squared difference of the two residual patches (the training loss's distance). "Same
+  position" is the same phase of the output's 8x8 grid and of the camera's grids, also after a
+  resize (`sample_patch`).
 - Residual RMS on the held-out patches: TruFor's detector was trained on the released weights'
   noiseprint, so a retrained one far off that scale changes what the detector sees.
 - Camera-model identification: per image, statistics of the noiseprint on each of the 64 phases

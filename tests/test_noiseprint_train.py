@@ -18,8 +18,8 @@ import torch
 from PIL import Image
 
 from jobs.camera_corpus import make_camera_corpus
-from jobs.noiseprint_data import (EVAL_HISTORIES, HISTORIES, TRAIN_HISTORIES, BatchLayout, apply_history,
-                                  load_corpus, sample_batch)
+from jobs.noiseprint_data import (EVAL_HISTORIES, HISTORIES, RESIZE_FACTORS, TRAIN_HISTORIES, BatchLayout,
+                                  Corpus, CorpusReport, apply_history, load_corpus, sample_batch, sample_patch)
 from jobs.noiseprint_eval import roc_auc
 from jobs.noiseprint_train import (TrainConfig, build_dncnn, calibration_patches, export_noiseprint, infonce_loss,
                                    load_dncnn_weights, match_residual_scale, to_input, update_average)
@@ -44,6 +44,27 @@ def test_histories_enumerated_and_split():
     half = next(h for h in HISTORIES if h.resize == 0.5 and h.jpeg == 75)
     y = apply_history(x, half)
     assert y.shape == (48, 48, 3) and y.dtype == np.uint8
+
+
+def test_same_position_is_the_same_phase_of_the_camera_grid_after_any_resize():
+    # A camera whose trace is a fixed 8x8-periodic pattern (JPEG blocks, CFA): patches at one
+    # position must show the same pattern after every resize, patches at another must not.
+    rng = np.random.default_rng(0)
+    img = np.tile(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8), (40, 40, 1))  # 320 px
+    for r in RESIZE_FACTORS:
+        h = next(x for x in HISTORIES if x.resize == r and x.jpeg is None and x.edit[0] == "identity")
+        same = [sample_patch(rng, img, (3, 5), h, 64).astype(int) for _ in range(6)]
+        assert all(np.array_equal(p, same[0]) for p in same), f"resize {r}: one position, different patterns"
+        other = sample_patch(rng, img, (4, 5), h, 64).astype(int)
+        assert np.abs(other - same[0]).mean() > 5, f"resize {r}: another position, the same pattern"
+
+
+def test_too_small_images_are_an_error_not_an_endless_loop():
+    small = Corpus(images={c: [np.zeros((80, 80, 3), np.uint8)] * 2 for c in ("a", "b")}, report=CorpusReport())
+    layout = BatchLayout(cameras=2, positions=1, histories=1, per_group=2)
+    half = tuple(h for h in TRAIN_HISTORIES if h.resize == 0.5)
+    with pytest.raises(ValueError, match=r"no image is large enough for a 64px patch .* resize by 0.5 \(needs 144px"):
+        sample_batch(np.random.default_rng(0), small, layout, patch=64, histories=half)
 
 
 def test_corpus_layout_and_grouped_batches(corpus_dir):
