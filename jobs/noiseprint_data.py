@@ -65,6 +65,14 @@ def held_out_history(h: History) -> bool:
     return (h.index + h.index // 8 + h.index // 64) % 8 == 1
 
 
+def resize_ratio(resize: float) -> Fraction:
+    """The resize factor as the exact ratio a/b of small integers it stands for."""
+    f = Fraction(resize).limit_denominator(16)
+    if abs(float(f) - resize) > 1e-9:
+        raise ValueError(f"resize factor {resize} is not a ratio of small integers (nearest {f})")
+    return f
+
+
 def grid_period(h: History) -> tuple[int, int]:
     """(source px, output px) of one period of the camera's grids through ``h``'s resize.
 
@@ -72,9 +80,7 @@ def grid_period(h: History) -> tuple[int, int]:
     source pixels onto 8a output pixels (a multiple of 8), so output positions 8a apart share both
     the phase of the output's own 8x8 JPEG grid and the place relative to the camera's grids.
     """
-    f = Fraction(h.resize).limit_denominator(16)
-    if abs(float(f) - h.resize) > 1e-9:
-        raise ValueError(f"resize factor {h.resize} is not a ratio of small integers (nearest {f})")
+    f = resize_ratio(h.resize)
     return 8 * f.denominator, 8 * f.numerator
 
 
@@ -97,7 +103,7 @@ def apply_history(rgb: np.ndarray, h: History) -> np.ndarray:
         im = im.filter(ImageFilter.UnsharpMask(radius=1.0, percent=80, threshold=0))
     if h.resize != 1.0:
         w, hh = im.size
-        f = Fraction(h.resize).limit_denominator(16)  # exact sizes for whole grid periods (grid_period)
+        f = resize_ratio(h.resize)  # exact sizes for whole grid periods (grid_period)
         im = im.resize((max(1, round(w * f)), max(1, round(hh * f))), Image.Resampling.BICUBIC)
     if h.jpeg is not None:
         buf = io.BytesIO()
