@@ -33,6 +33,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p)
     p.add_argument("--skip-baseline", action="store_true", help="evaluate the trained weights only")
+    p.add_argument("--snapshot-every", type=int, default=0,
+                   help="> 0: also export the weights every N steps to OUTPUT/step<N>/ (evaluate them with "
+                        "eval-noiseprint) to see where in a run the pair AUC moves")
     a = p.parse_args()
     cfg = config_from_args(a)
     torch.set_num_threads(cfg.threads_per_worker)
@@ -62,6 +65,9 @@ def main() -> None:
             rate = (step + 1) * len(x) * cfg.workers / (time.perf_counter() - t0)
             print(f"step {step + 1}/{steps} mean loss (last 10) {np.mean(curve[-10:]):.3f} {rate:.1f} patches/s",
                   flush=True)
+        if a.snapshot_every and (step + 1) % a.snapshot_every == 0 and step + 1 < steps:
+            snap, _ = final_weights(model.state_dict(), average, cfg, corpus, layout, reference)
+            export_noiseprint(snap, Path(cfg.output) / f"step{step + 1}" / "noiseprint++.th", step + 1)
     train_s = time.perf_counter() - t0
     out = Path(cfg.output)
     weights, scale = final_weights(model.state_dict(), average, cfg, corpus, layout, reference)

@@ -50,7 +50,7 @@ class TrainConfig:
     lr_schedule: str = "constant"  # "constant" or "cosine" (decays towards 0 by the last step)
     warmup_steps: int = 0  # linear warm-up to lr over the first steps
     ema_decay: float = 0.0  # > 0: export an exponential moving average of the weights, not the last step's
-    temperature: float = 0.05  # distances are mean squared residual differences / temperature
+    temperature: float = 0.005  # distances are mean squared residual differences / temperature
     match_scale: bool = True  # fine-tuning: export at the starting weights' residual RMS (TruFor's detector expects it)
     checkpoint_every: int = 25
     resume: bool = False
@@ -454,7 +454,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup-steps", type=int, default=0, help="linear learning-rate warm-up")
     p.add_argument("--ema-decay", type=float, default=0.0,
                    help="> 0: export the exponential moving average of the weights (e.g. 0.95)")
-    p.add_argument("--temperature", type=float, default=0.05)
+    p.add_argument("--temperature", type=float, default=TrainConfig.temperature,
+                   help="divides the mean squared residual distances (eq. 1); TRAINING.md compares values")
     p.add_argument("--no-match-scale", dest="match_scale", action="store_false",
                    help="export the trained residual scale as it is (default when fine-tuning: scale the last layer "
                         "to the starting weights' residual RMS, which no metric depends on but TruFor's detector does)")
