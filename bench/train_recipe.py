@@ -46,6 +46,7 @@ def main() -> None:
     reference = None if cfg.init == "scratch" else build_dncnn(cfg.init)  # the export's residual scale
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     average = _clone_state(model) if cfg.ema_decay else None
+    out = Path(cfg.output)
     t0, curve = time.perf_counter(), []
     for step in range(steps):
         start_step(model, opt, cfg, step, steps)
@@ -67,9 +68,8 @@ def main() -> None:
                   flush=True)
         if a.snapshot_every and (step + 1) % a.snapshot_every == 0 and step + 1 < steps:
             snap, _ = final_weights(model.state_dict(), average, cfg, corpus, layout, reference)
-            export_noiseprint(snap, Path(cfg.output) / f"step{step + 1}" / "noiseprint++.th", step + 1)
+            export_noiseprint(snap, out / f"step{step + 1}" / "noiseprint++.th", step + 1)
     train_s = time.perf_counter() - t0
-    out = Path(cfg.output)
     weights, scale = final_weights(model.state_dict(), average, cfg, corpus, layout, reference)
     export = export_noiseprint(weights, out / "noiseprint++.th", steps)
     baseline = None if a.skip_baseline or cfg.init == "scratch" else cfg.init
