@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from trufor_core import EvalConfig, load_trufor
-from trufor_core.model import resolve_device
+from trufor_core.model import describe_device, resolve_device
 from trufor_core.image import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, decode_rgb, to_model_input
 from trufor_core.weights import resolve_weights
 
@@ -121,7 +121,7 @@ def run_predict(cfg: PredictConfig, log=lambda m: print(m, file=sys.stderr)) -> 
     device = resolve_device(cfg.device)
     ckpt = resolve_weights(cfg.checkpoint, allow_download=cfg.allow_download, log=log)
     model, info = load_trufor(ckpt, noiseprint=cfg.noiseprint_weights, variant=cfg.variant, device=device)
-    log(f"=> TruFor weights {info.path} (sha256 {info.sha256[:12]}...), device {device}")
+    log(f"=> TruFor weights {info.path} (sha256 {info.sha256[:12]}...), device {describe_device(device)}")
     if info.untrained:
         log("WARNING: these weights are UNTRAINED (synthesized for tests); scores and maps mean nothing")
     ev = EvalConfig()

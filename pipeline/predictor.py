@@ -11,7 +11,7 @@ import pyarrow as pa
 import torch
 
 from trufor_core import EvalConfig, load_trufor
-from trufor_core.model import resolve_device
+from trufor_core.model import describe_device, resolve_device
 
 from . import maps
 from .schema import STATUS_ERROR, STATUS_OK, ScanRow, coerce, rows_to_table
@@ -87,8 +87,7 @@ class TruForPredictor:
         self.model, self.info = load_trufor(local_copy(cfg.checkpoint, cfg.storage), variant=cfg.variant,
                                             device=self.device, noiseprint=noiseprint)
         self.ev = EvalConfig()
-        name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else f"{torch.get_num_threads()} threads"
-        self.device_desc = f"{self.device} ({name})"
+        self.device_desc = describe_device(self.device)
         self.node_id = _node_id()
 
     def _common(self) -> dict:

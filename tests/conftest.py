@@ -10,13 +10,14 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("TRUFOR_SHARED", REPO.parent / "shared"))
 FIXTURES = SHARED / "fixtures" / "trufor_parity"
+FIXTURES_F64 = SHARED / "fixtures" / "trufor_parity_f64"
 IMAGES = SHARED / "fixtures" / "images"
 NOISEPRINT = SHARED / "weights" / "noiseprint++.th"
 
 
 def _need_shared() -> None:
-    if not (FIXTURES.is_dir() and NOISEPRINT.is_file()):
-        msg = f"../shared (fixtures + Noiseprint++ weights) not found at {SHARED}"
+    if not (FIXTURES.is_dir() and FIXTURES_F64.is_dir() and NOISEPRINT.is_file()):
+        msg = f"../shared (float32 + float64 fixtures, Noiseprint++ weights) not found at {SHARED}"
         if os.environ.get("TRUFOR_REQUIRE_SHARED"):
             pytest.fail(msg + " and TRUFOR_REQUIRE_SHARED is set (CI must run the parity tests)")
         pytest.skip(msg)
@@ -45,13 +46,19 @@ def model(synth_ckpt):
     return m
 
 
-def fixture_npz(name: str) -> dict[str, np.ndarray]:
-    with np.load(FIXTURES / f"{name}.npz") as z:
+def pytest_report_header(config) -> list[str]:
+    """The kernels float32 results depend on, so a failing tolerance can be explained."""
+    import torch
+
+    env = {k: os.environ[k] for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY") if k in os.environ}
+    return [f"torch {torch.__version__}: CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+            f"{torch.get_num_threads()} threads, oneDNN {torch.backends.mkldnn.is_available()}, env {env or 'default'}"]
+
+
+def fixture_npz(name: str, f64: bool = False) -> dict[str, np.ndarray]:
+    """The official outputs for one input: float32 (AVX-512 machine) or float64 (any CPU) references."""
+    with np.load((FIXTURES_F64 if f64 else FIXTURES) / f"{name}.npz") as z:
         return {k: z[k] for k in z.files}
-
-
-def maxdiff(a, b) -> float:
-    return float(np.max(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))))
 
 
 S3_KEY, S3_SECRET = "trufortestkey", "TruForTestSecret-9f3k2"  # moto accepts any; distinctive to grep for

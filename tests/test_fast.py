@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from tolerances import F64_PATHS_ATOL
 from trufor_core import CheckpointError, EvalConfig, ImageTooSmallError, TruFor, TruForConfig
 from trufor_core.checkpoint import (
     load_strict, load_trufor, map_noiseprint_state_dict, map_official_state_dict, read_torch_file,
@@ -55,12 +56,26 @@ def test_tiny_forward_shapes_and_finite(tiny, hw):
 
 
 def test_batch_equals_single_images(tiny):
-    x = torch.rand(2, 3, 40, 56)
+    """An image's result does not depend on its batch: checked in float64, where kernel choice
+    (batched convolutions sum in another order) cannot hide a real mix-up between images."""
+    m = TruFor(TruForConfig.tiny()).eval().double()
+    m.load_state_dict(tiny.state_dict())
+    x = torch.rand(2, 3, 40, 56, dtype=torch.float64)
     with torch.no_grad():
-        both = tiny(x)
-        one = tiny(x[1:2])
-    assert torch.allclose(both.anomaly_logits[1], one.anomaly_logits[0], atol=1e-5)
-    assert torch.allclose(both.det_logit[1], one.det_logit[0], atol=1e-5)
+        both = m(x)
+        one = m(x[1:2])
+    for f in ("anomaly_logits", "conf_logits", "noiseprint", "pooled", "det_logit"):
+        assert torch.allclose(getattr(both, f)[1], getattr(one, f)[0], atol=F64_PATHS_ATOL, rtol=0), f
+    assert not torch.allclose(both.anomaly_logits[0], one.anomaly_logits[0])  # the two images differ
+
+
+def test_input_dtype_must_match_model(tiny):
+    with pytest.raises(ValueError, match="float64 differs from the model's torch.float32"):
+        tiny(torch.rand(1, 3, 40, 56, dtype=torch.float64))
+    rgb = np.zeros((40, 56, 3), np.uint8)
+    rgb[1, 2] = (255, 128, 1)
+    x = to_model_input(rgb, dtype=torch.float64)
+    assert x.dtype == torch.float64 and x[0, :, 1, 2].tolist() == [255 / 256, 0.5, 1 / 256]
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "math"])
@@ -75,7 +90,7 @@ def test_bounded_path_is_exact_in_float64(tiny, attention):
         a = m(x, EvalConfig.naive())
         b = m(x, forced)
     for f in ("anomaly_logits", "conf_logits", "noiseprint", "pooled", "det_logit", "anomaly_logits_lowres"):
-        assert torch.allclose(getattr(a, f), getattr(b, f), atol=1e-10, rtol=0), f
+        assert torch.allclose(getattr(a, f), getattr(b, f), atol=F64_PATHS_ATOL, rtol=0), f
 
 
 def test_bounded_path_really_chunks(tiny, monkeypatch):
@@ -101,7 +116,7 @@ def test_upsample_band_matches_interpolate(in_hw, out_hw):
     full = F.interpolate(proj(feat), size=out_hw, mode="bilinear", align_corners=False)
     for r0, r1 in ((0, 1), (0, out_hw[0]), (1, out_hw[0] - 1), (out_hw[0] - 1, out_hw[0])):
         band = upsample_band(proj, feat, out_hw, r0, r1)
-        assert torch.allclose(band, full[:, :, r0:r1], atol=1e-12), (r0, r1)
+        assert torch.allclose(band, full[:, :, r0:r1], atol=F64_PATHS_ATOL, rtol=0), (r0, r1)
 
 
 def test_min_side_and_too_small_error(tiny):

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from conftest import IMAGES, S3_KEY, S3_SECRET
+from tolerances import F32_ATOL, MAP_CODEC_ATOL, assert_close, assert_f32_close
 from pipeline import maps
 from pipeline.query import run_sql, top
 from pipeline.scan import RAY_ENV_DEFAULTS, ScanConfig, run_scan
@@ -113,12 +114,14 @@ def _check_results(out_uri: str, expected: dict, ref: dict, uri_of, storage: Sto
         assert r["weights_untrained"] is True or status == "skipped"
         if status == "ok":
             res = ref[name]
-            assert abs(r["score"] - res.score) <= 1e-5, name
-            assert abs(r["anom_mean"] - float(res.pooled[6])) <= 5e-5
+            # The actors batch images and run on other threads than the reference: float32 kernels
+            # may sum in another order, so the float32 tolerances apply, not equality.
+            assert_f32_close(r["score"], res.score, f"{name}: score")
+            assert_f32_close(r["anom_mean"], res.pooled[6], f"{name}: pooled")
             assert (r["height"], r["width"]) == res.imgsize
             a, c = maps.load(r["map_uri"], storage)
-            assert np.abs(a - res.anomaly_map).max() <= 1 / 255 + 1e-6
-            assert np.abs(c - res.confidence_map).max() <= 1 / 255 + 1e-6
+            assert_close(a, res.anomaly_map, f"{name}: stored map", MAP_CODEC_ATOL + F32_ATOL["map"])
+            assert_close(c, res.confidence_map, f"{name}: stored conf", MAP_CODEC_ATOL + F32_ATOL["conf"])
             assert r["map_codec"] == maps.MAP_CODEC and len(r["sha256"]) == 64 and r["error"] is None
             with Image.open(io.BytesIO(_read(r["preview_uri"], storage))) as im:  # a person can open it
                 assert im.format == "PNG" and im.size == ((res.imgsize[1] + 3) // 4, (res.imgsize[0] + 3) // 4)

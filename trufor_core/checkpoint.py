@@ -109,7 +109,7 @@ def load_strict(model: torch.nn.Module, sd: dict[str, torch.Tensor], source: str
 
 def load_trufor(checkpoint: str | os.PathLike, noiseprint: str | os.PathLike | None = None,
                 variant: str = "test_docker", device: str | torch.device = "cpu",
-                cfg: TruForConfig | None = None) -> tuple[TruFor, WeightsInfo]:
+                cfg: TruForConfig | None = None, dtype: torch.dtype = torch.float32) -> tuple[TruFor, WeightsInfo]:
     """Build TruFor and load a checkpoint strictly.
 
     Args:
@@ -118,6 +118,7 @@ def load_trufor(checkpoint: str | os.PathLike, noiseprint: str | os.PathLike | N
         variant: "test_docker" (official inference, default) or "train_test" (conf-head BN eps 1e-3).
         device: where the model goes.
         cfg: architecture; defaults to the official one for ``variant``.
+        dtype: floating dtype of the model (float64 is the CPU-independent exactness reference).
 
     Returns:
         The model in eval mode and the provenance of its weights.
@@ -136,7 +137,7 @@ def load_trufor(checkpoint: str | os.PathLike, noiseprint: str | os.PathLike | N
         np_path, np_sha = str(noiseprint), sha256_file(noiseprint)
     model = TruFor(cfg)
     load_strict(model, sd, str(checkpoint))
-    model.eval().to(device)
+    model.eval().to(device=device, dtype=dtype)
     info = WeightsInfo(path=str(checkpoint), sha256=sha256_file(checkpoint), untrained=untrained, variant=variant,
                        noiseprint_path=np_path, noiseprint_sha256=np_sha)
     return model, info

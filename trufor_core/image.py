@@ -95,8 +95,9 @@ def decode_rgb(source: str | os.PathLike | bytes, max_pixels: int = DEFAULT_MAX_
     return img.rgb, img.format
 
 
-def to_model_input(rgb: np.ndarray) -> torch.Tensor:
-    """(H, W, 3) uint8 -> (1, 3, H, W) float32 divided by 256 (exact, as the official code)."""
+def to_model_input(rgb: np.ndarray, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (1, 3, H, W) ``dtype`` divided by 256 (exact in float32 and float64, as the official code)."""
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"expected an (H, W, 3) uint8 array, got {rgb.dtype} {rgb.shape}")
-    return torch.from_numpy(np.ascontiguousarray(rgb).transpose(2, 0, 1).copy())[None].float() / 256.0
+    chw = torch.from_numpy(np.ascontiguousarray(rgb).transpose(2, 0, 1).copy())  # (H, W, 3) -> (3, H, W)
+    return chw[None].to(dtype) / 256.0

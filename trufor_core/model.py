@@ -1,6 +1,8 @@
 """TruFor: Noiseprint++ + dual MiT-B2 encoder + anomaly/confidence decoders + detection."""
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -23,6 +25,24 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def describe_device(device: torch.device) -> str:
+    """Where a result was computed, down to the kernel family float32 rounding depends on.
+
+    e.g. ``cpu (AVX512, 2 threads)``, ``cpu (DEFAULT, oneDNN ISA <= SSE41, 1 threads)`` or
+    ``cuda:0 (NVIDIA H100 80GB HBM3, sm_90)``: float32 outputs of different kernels differ by up
+    to ~1e-4 on the score (README, "Numerical agreement"), so a reader can tell why two rows do.
+    """
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        return f"{device} ({torch.cuda.get_device_name(device)}, sm_{major}{minor})"
+    parts = [torch.backends.cpu.get_cpu_capability()]
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    if isa:
+        parts.append(f"oneDNN ISA <= {isa}")
+    parts.append(f"{torch.get_num_threads()} threads")
+    return f"{device} ({', '.join(parts)})"
+
+
 class ImageTooSmallError(ValueError):
     """The image is smaller than the encoder's spatial-reduction convolutions allow."""
 
@@ -42,7 +62,9 @@ def min_image_side(cfg: TruForConfig) -> int:
 class TruFor(nn.Module):
     """The official TruFor inference model; submodule names match ``trufor.pth.tar``.
 
-    Input: (B, 3, H, W) float32 = uint8 RGB / 256. Output: ``TruForOutput``.
+    Input: (B, 3, H, W) uint8 RGB / 256 in the model's dtype. Output: ``TruForOutput``.
+    The whole computation follows the model's dtype, constants included (``model.double()`` is
+    float64 everywhere), so a float64 model is exact to float64 rounding.
     """
 
     def __init__(self, cfg: TruForConfig | None = None):
@@ -54,13 +76,18 @@ class TruFor(nn.Module):
         self.decode_head_conf = MLPDecoder(self.cfg.embed_dims, 1, self.cfg.decoder_embed_dim, self.cfg.conf_head_bn_eps)
         self.detection = detection_head()
         self.dncnn = DnCNN(self.cfg.dncnn_depth, self.cfg.dncnn_features)
-        self.register_buffer("rgb_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("rgb_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.min_side = min_image_side(self.cfg)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.dncnn[0].weight.dtype
 
     def check_input(self, x: torch.Tensor) -> None:
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"TruFor expects a (B, 3, H, W) tensor, got shape {tuple(x.shape)}")
+        if x.dtype != self.dtype:
+            raise ValueError(f"input dtype {x.dtype} differs from the model's {self.dtype}: "
+                             "convert one of them (e.g. to_model_input(rgb, dtype=model.dtype))")
         h, w = x.shape[2:]
         if min(h, w) < self.min_side:
             raise ImageTooSmallError(f"image of {h}x{w} px is too small: TruFor needs at least "
@@ -70,7 +97,11 @@ class TruFor(nn.Module):
         """Noiseprint++ (B, H, W) and the four fused encoder features."""
         self.check_input(x)
         npp = self.dncnn.forward_tiled(x, ev.dncnn_tile)  # (B, 1, H, W)
-        rgb = (x - self.rgb_mean) / self.rgb_std
+        # Built in the input's dtype on every call: a float32 buffer upcast by .double() would keep
+        # the float32 rounding of 0.485 etc. (up to 1.4e-6 on the features, far above float64 error).
+        mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        rgb = (x - mean) / std
         feats = self.backbone(rgb, npp.expand(-1, 3, -1, -1), ev)
         return npp[:, 0], feats
 

@@ -17,9 +17,9 @@ class TruForResult:
         score: integrity score sigmoid(det_logit) in [0, 1]; high means likely manipulated.
         det_logit: detection logit before the sigmoid.
         pooled: the 8 confidence-weighted features (order: ``POOLED_FEATURE_NAMES``).
-        anomaly_map: (H, W) float32, softmax probability of the "forged" class.
-        confidence_map: (H, W) float32, sigmoid of the confidence logit.
-        noiseprint: (H, W) float32 Noiseprint++ residual.
+        anomaly_map: (H, W) softmax probability of the "forged" class (the model's dtype: float32 by default).
+        confidence_map: (H, W) sigmoid of the confidence logit.
+        noiseprint: (H, W) Noiseprint++ residual.
     """
 
     score: float
