@@ -10,7 +10,19 @@ import numpy as np
 import torch
 
 from tolerances import maxdiff
+from trufor_core import EvalConfig
 from trufor_core.image import decode_rgb, to_model_input
+
+# The inputs with float64 official references (../shared/fixtures/trufor_parity_f64/).
+SMALL = [("pristine1", "pristine1.jpg"), ("synthetic_odd_333x517", "synthetic_odd_333x517.png")]
+# The official whole-image evaluation, and the bounded-memory one with limits small enough to split
+# even these images into many tiles, chunks and bands (with the fused attention kernel). The
+# default EvalConfig is the same code with larger limits (the 1536x2048 test runs it split).
+PATHS = {"naive": EvalConfig.naive(),
+         "bounded": EvalConfig(attention="sdpa", attn_block_elems=4096, mlp_block_elems=50_000, dncnn_tile=128,
+                               decoder_block_elems=200_000)}
+# Fields the harness adds that no fixture stores.
+DERIVED = {"alt_anomaly_maxabsdiff"}
 
 
 def run_fixture_image(model, image: str | Path, ev, alt_model=None) -> dict[str, np.ndarray]:

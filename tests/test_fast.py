@@ -233,3 +233,32 @@ def test_decode_errors_are_clear(tmp_path):
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(ico, format="ICO")
     with pytest.raises(ImageDecodeError, match="allowed format"):
         decode_rgb(ico.getvalue())
+
+
+_KERNEL_PROBE = """
+import hashlib, torch
+torch.manual_seed(0)
+conv = torch.nn.Conv2d(64, 64, 3, padding=1)
+x = torch.rand(1, 64, 48, 48)
+with torch.no_grad():
+    y = conv(x)
+print(torch.backends.cpu.get_cpu_capability(), hashlib.sha256(y.numpy().tobytes()).hexdigest())
+"""
+
+
+def test_other_kernel_variables_change_float32_results():
+    """`make test` reruns the parity tiers under OTHER_KERNELS: it must really run other kernels.
+
+    A float32 conv under ONEDNN_MAX_CPU_ISA=SSE41 ATEN_CPU_CAPABILITY=default gives other bits than
+    under the CPU's own choice (both probed in fresh processes, whatever this one runs under)."""
+    import os
+    import subprocess
+    import sys
+
+    other = {"ONEDNN_MAX_CPU_ISA": "SSE41", "ATEN_CPU_CAPABILITY": "default"}
+    base = {k: v for k, v in os.environ.items() if k not in other}
+    run = {name: subprocess.run([sys.executable, "-c", _KERNEL_PROBE], env=env, capture_output=True, text=True,
+                                check=True, timeout=120).stdout.split()
+           for name, env in (("own", base), ("other", {**base, **other}))}
+    assert run["other"][0] == "DEFAULT" and run["own"][0] != "DEFAULT"
+    assert run["other"][1] != run["own"][1]

@@ -14,18 +14,12 @@ import pytest
 import torch
 
 from conftest import IMAGES, fixture_npz
-from parity_harness import run_fixture_image
+from parity_harness import DERIVED, PATHS, SMALL, run_fixture_image
 from tolerances import F32_ATOL, assert_f32_close, maxdiff
 from trufor_core import EvalConfig, load_trufor
 from trufor_core.image import decode_rgb, to_model_input
 
 pytestmark = pytest.mark.parity
-
-SMALL = [("pristine1", "pristine1.jpg"), ("synthetic_odd_333x517", "synthetic_odd_333x517.png")]
-# Forcing many tiles, chunks and bands on small images (the whole-image path is EvalConfig.naive()).
-FORCED = EvalConfig(attention="sdpa", attn_block_elems=4096, mlp_block_elems=50_000, dncnn_tile=128,
-                    decoder_block_elems=200_000)
-DERIVED = {"alt_anomaly_maxabsdiff"}
 
 
 @pytest.fixture(scope="module")
@@ -40,13 +34,12 @@ def _check_fields(got: dict, ref: dict, fields, float16=()) -> None:
         assert_f32_close(got[field], ref[field], field, float16_ref=field in float16)
 
 
-@pytest.mark.parametrize("path", ["default", "naive", "forced"])
+@pytest.mark.parametrize("path", list(PATHS))
 @pytest.mark.parametrize("name,image", SMALL)
 def test_small_fixture_parity(model, alt_model, name, image, path):
     """Every field, each evaluation path, against the float64 official outputs."""
-    ev = {"default": EvalConfig(), "naive": EvalConfig.naive(), "forced": FORCED}[path]
     ref = fixture_npz(name, f64=True)
-    got = run_fixture_image(model, IMAGES / image, ev, alt_model)
+    got = run_fixture_image(model, IMAGES / image, PATHS[path], alt_model)
     assert set(got) - DERIVED == set(ref)
     np.testing.assert_array_equal(got["imgsize"], ref["imgsize"])
     assert got["map"].dtype == np.float32
