@@ -98,7 +98,7 @@ class TruForPredictor:
 
     def _score(self, pixels: list[np.ndarray]) -> list[tuple]:
         """(result, stride-4 anomaly margin, stride-4 confidence logit) per image."""
-        x = torch.from_numpy(np.stack(pixels).transpose(0, 3, 1, 2).copy()).to(self.device).float() / 256.0
+        x = torch.from_numpy(np.stack(pixels).transpose(0, 3, 1, 2).copy()).to(self.device, self.model.dtype) / 256.0
         with torch.inference_mode():
             out = self.model(x, self.ev)
             margin = (out.anomaly_logits_lowres[:, 1] - out.anomaly_logits_lowres[:, 0]).cpu().numpy()

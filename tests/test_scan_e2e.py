@@ -116,8 +116,8 @@ def _check_results(out_uri: str, expected: dict, ref: dict, uri_of, storage: Sto
             res = ref[name]
             # The actors batch images and run on other threads than the reference: float32 kernels
             # may sum in another order, so the float32 tolerances apply, not equality.
-            assert_f32_close(r["score"], res.score, f"{name}: score")
-            assert_f32_close(r["anom_mean"], res.pooled[6], f"{name}: pooled")
+            assert_f32_close(r["score"], res.score, "score", label=name)
+            assert_f32_close(r["anom_mean"], res.pooled[6], "pooled", label=name)
             assert (r["height"], r["width"]) == res.imgsize
             a, c = maps.load(r["map_uri"], storage)
             assert_close(a, res.anomaly_map, f"{name}: stored map", MAP_CODEC_ATOL + F32_ATOL["map"])

@@ -79,6 +79,9 @@ def assert_close(got, ref, field: str, atol: float) -> None:
         raise AssertionError(f"{field}: max |diff| {d:.3e} > atol {atol:.1e} at {tuple(int(i) for i in where)}")
 
 
-def assert_f32_close(got, ref, field: str, float16_ref: bool = False) -> None:
-    """A float32 result vs a reference (float64 where the fixtures have one), at the field's tolerance."""
-    assert_close(got, ref, field, f32_atol(field, float16_ref))
+def assert_f32_close(got, ref, field: str, float16_ref: bool = False, label: str = "") -> None:
+    """A float32 result vs a reference (float64 where the fixtures have one), at the field's tolerance.
+
+    ``field`` names the quantity (it picks the tolerance); ``label`` says which input, for the message.
+    """
+    assert_close(got, ref, f"{label}: {field}" if label else field, f32_atol(field, float16_ref))
