@@ -29,10 +29,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
-SHARED = Path(os.environ.get("TRUFOR_SHARED", REPO.parent / "shared"))
-IMAGES = SHARED / "fixtures" / "images"
-F64_FIXTURES = SHARED / "fixtures" / "trufor_parity_f64"
-NOISEPRINT = SHARED / "weights" / "noiseprint++.th"
+from conftest import FIXTURES_F64, IMAGES, NOISEPRINT, SHARED  # noqa: E402 - the tests' paths to ../shared
 
 KERNELS = {
     "native": {},
@@ -90,7 +87,7 @@ def measure(kernel: str, refs: dict[str, str], checkpoint: str) -> dict:
         secs = time.perf_counter() - t0
         diffs = {f: maxdiff(got[f], ref[f]) for f in sorted(set(ref) - SKIP)}
         result["images"][image] = {"seconds": secs, "reference": Path(ref_path).name, "maxdiff": diffs}
-        if Path(ref_path).parent == F64_FIXTURES:
+        if Path(ref_path).parent == FIXTURES_F64:
             if model64 is None:
                 model64, alt64 = _models(checkpoint, torch.float64)
             got = run_fixture_image(model64, IMAGES / image, EvalConfig(), alt64)
@@ -140,7 +137,7 @@ def main() -> None:
 
     refs: dict[str, str] = {}
     for image in args.images.split(","):
-        official = F64_FIXTURES / f"{Path(image).stem}.npz"
+        official = FIXTURES_F64 / f"{Path(image).stem}.npz"
         if official.is_file():
             refs[image] = str(official)
             continue
