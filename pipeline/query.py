@@ -1,4 +1,4 @@
-"""SQL over scan results with DuckDB: a ``results`` view over the hive-partitioned Parquet dataset."""
+"""SQL over scan results with DuckDB: views ``results`` (every row) and ``latest`` (one per uri), read-only."""
 from __future__ import annotations
 
 import csv
@@ -28,34 +28,60 @@ def results_dataset(output: str, storage: StorageConfig | None = None) -> pads.D
                         partitioning=part, schema=ROW_SCHEMA.append(pa.field(PARTITION_COLUMN, pa.string())))
 
 
+class QueryError(ValueError):
+    """User SQL that DuckDB refused or could not run (one line, with DuckDB's reason)."""
+
+
 def connect(output: str, storage: StorageConfig | None = None) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with the view ``results``; no path is pasted into SQL."""
+    """An in-memory DuckDB connection that sees the views ``results`` and ``latest`` and nothing else.
+
+    ``results`` holds every row ever written; ``latest`` one row per uri (its most recent scan).
+
+    The dataset is registered from Python (pyarrow reads it), then external access is switched off
+    and the configuration locked: user SQL cannot read or write files (read_csv, COPY ... TO,
+    glob), ATTACH databases, or INSTALL/LOAD extensions, nor switch this back on.
+    """
     con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
     con.register("results", results_dataset(output, storage))
+    # One answer per image: its most recent row of any status, so a file whose latest scan failed
+    # never shows an older score.
+    con.execute("CREATE VIEW latest AS SELECT * FROM results QUALIFY row_number() OVER "
+                "(PARTITION BY uri ORDER BY scanned_at DESC NULLS LAST, run_id DESC) = 1")
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
     return con
 
 
 def run_sql(output: str, sql: str, params: list | None = None,
             storage: StorageConfig | None = None) -> tuple[list[str], list[tuple]]:
-    """Run SQL against ``results``; returns (column names, rows)."""
+    """Run SQL against ``results`` (sandboxed, see ``connect``); returns (column names, rows).
+
+    Raises:
+        QueryError: DuckDB refused or failed the statement.
+    """
     con = connect(output, storage)
     try:
         cur = con.execute(sql, params or [])
         cols = [d[0] for d in cur.description] if cur.description else []
         return cols, cur.fetchall()
+    except duckdb.Error as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise QueryError(f"SQL failed: {first}") from None
     finally:
         con.close()
 
 
 def top(output: str, k: int = 50, min_score: float = 0.5, since: dt.date | None = None,
         storage: StorageConfig | None = None) -> tuple[list[str], list[tuple]]:
-    """The highest-scoring images (latest scan of each URI), values bound as parameters."""
+    """The highest-scoring images by their latest scan (view ``latest``), values bound as parameters.
+
+    An image whose latest scan failed is left out, whatever an earlier scan scored.
+    """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    sql = (f"SELECT {', '.join(TOP_COLUMNS)} FROM results WHERE status = 'ok' AND score >= ? "
+    sql = (f"SELECT {', '.join(TOP_COLUMNS)} FROM latest WHERE status = 'ok' AND score >= ? "
            + ("AND scan_date >= ? " if since else "")
-           + "QUALIFY row_number() OVER (PARTITION BY uri ORDER BY scanned_at DESC) = 1 "
-           "ORDER BY score DESC, uri LIMIT ?")
+           + "ORDER BY score DESC, uri LIMIT ?")
     params: list = [min_score] + ([since.isoformat()] if since else []) + [k]
     return run_sql(output, sql, params, storage)
 

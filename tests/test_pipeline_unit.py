@@ -15,7 +15,7 @@ from pipeline import maps
 from pipeline.listing import list_input, read_manifest
 from pipeline.predictor import PredictorConfig, TruForPredictor, group_batches
 from pipeline.preprocess import load_batch, load_one
-from pipeline.query import format_rows, run_sql, top
+from pipeline.query import QueryError, format_rows, run_sql, top
 from pipeline.schema import COLUMNS, ROW_SCHEMA, ScanRow, rows_to_table, table_to_rows
 from pipeline.storage import StorageConfig, redact
 from tolerances import F32_ATOL, MAP_CODEC_ATOL, MAP_ROUNDTRIP_ATOL, assert_close, assert_f32_close
@@ -34,6 +34,28 @@ def test_schema_is_declared_once_and_round_trips():
     t = rows_to_table([row])
     assert t.schema == ROW_SCHEMA
     assert table_to_rows(t) == [row]
+
+
+def test_user_sql_sees_the_results_and_nothing_else(results_dir, tmp_path_factory, capsys):
+    """`query` is read-only and confined: no files, databases or extensions beyond the results."""
+    from jobs.cli import main
+
+    tmp_path = tmp_path_factory.mktemp("outside")
+    secret = tmp_path / "secret.csv"
+    secret.write_text("password\nhunter2\n")
+    attempts = [f"SELECT * FROM read_csv('{secret}')", "SELECT * FROM read_csv('/etc/passwd')",
+                f"SELECT * FROM glob('{tmp_path}/*')", f"COPY (SELECT * FROM results) TO '{tmp_path}/out.csv'",
+                f"ATTACH '{tmp_path}/x.duckdb' AS x", "INSTALL httpfs", "LOAD httpfs",
+                "SET enable_external_access = true", "RESET lock_configuration"]
+    for sql in attempts:
+        with pytest.raises(QueryError, match="^SQL failed: "):
+            run_sql(results_dir, sql)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["secret.csv"]  # nothing written or attached
+    # The results themselves stay fully queryable, and the CLI reports a refusal in one line.
+    assert run_sql(results_dir, "SELECT count(*) FROM results")[1] == [(8,)]
+    assert main(["query", results_dir, f"SELECT * FROM read_csv('{secret}')"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("trufor-scan: error: SQL failed: ") and err.count("\n") == 1 and "hunter2" not in err
 
 
 def test_maps_round_trip(tmp_path):
@@ -214,7 +236,11 @@ def results_dir(tmp_path):
     rows.append(ScanRow(uri="bad.jpg", status="error", error="broken", run_id="r"))
     # img0 scanned again later with a lower score: top() must use the latest scan.
     rows.append(ScanRow(uri="img0.jpg", status="ok", score=0.6, run_id="r2", scanned_at=dt.datetime(2026, 11, 21, 5, tzinfo=dt.timezone.utc)))
-    for date, sel in (("2026-11-20", [0, 1, 4]), ("2026-11-21", [2, 3, 5])):
+    # img4 scored high once, then its latest scan failed: it must not show as a candidate.
+    rows.append(ScanRow(uri="img4.jpg", status="ok", score=0.99, run_id="r", scanned_at=dt.datetime(2026, 11, 20, tzinfo=dt.timezone.utc)))
+    rows.append(ScanRow(uri="img4.jpg", status="error", error="cannot decode", run_id="r2",
+                        scanned_at=dt.datetime(2026, 11, 21, 5, tzinfo=dt.timezone.utc)))
+    for date, sel in (("2026-11-20", [0, 1, 4, 6]), ("2026-11-21", [2, 3, 5, 7])):
         d = tmp_path / "results" / f"scan_date={date}"
         d.mkdir(parents=True)
         pq.write_table(rows_to_table([rows[i] for i in sel]), d / "part-0.parquet")
@@ -223,11 +249,14 @@ def results_dir(tmp_path):
 
 def test_query_and_top(results_dir):
     cols, rows = run_sql(results_dir, "SELECT status, count(*) FROM results GROUP BY status ORDER BY status")
-    assert rows == [("error", 1), ("ok", 5)]
+    assert rows == [("error", 2), ("ok", 6)]
     cols, rows = run_sql(results_dir, "SELECT uri FROM results WHERE scan_date = ? ORDER BY uri", ["2026-11-20"])
-    assert [r[0] for r in rows] == ["bad.jpg", "img0.jpg", "img1.jpg"]
+    assert [r[0] for r in rows] == ["bad.jpg", "img0.jpg", "img1.jpg", "img4.jpg"]
+    cols, rows = run_sql(results_dir, "SELECT uri, status, score FROM latest ORDER BY uri")
+    assert rows == [("bad.jpg", "error", None), ("img0.jpg", "ok", 0.6), ("img1.jpg", "ok", 0.4),
+                    ("img2.jpg", "ok", 0.7), ("img3.jpg", "ok", 0.95), ("img4.jpg", "error", None)]
     cols, rows = top(results_dir, k=10, min_score=0.5)
-    assert [r[0] for r in rows] == ["img3.jpg", "img2.jpg", "img0.jpg"]
+    assert [r[0] for r in rows] == ["img3.jpg", "img2.jpg", "img0.jpg"]  # not img4: its latest scan failed
     assert rows[-1][1] == 0.6  # latest scan of img0
     cols, rows = top(results_dir, k=1, min_score=0.0, since=dt.date(2026, 11, 21))
     assert [r[0] for r in rows] == ["img3.jpg"] and "map_uri" in cols
@@ -239,3 +268,6 @@ def test_query_and_top(results_dir):
     assert "(1 rows)" in format_rows(*top(results_dir, k=1), "table")
     with pytest.raises(FileNotFoundError, match="no scan results"):
         run_sql(str(results_dir) + "/nothing", "SELECT 1")
+    with pytest.raises(QueryError, match=r"^SQL failed: .*nosuchcolumn") as e:
+        run_sql(results_dir, "SELECT nosuchcolumn FROM results")
+    assert "\n" not in str(e.value)
