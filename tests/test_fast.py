@@ -216,6 +216,45 @@ def test_decode_drops_alpha_and_scales_by_256():
     assert x.shape == (1, 3, 4, 5) and x.dtype == torch.float32 and float(x.max()) == 200 / 256
 
 
+def _png16(arr: np.ndarray) -> bytes:
+    """A 16-bit PNG (grey, LA, RGB or RGBA by channel count), written by hand: Pillow cannot."""
+    import struct
+    import zlib
+
+    h, w, ch = arr.shape
+    raw = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in arr)  # filter type 0 per row
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, {1: 0, 2: 4, 3: 2, 4: 6}[ch], 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("kind", ["png16-grey", "png16-la", "png16-rgb", "png16-rgba", "tiff16-rgb", "tiff-float"])
+def test_high_bit_depth_is_refused_not_truncated(kind):
+    """16-bit and float images that Pillow would open as 8-bit (keeping the high byte: 0..1023
+    becomes 0..3) are refused with the reason; the bit depth comes from the file, not the mode."""
+    import tifffile
+
+    rng = np.random.default_rng(0)
+    if kind.startswith("png16"):
+        ch = {"grey": 1, "la": 2, "rgb": 3, "rgba": 4}[kind.split("-")[1]]
+        data = _png16(rng.integers(0, 1024, (40, 48, ch)))
+    else:
+        buf = io.BytesIO()
+        arr = rng.integers(0, 1024, (40, 48, 3)).astype(np.uint16) if kind == "tiff16-rgb" else rng.random((40, 48), np.float32)
+        tifffile.imwrite(buf, arr, photometric="rgb" if arr.ndim == 3 else "minisblack")
+        data = buf.getvalue()
+    with pytest.raises(ImageDecodeError, match=r"\(16-bit or float\) is not supported"):
+        decode_rgb(data)
+    # The same pictures at 8 bits decode.
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, rng.integers(0, 256, (40, 48, 3)).astype(np.uint8), photometric="rgb")
+    assert decode_rgb(buf.getvalue())[0].shape == (40, 48, 3)
+    assert decode_rgb(_png(rng.integers(0, 256, (40, 48, 3)).astype(np.uint8)))[0].shape == (40, 48, 3)
+
+
 def test_decode_errors_are_clear(tmp_path):
     with pytest.raises(ImageDecodeError, match="allowed format"):
         decode_rgb(b"this is text, not an image")

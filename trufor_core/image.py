@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -18,6 +19,10 @@ DEFAULT_MAX_PIXELS = 100_000_000
 # Modes whose convert("RGB") is lossy in a way that changes the result silently (16-bit clips to
 # white, float TIFFs turn black): refused rather than guessed.
 _REFUSED_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+# Pillow opens a 16-bit RGB/RGBA/LA PNG or TIFF as 8-bit "RGB"/"RGBA" (keeping the high byte only,
+# so values 0..1023 become 0..3): the mode alone cannot tell, the file's own sample layout can
+# (PNG: the decoder's raw mode from IHDR, e.g. "RGB;16B"; TIFF: the BitsPerSample tag).
+_PNG_16BIT_RAWMODE = re.compile(r";16")
 
 
 def _allowed_formats() -> list[str]:
@@ -59,6 +64,23 @@ def _exif_fields(im: Image.Image) -> dict:
             "exif_orientation": int(orientation) if isinstance(orientation, int) else None}
 
 
+def _deep_samples(im: Image.Image) -> str | None:
+    """What makes this image more than 8 bits per sample, from the file's own declarations; else None."""
+    if im.mode in _REFUSED_MODES:
+        return f"mode {im.mode}"
+    if im.format == "TIFF":
+        bits = im.tag_v2.get(258)  # BitsPerSample, one per channel
+        bits = bits if isinstance(bits, tuple) else (bits,)
+        if any(isinstance(b, int) and b > 8 for b in bits):
+            return f"{max(bits)} bits per sample"
+    if im.format == "PNG":
+        for tile in im.tile:
+            raw = tile.args[0] if isinstance(tile.args, tuple) and tile.args else tile.args
+            if isinstance(raw, str) and _PNG_16BIT_RAWMODE.search(raw):
+                return f"16-bit PNG samples ({raw})"
+    return None
+
+
 def decode_image(source: str | os.PathLike | bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
     """Decode to (H, W, 3) uint8 RGB as the official code does: alpha dropped, no EXIF transpose.
 
@@ -74,8 +96,9 @@ def decode_image(source: str | os.PathLike | bytes, max_pixels: int = DEFAULT_MA
                 w, h = im.size
                 if w * h > max_pixels:
                     raise ImageDecodeError(f"{name}: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}")
-                if im.mode in _REFUSED_MODES:
-                    raise ImageDecodeError(f"{name}: mode {im.mode} (16-bit or float) is not supported: "
+                depth = _deep_samples(im)
+                if depth:
+                    raise ImageDecodeError(f"{name}: {depth} (16-bit or float) is not supported: "
                                            "converting it to 8-bit RGB would change the pixels silently")
                 meta = _exif_fields(im)
                 fmt = im.format
