@@ -14,6 +14,7 @@ from typing import Callable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from trufor_core.checkpoint import check_checkpoint
 from trufor_core.image import DEFAULT_MAX_PIXELS
 from trufor_core.model import min_image_side
 from trufor_core.config import TruForConfig
@@ -23,7 +24,7 @@ from .listing import list_input
 from .predictor import PredictorConfig, TruForPredictor
 from .preprocess import load_batch
 from .schema import PARTITION_COLUMN, ROW_SCHEMA, STATUS_ERROR, STATUS_OK, STATUS_SKIPPED, ScanRow, rows_to_table
-from .storage import StorageConfig, is_remote, redact
+from .storage import StorageConfig, is_remote, local_copy, redact
 
 DECODE_CPUS = 0.25  # per decode task: reading, hashing and decoding are light next to TruFor
 
@@ -173,12 +174,17 @@ def run_scan(cfg: ScanConfig, log: Callable[[str], None] = lambda m: print(m, fi
     results_dir = f"{out_root}/results/{PARTITION_COLUMN}={scan_date}"
     summary = ScanSummary(run_id=run_id, results_uri=f"{out_root}/results", maps_uri=f"{out_root}/maps")
 
+    ckpt = cfg.checkpoint if cfg.checkpoint and is_remote(cfg.checkpoint) else \
+        str(resolve_weights(cfg.checkpoint, allow_download=cfg.allow_download, log=log))
+    # A bad or malicious checkpoint is one clear error here, before Ray starts and before any row
+    # could claim that the images failed (the actors would each fail to load it).
+    noiseprint = local_copy(cfg.noiseprint_weights, storage) if cfg.noiseprint_weights else None
+    check_checkpoint(local_copy(ckpt, storage), noiseprint, cfg.variant)
+
     listing = list_input(cfg.input, storage)
     summary.listed = len(listing)
     n_skip = sum(1 for f in listing if f.skip_reason)
     log(f"scan {run_id}: {len(listing)} files listed under {cfg.input} ({n_skip} not images)")
-    ckpt = cfg.checkpoint if cfg.checkpoint and is_remote(cfg.checkpoint) else \
-        str(resolve_weights(cfg.checkpoint, allow_download=cfg.allow_download, log=log))
 
     out_fs, results_path = storage.filesystem(results_dir)
     out_fs.makedirs(results_path, exist_ok=True)

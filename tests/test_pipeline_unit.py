@@ -36,6 +36,46 @@ def test_schema_is_declared_once_and_round_trips():
     assert table_to_rows(t) == [row]
 
 
+class _Evil:
+    """Unpickling this would run a shell command: what a malicious checkpoint looks like."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_bad_checkpoint_fails_on_the_driver_before_ray(tmp_path, capsys):
+    """A malicious or mismatched checkpoint is one line and exit 2 before Ray starts: no rows."""
+    import sys
+
+    import torch
+
+    from jobs.cli import main
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.png").write_bytes(_jpeg(64, 64))
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pth.tar"
+    torch.save({"state_dict": _Evil(str(marker))}, evil)
+    wrong = tmp_path / "wrong.pth.tar"
+    torch.save({"state_dict": {"backbone.nope.weight": torch.zeros(3), "dncnn.0.weight": torch.zeros(1)}}, wrong)
+    for ckpt, msg in ((evil, "with weights_only=True: UnpicklingError"), (wrong, "does not match the TruFor model")):
+        rc = main(["scan", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--checkpoint", str(ckpt),
+                   "--no-download"])
+        err = capsys.readouterr().err
+        assert rc == 2, err
+        lines = [line for line in err.splitlines() if line.startswith("trufor-scan: error:")]
+        assert len(lines) == 1 and msg in lines[0] and str(ckpt) in lines[0], err
+        assert len(lines[0]) < 1500 and "Traceback" not in err
+        assert not (tmp_path / "out").exists()  # nothing written, no row claims the image failed
+    assert not marker.exists()  # and the payload never ran
+    assert "ray" not in sys.modules or not __import__("ray").is_initialized()
+
+
 def test_user_sql_sees_the_results_and_nothing_else(results_dir, tmp_path_factory, capsys):
     """`query` is read-only and confined: no files, databases or extensions beyond the results."""
     from jobs.cli import main

@@ -60,7 +60,9 @@ def read_torch_file(path: str | os.PathLike) -> object:
         with torch.serialization.safe_globals(_numpy_safe_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises several unrelated types here
-        raise CheckpointError(f"cannot load {path} with weights_only=True: {type(e).__name__}: {e}") from e
+        # torch's unpickling errors span many lines of advice: the first says what went wrong.
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise CheckpointError(f"cannot load {path} with weights_only=True: {type(e).__name__}: {first}") from e
 
 
 def _strip_prefix(sd: dict, prefix: str) -> dict:
@@ -93,18 +95,52 @@ def map_noiseprint_state_dict(obj: object) -> dict[str, torch.Tensor]:
     return {f"dncnn.{k}": v for k, v in sd.items()}
 
 
-def load_strict(model: torch.nn.Module, sd: dict[str, torch.Tensor], source: str) -> None:
-    """Load with strict key and shape checks; the error lists every offending key."""
-    expected = model.state_dict()
+def _some(items: list[str], n: int = 5) -> str:
+    return str(items[:n])[:-1] + (f", ... {len(items) - n} more]" if len(items) > n else "]")
+
+
+def check_state_dict(expected: dict[str, torch.Tensor], sd: dict[str, torch.Tensor], source: str) -> None:
+    """Strict key and shape check; one line naming the first offending keys of each kind and their counts."""
     missing = sorted(set(expected) - set(sd))
     unexpected = sorted(set(sd) - set(expected))
     mismatched = [f"{k}: file {tuple(sd[k].shape)} vs model {tuple(expected[k].shape)}"
                   for k in expected if k in sd and sd[k].shape != expected[k].shape]
     if missing or unexpected or mismatched:
         raise CheckpointError(
-            f"{source} does not match the TruFor model: {len(missing)} missing keys {missing}, "
-            f"{len(unexpected)} unexpected keys {unexpected}, {len(mismatched)} shape mismatches {mismatched}")
+            f"{source} does not match the TruFor model: {len(missing)} missing keys {_some(missing)}, "
+            f"{len(unexpected)} unexpected keys {_some(unexpected)}, {len(mismatched)} shape mismatches {_some(mismatched)}")
+
+
+def load_strict(model: torch.nn.Module, sd: dict[str, torch.Tensor], source: str) -> None:
+    """Load with strict key and shape checks (``check_state_dict``)."""
+    check_state_dict(model.state_dict(), sd, source)
     model.load_state_dict(sd, strict=True)
+
+
+def check_checkpoint(checkpoint: str | os.PathLike, noiseprint: str | os.PathLike | None = None,
+                     variant: str = "test_docker") -> None:
+    """Everything ``load_trufor`` checks about the files, without building a real model.
+
+    For a driver that hands the files to workers: a bad or malicious checkpoint is one clear
+    ``CheckpointError`` here, before any worker starts. The model's schema comes from a model on
+    the meta device (shapes only, no memory).
+    """
+    raw = read_torch_file(checkpoint)
+    sd = map_official_state_dict(raw)
+    if noiseprint is not None:
+        sd.update(_noiseprint_entries(noiseprint, sd))
+    with torch.device("meta"):
+        expected = TruFor(TruForConfig.official(variant)).state_dict()
+    check_state_dict(expected, sd, str(checkpoint))
+
+
+def _noiseprint_entries(noiseprint: str | os.PathLike, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The ``dncnn.*`` entries of a Noiseprint++ file, checked against the checkpoint's own."""
+    np_sd = map_noiseprint_state_dict(read_torch_file(noiseprint))
+    unknown = sorted(set(np_sd) - {k for k in sd if k.startswith("dncnn.")})
+    if unknown:
+        raise CheckpointError(f"{noiseprint} has keys the DnCNN does not have: {_some(unknown)}")
+    return np_sd
 
 
 def load_trufor(checkpoint: str | os.PathLike, noiseprint: str | os.PathLike | None = None,
@@ -129,11 +165,7 @@ def load_trufor(checkpoint: str | os.PathLike, noiseprint: str | os.PathLike | N
     untrained = bool(isinstance(raw, dict) and raw.get(UNTRAINED_MARKER, False))
     np_path = np_sha = None
     if noiseprint is not None:
-        np_sd = map_noiseprint_state_dict(read_torch_file(noiseprint))
-        unknown = sorted(set(np_sd) - {k for k in sd if k.startswith("dncnn.")})
-        if unknown:
-            raise CheckpointError(f"{noiseprint} has keys the DnCNN does not have: {unknown}")
-        sd.update(np_sd)
+        sd.update(_noiseprint_entries(noiseprint, sd))
         np_path, np_sha = str(noiseprint), sha256_file(noiseprint)
     model = TruFor(cfg)
     load_strict(model, sd, str(checkpoint))
