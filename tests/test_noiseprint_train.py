@@ -178,6 +178,31 @@ def test_export_has_the_released_format(shared, tmp_path):
     assert set(load_dncnn_weights(str(path))) == set(released["network"])
 
 
+def test_training_step_learns_a_fixed_batch(shared, corpus_dir):
+    """The job's step (start_step, InfoNCE, Adam) on one fixed batch: the loss must collapse.
+
+    Measured: 0.83 -> 0.001 in 6 steps with AVX-512 kernels, 0.83 -> 0.011 with SSE4.1 ones."""
+    from conftest import NOISEPRINT
+    from jobs.noiseprint_train import start_step
+
+    cfg = TrainConfig(corpus=str(corpus_dir), output="unused", init=str(NOISEPRINT), steps=6, batch_groups=4,
+                      batch_cameras=1, batch_positions=4, per_group=2, patch=48, lr=5e-4)
+    corpus = load_corpus(str(corpus_dir), "train")
+    x, labels = sample_batch(np.random.default_rng(0), corpus, cfg.layout(len(corpus.cameras)), cfg.patch,
+                             unedited_share=cfg.unedited_share)
+    model = build_dncnn(cfg.init)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    losses = []
+    for step in range(cfg.steps):
+        start_step(model, opt, cfg, step, cfg.steps)
+        loss = infonce_loss(model(to_input(x)), torch.from_numpy(labels), cfg.temperature)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.1 * losses[0], losses
+
+
 def test_export_matches_the_starting_residual_scale(shared, corpus_dir):
     from conftest import NOISEPRINT
 
@@ -283,7 +308,9 @@ def test_train_two_workers_export_and_eval(shared, corpus_dir, tmp_path):
     assert sorted(d.name for d in run_dir.iterdir() if d.name.startswith("checkpoint_"))  # checkpoints written
     losses = [pt["loss"] for pt in summary["loss_curve"]]
     assert len(losses) == 8 and all(np.isfinite(losses))
-    assert np.mean(losses[-3:]) < np.mean(losses[:3])  # fixed seed: it learns
+    # No "the loss went down" here: each step draws a fresh batch, so over 8 steps batch-to-batch noise
+    # dominates (measured: the last 3 steps' mean 0.536 vs the first 3's 0.509 under SSE4.1 kernels,
+    # the other way round under AVX-512). test_training_step_learns_a_fixed_batch checks learning.
     assert "patches/s/worker" in log and "ETA" in log and summary["patches_per_s_worker"] > 0
     ev = summary["evaluation"]
     assert set(ev["weights"]) >= {"pair_auc", "camera_id_accuracy"} and ev["baseline"] is not None
