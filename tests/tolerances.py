@@ -47,13 +47,12 @@ MAP_ROUNDTRIP_ATOL = 1e-3
 
 
 def f32_kind(field: str) -> str:
-    """The F32_ATOL key of a fixture or result field name (alt_*, *_lowres, *_win, fusedN_chmean)."""
+    """The F32_ATOL key of a fixture field name (alt_*, *_lowres, *_win, *_f64, fusedN_chmean)."""
     if field == "alt_conf_maxabsdiff":
         return field
     kind = re.sub(r"^alt_", "", field)
     kind = re.sub(r"(_lowres|_win|_f64)$", "", kind)
     kind = re.sub(r"^fused\d_chmean$", "fused_chmean", kind)
-    kind = {"noiseprint": "np++", "anomaly_map": "map", "confidence_map": "conf", "alt_score": "score"}.get(kind, kind)
     if kind not in F32_ATOL:
         raise KeyError(f"no float32 tolerance declared for field {field!r} (kind {kind!r})")
     return kind
