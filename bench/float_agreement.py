@@ -96,7 +96,9 @@ def measure(kernel: str, refs: dict[str, str], checkpoint: str) -> dict:
 
 
 def _run_child(args: list[str], env_extra: dict[str, str]) -> None:
-    env = dict(os.environ, **env_extra)
+    # "native" must mean the CPU's own choice even when the caller runs under the kernel variables.
+    env = {k: v for k, v in os.environ.items() if k not in KERNELS["sse41"]}
+    env.update(env_extra)
     subprocess.run([sys.executable, __file__, *args], env=env, check=True)
 
 
