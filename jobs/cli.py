@@ -2,20 +2,19 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import traceback
 
-from trufor_core.image import DEFAULT_MAX_PIXELS
 from trufor_core.weights import LICENCE_NOTICE, OFFICIAL_WEIGHTS_URL, OFFICIAL_ZIP_MD5, WeightsError, cache_dir
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    from pipeline.options import from_args
+
     from .predict import PredictConfig, run_predict
 
-    cfg = PredictConfig(input=args.input, output=args.output, checkpoint=args.checkpoint,
-                        noiseprint_weights=args.noiseprint_weights, save_np=args.save_np,
-                        overwrite=args.overwrite, device=args.device, variant=args.variant,
-                        max_pixels=args.max_pixels, allow_download=not args.no_download)
-    s = run_predict(cfg)
+    s = run_predict(from_args(PredictConfig, args, "predict"))
     print(f"listed {s.listed} images: {s.done} written, {s.existing} already existed (kept), "
           f"{len(s.errors)} errors; {len(s.not_images)} files skipped as not images; {s.seconds:.1f} s",
           file=sys.stderr)
@@ -23,21 +22,16 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         print(f"skipped (not an image extension): {path}", file=sys.stderr)
     for path, msg in s.errors:
         print(f"failed: {path}: {msg}", file=sys.stderr)
-    return 1 if s.errors else 0
+    return EXIT_ERROR_ROWS if s.errors else EXIT_OK
 
 
 def _cmd_scan(args: argparse.Namespace) -> int:
+    from pipeline.options import from_args
     from pipeline.scan import ScanConfig, run_scan
 
-    cfg = ScanConfig(input=args.input, output=args.output, checkpoint=args.checkpoint,
-                     noiseprint_weights=args.noiseprint_weights, actors=args.actors,
-                     gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor,
-                     batch_size=args.batch_size, max_pixels=args.max_pixels, run_id=args.run_id,
-                     ray_address=args.ray_address, s3_endpoint=args.s3_endpoint, variant=args.variant,
-                     allow_download=not args.no_download, progress_every_s=args.progress_every)
-    summary = run_scan(cfg)
+    summary = run_scan(from_args(ScanConfig, args, args.command, incremental=args.command == "sweep"))
     print(summary.text(), file=sys.stderr)
-    return 0
+    return EXIT_ERROR_ROWS if summary.errors else EXIT_OK
 
 
 def _cmd_query(args: argparse.Namespace) -> int:
@@ -119,43 +113,40 @@ def _cmd_weights_licence(_: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Exit status (README "Exit status"): 0 every input ok (or skipped); 3 the run finished and every
+# input has its row, some of them error rows; 1 the job failed while running (its rows so far are
+# committed, the next sweep completes it); 2 it could not start (arguments, weights, input).
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ERROR_ROWS = 0, 1, 2, 3
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``only``, the other commands get no arguments (they import nothing heavy,
+    so that `query` and `top` never import torch or Ray)."""
     p = argparse.ArgumentParser(prog="trufor-scan", description="TruFor image-forgery detection at archive scale.")
     sub = p.add_subparsers(dest="command", required=True)
 
+    def full(name: str) -> bool:
+        return only is None or only == name
+
     pr = sub.add_parser("predict", help="score images like the official test script (one .npz per image)")
-    pr.add_argument("--input", "-in", required=True, help="a file, a directory (recursive) or a glob")
-    pr.add_argument("--output", "-out", required=True, help="output directory, or a .npz file for one image")
-    pr.add_argument("--checkpoint", help="trufor.pth.tar (default: $TRUFOR_WEIGHTS, then the cache, then download)")
-    pr.add_argument("--noiseprint-weights", help="a noiseprint++.th-format file replacing the Noiseprint++ weights")
-    pr.add_argument("--save-np", "--save_np", action="store_true", help="also store the Noiseprint++ map as np++")
-    pr.add_argument("--overwrite", action="store_true", help="replace existing outputs (the official script keeps them)")
-    pr.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    pr.add_argument("--variant", default="test_docker", choices=["test_docker", "train_test"],
-                    help="train_test: confidence-head BN eps 1e-3 as in TruFor_train_test")
-    pr.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse images with more pixels")
-    pr.add_argument("--no-download", action="store_true", help="fail instead of downloading missing weights")
+    if full("predict"):
+        from pipeline.options import add_options
+
+        from .predict import PredictConfig
+
+        add_options(pr, PredictConfig, "predict")
     pr.set_defaults(func=_cmd_predict)
 
-    sc = sub.add_parser("scan", help="score an archive (folder, s3:// prefix or manifest) into Parquet + maps with Ray")
-    sc.add_argument("input", help="local directory, s3://bucket/prefix (any fsspec URI), single file, or a "
-                                  "manifest (.parquet/.csv with a uri column, or .txt with one URI per line)")
-    sc.add_argument("--output", required=True, help="local directory or object-store prefix for results/ and maps/")
-    sc.add_argument("--checkpoint", help="trufor.pth.tar (default: $TRUFOR_WEIGHTS, then the cache, then download)")
-    sc.add_argument("--noiseprint-weights", help="a noiseprint++.th-format file replacing the Noiseprint++ weights")
-    sc.add_argument("--actors", type=int, default=1, help="size of the TruFor actor pool")
-    sc.add_argument("--gpus-per-actor", type=float, default=None, help="default: 1 when a GPU exists, else 0")
-    sc.add_argument("--cpus-per-actor", type=float, default=None, help="default: the CPUs shared among actors")
-    sc.add_argument("--batch-size", type=int, default=4, help="images of one shape per forward")
-    sc.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
-                    help="larger images become error rows (never resized)")
-    sc.add_argument("--run-id", help="identifier written into every row (default: timestamp + random)")
-    sc.add_argument("--ray-address", help="an existing Ray cluster (default: $RAY_ADDRESS, else a local Ray)")
-    sc.add_argument("--s3-endpoint", help="S3-compatible endpoint URL (default: $AWS_ENDPOINT_URL)")
-    sc.add_argument("--variant", default="test_docker", choices=["test_docker", "train_test"])
-    sc.add_argument("--no-download", action="store_true", help="fail instead of downloading missing weights")
-    sc.add_argument("--progress-every", type=float, default=10.0, help="seconds between progress lines off a terminal")
-    sc.set_defaults(func=_cmd_scan)
+    for name, text in (("scan", "score an archive (folder, s3:// prefix or manifest) into Parquet + maps with Ray"),
+                       ("sweep", "the nightly command: scan only what OUTPUT has not scored yet (new or changed "
+                                 "files, transient errors, interrupted runs); copies of scored bytes are not rescored")):
+        sc = sub.add_parser(name, help=text)
+        if full(name):
+            from pipeline.options import add_options
+            from pipeline.scan import ScanConfig
+
+            add_options(sc, ScanConfig, name)
+        sc.set_defaults(func=_cmd_scan)
 
     q = sub.add_parser("query", help="run SQL over scan results (view `results`) with DuckDB")
     q.add_argument("output", help="the scan's --output")
@@ -173,10 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--s3-endpoint")
     t.set_defaults(func=_cmd_top)
 
-    from .noiseprint_train import add_arguments as add_train_arguments
-
     tn = sub.add_parser("train-noiseprint", help="retrain Noiseprint++ on a camera corpus with Ray Train")
-    add_train_arguments(tn)
+    if full("train-noiseprint"):
+        from .noiseprint_train import add_arguments as add_train_arguments
+
+        add_train_arguments(tn)
     tn.set_defaults(func=_cmd_train_noiseprint)
 
     en = sub.add_parser("eval-noiseprint", help="pair-verification AUC and camera identification on held-out images")
@@ -213,14 +205,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(command if command in COMMANDS else None).parse_args(argv)
     try:
         return args.func(args)
     except (WeightsError, FileNotFoundError, ValueError, RuntimeError) as e:
-        from pipeline.storage import redact
+        from pipeline.output import RunFailed
+        from pipeline.storage import one_line, redact
 
-        print(f"trufor-scan: error: {redact(str(e))}", file=sys.stderr)
-        return 2
+        print(f"trufor-scan: error: {one_line(redact(str(e)), 2000)}", file=sys.stderr)
+        if os.environ.get("TRUFOR_DEBUG"):
+            traceback.print_exc()
+        return EXIT_FAILED if isinstance(e, RunFailed) else EXIT_USAGE
+
+
+COMMANDS = ("predict", "scan", "sweep", "query", "top", "train-noiseprint", "eval-noiseprint", "make-camera-corpus",
+            "weights")
 
 
 if __name__ == "__main__":

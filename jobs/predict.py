@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import sys
 import time
@@ -17,21 +18,34 @@ from trufor_core.model import describe_device, resolve_device
 from trufor_core.image import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, decode_rgb, to_model_input
 from trufor_core.weights import resolve_weights
 
+from pipeline.listing import iter_listing
+from pipeline.options import opt
+from pipeline.progress import note_slow, progress
+from pipeline.storage import StorageConfig, local_path
+
+NAME_MAX = 255  # bytes in one file name (ext4, xfs, APFS)
+
 
 @dataclass(frozen=True)
 class PredictConfig:
-    """Settings of one `predict` run."""
+    """Settings of one `predict` run; the command line is derived from these fields."""
 
-    input: str
-    output: str
-    checkpoint: str | None = None
-    noiseprint_weights: str | None = None
-    save_np: bool = False
-    overwrite: bool = False
-    device: str = "auto"
-    variant: str = "test_docker"
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    allow_download: bool = True
+    input: str = field(metadata=opt("a file, a directory (recursive, listed as `scan` lists it) or a glob",
+                                    flag=("--input", "-in")))
+    output: str = field(metadata=opt("output directory, or a .npz file for one image", flag=("--output", "-out")))
+    checkpoint: str | None = field(default=None, metadata=opt(
+        "trufor.pth.tar (default: $TRUFOR_WEIGHTS, then the cache, then download)"))
+    noiseprint_weights: str | None = field(default=None, metadata=opt(
+        "a noiseprint++.th-format file replacing the Noiseprint++ weights"))
+    save_np: bool = field(default=False, metadata=opt("also store the Noiseprint++ map as np++",
+                                                      flag=("--save-np", "--save_np")))
+    overwrite: bool = field(default=False, metadata=opt("replace existing outputs (the official script keeps them)"))
+    device: str = field(default="auto", metadata=opt("auto, cpu, cuda or cuda:N"))
+    variant: str = field(default="test_docker", metadata=opt(
+        "train_test: confidence-head BN eps 1e-3 as in TruFor_train_test", choices=("test_docker", "train_test")))
+    max_pixels: int = field(default=DEFAULT_MAX_PIXELS, metadata=opt("refuse images with more pixels"))
+    allow_download: bool = field(default=True, metadata=opt("fail instead of downloading missing weights",
+                                                           flag="--no-download"))
 
 
 @dataclass
@@ -44,29 +58,43 @@ class PredictSummary:
     seconds: float = 0.0
 
 
-def list_inputs(spec: str) -> tuple[list[str], list[str]]:
-    """Files named by a file, a directory (recursive) or a glob, as the official script lists them.
+def list_inputs(spec: str) -> tuple[list[str], list[str], list[tuple[str, str]]]:
+    """Files named by a file, a directory or a glob: (images, not_images, refused).
 
-    Returns (images, not_images): in directory/glob mode files without an image extension are
-    returned separately so they are reported, not silently dropped; a single named file is
-    always attempted.
+    A directory is listed by the scan's own walker (``pipeline.listing``): recursive, symlink
+    loops and special files (FIFOs, sockets, devices) refused with a reason instead of followed or
+    opened, names that are not UTF-8 kept. In directory/glob mode files without an image
+    extension are returned separately so they are reported, not silently dropped; a single named
+    file is always attempted.
     """
     if "*" in spec:
-        files = [p for p in glob.glob(spec, recursive=True) if not os.path.isdir(p)]
-    elif os.path.isfile(spec):
-        return [spec], []
-    elif os.path.isdir(spec):
-        files = [p for p in glob.glob(os.path.join(spec, "**", "*"), recursive=True) if not os.path.isdir(p)]
-    else:
+        files = sorted(p for p in glob.glob(spec, recursive=True) if not os.path.isdir(p))
+        return ([p for p in files if p.lower().endswith(IMAGE_EXTENSIONS)],
+                [p for p in files if not p.lower().endswith(IMAGE_EXTENSIONS)], [])
+    if os.path.isfile(spec):
+        return [spec], [], []
+    if not os.path.isdir(spec):
         raise FileNotFoundError(f"input {spec!r} is neither a file, a directory nor a glob that matches")
-    files.sort()
-    images = [p for p in files if p.lower().endswith(IMAGE_EXTENSIONS)]
-    others = [p for p in files if not p.lower().endswith(IMAGE_EXTENSIONS)]
-    return images, others
+    images, others, refused = [], [], []
+    root = os.path.realpath(spec)
+    for f in iter_listing(spec, StorageConfig()):
+        # Paths relative to the input as given (output naming mirrors the official script).
+        path = os.path.join(spec, os.path.relpath(os.fsdecode(local_path(f.uri)), root))
+        if f.error:
+            refused.append((path, f.error))
+        elif f.skip_reason:
+            others.append(path)
+        else:
+            images.append(path)
+    return images, others, refused
 
 
 def output_path(input_spec: str, output: str, path: str) -> str:
-    """Output file for ``path``, mirroring the official script's naming (input-relative + '.npz')."""
+    """Output file for ``path``, mirroring the official script's naming (input-relative + '.npz').
+
+    A name that would pass the filesystem's 255-byte limit is shortened, with a hash of the full
+    name so that two long names never share an output.
+    """
     if os.path.splitext(os.path.basename(output))[1] == "":  # output is a directory
         if os.path.isfile(input_spec):
             sub = os.path.basename(path)
@@ -76,33 +104,13 @@ def output_path(input_spec: str, output: str, path: str) -> str:
         out = os.path.join(output, sub)
     else:
         out = output
-    return out if out.endswith(".npz") else out + ".npz"
-
-
-class _Progress:
-    """A one-line progress bar on a terminal; silent otherwise."""
-
-    def __init__(self, total: int, stream=sys.stderr):
-        self.total, self.stream = total, stream
-        self.enabled = stream.isatty()
-        self.start = time.monotonic()
-
-    def update(self, n: int, name: str) -> None:
-        if not self.enabled:
-            return
-        width = 30
-        filled = int(width * n / max(1, self.total))
-        rate = n / max(1e-9, time.monotonic() - self.start)
-        self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {n}/{self.total} {rate:.2f} img/s {name[-40:]:<40}")
-        self.stream.flush()
-
-    def message(self, text: str) -> None:
-        """Print a line without garbling the bar."""
-        print(("\r\033[K" if self.enabled else "") + text, file=self.stream)
-
-    def close(self) -> None:
-        if self.enabled:
-            self.stream.write("\n")
+    out = out if out.endswith(".npz") else out + ".npz"
+    head, name = os.path.split(out)
+    if len(os.fsencode(name)) > NAME_MAX:
+        digest = hashlib.sha256(os.fsencode(name)).hexdigest()[:16]
+        keep = os.fsdecode(os.fsencode(name)[: NAME_MAX - len(digest) - 6].decode("utf-8", "ignore").encode())
+        out = os.path.join(head, f"{keep}~{digest}.npz")
+    return out
 
 
 def run_predict(cfg: PredictConfig, log=lambda m: print(m, file=sys.stderr)) -> PredictSummary:
@@ -113,8 +121,9 @@ def run_predict(cfg: PredictConfig, log=lambda m: print(m, file=sys.stderr)) -> 
     """
     summary = PredictSummary()
     t0 = time.monotonic()
-    images, others = list_inputs(cfg.input)
-    summary.listed, summary.not_images = len(images), others
+    images, others, refused = list_inputs(cfg.input)
+    summary.listed, summary.not_images = len(images) + len(refused), others
+    summary.errors += refused
     if len(images) > 1 and os.path.splitext(os.path.basename(cfg.output))[1] != "":
         raise ValueError(f"--output {cfg.output!r} is a file name but {len(images)} images were listed; "
                          "give a directory")
@@ -125,8 +134,9 @@ def run_predict(cfg: PredictConfig, log=lambda m: print(m, file=sys.stderr)) -> 
     if info.untrained:
         log("WARNING: these weights are UNTRAINED (synthesized for tests); scores and maps mean nothing")
     ev = EvalConfig()
-    bar = _Progress(len(images))
-    for n, path in enumerate(images, 1):
+    bar = progress(len(images), "predict")
+    for path in images:
+        t1 = time.monotonic()
         out = output_path(cfg.input, cfg.output, path)
         if os.path.isfile(out) and not cfg.overwrite:
             summary.existing += 1
@@ -139,17 +149,18 @@ def run_predict(cfg: PredictConfig, log=lambda m: print(m, file=sys.stderr)) -> 
                 if info.untrained:
                     fields["weights_untrained"] = True
                 Path(out).parent.mkdir(parents=True, exist_ok=True)
-                tmp = out[:-4] + ".part.npz"
+                tmp = os.path.join(os.path.dirname(out) or ".", f".part-{os.getpid()}.npz")
                 np.savez(tmp, **fields)
                 os.replace(tmp, out)
                 summary.done += 1
             except Exception as e:  # noqa: BLE001 - one bad image must not stop the run
                 msg = f"{type(e).__name__}: {e}"
                 summary.errors.append((path, msg))
-                bar.message(f"error: {path}: {msg}")
+                bar.write(f"error: {path}: {msg}", file=bar.fp)
                 if os.environ.get("TRUFOR_DEBUG"):
                     traceback.print_exc()
-        bar.update(n, os.path.basename(path))
+        bar.update(1)
+        note_slow(bar, path, time.monotonic() - t1)
     bar.close()
     summary.seconds = time.monotonic() - t0
     return summary

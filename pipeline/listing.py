@@ -1,25 +1,150 @@
-"""Turning a scan INPUT (directory, prefix, single file or manifest) into the list of files."""
+"""Turning a scan INPUT (directory, prefix, single file or manifest) into a stream of files.
+
+Listing streams: a local tree is walked directory by directory, an S3 prefix page by page
+(ListObjectsV2, 1000 keys a page), a manifest line by line or row group by row group; nothing
+holds the whole listing. Every entry becomes a ``ListedFile`` (one output row), including those
+that will not be read: not an image extension (skipped), not a regular file, a symlink loop or
+a broken link, over ``max_bytes`` (error rows, never opened).
+"""
 from __future__ import annotations
 
 import csv
+import errno
 import io
-from dataclasses import dataclass
+import itertools
+import os
+import stat
+from dataclasses import dataclass, fields
+from typing import Iterator
 
-from trufor_core.image import IMAGE_EXTENSIONS
+import pyarrow as pa
 
-from .storage import StorageConfig
+from trufor_core.config import IMAGE_EXTENSIONS
+
+from .schema import ERROR_INPUT, ERROR_TRANSIENT
+from .storage import StorageConfig, is_remote, local_path, local_uri
 
 MANIFEST_EXTENSIONS = (".parquet", ".csv", ".txt", ".lst")
+_KINDS = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISDOOR if hasattr(stat, "S_ISDOOR") else (lambda m: False), "a door"))
 
 
 @dataclass
 class ListedFile:
-    """One input file; ``skip_reason`` set when it will not be scanned (it still gets a row)."""
+    """One input; ``skip_reason`` when it will not be scanned, ``error`` when it cannot be (it still gets a row)."""
 
     uri: str
     size_bytes: int | None = None
     etag_or_mtime: str | None = None
     skip_reason: str | None = None
+    error: str | None = None
+    error_kind: str | None = None  # schema.ERROR_INPUT or ERROR_TRANSIENT when ``error`` is set
+
+    def __post_init__(self):
+        if self.error and not self.error_kind:
+            self.error_kind = ERROR_INPUT
+
+
+LISTING_SCHEMA = pa.schema([("uri", pa.string()), ("size_bytes", pa.int64()), ("etag_or_mtime", pa.string()),
+                            ("skip_reason", pa.string()), ("error", pa.string()), ("error_kind", pa.string())])
+if tuple(f.name for f in fields(ListedFile)) != tuple(LISTING_SCHEMA.names):
+    raise ImportError("ListedFile and LISTING_SCHEMA are out of step")
+
+
+def classify(uri: str) -> str | None:
+    """Why a file is skipped (not an allowed image extension), or None."""
+    name = uri.rsplit("/", 1)[-1].lower()
+    if name.endswith(IMAGE_EXTENSIONS):
+        return None
+    ext = "." + name.rsplit(".", 1)[-1] if "." in name else "(no extension)"
+    return f"skipped: {ext} is not an allowed image extension {IMAGE_EXTENSIONS}"
+
+
+def too_big(size: int | None, max_bytes: int | None) -> str | None:
+    if size is not None and max_bytes is not None and size > max_bytes:
+        return f"file of {size} bytes is over --max-bytes {max_bytes}: refused before reading"
+    return None
+
+
+def special_file_error(mode: int) -> str | None:
+    """The error for anything that is not a regular file (never opened: a FIFO would block the reader)."""
+    for test, kind in _KINDS:
+        if test(mode):
+            return f"not a regular file: {kind}; never opened"
+    return None if stat.S_ISREG(mode) else "not a regular file; never opened"
+
+
+def _entry(uri: str, st: os.stat_result | None, max_bytes: int | None, error: str | None = None) -> ListedFile:
+    if error:
+        return ListedFile(uri, error=error)
+    if not stat.S_ISREG(st.st_mode):
+        return ListedFile(uri, error=special_file_error(st.st_mode))
+    skip = classify(uri)
+    return ListedFile(uri, st.st_size, f"{st.st_mtime_ns}", skip, None if skip else too_big(st.st_size, max_bytes))
+
+
+def _walk_local(root: bytes, max_bytes: int | None) -> Iterator[ListedFile]:
+    """Depth-first, names sorted bytewise; directory symlinks followed unless they loop."""
+    seen_dirs: dict[tuple[int, int], bytes] = {}
+    st = os.stat(root)
+    seen_dirs[(st.st_dev, st.st_ino)] = root
+
+    def walk(d: bytes, ancestors: frozenset) -> Iterator[ListedFile]:
+        try:
+            with os.scandir(d) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as e:
+            yield ListedFile(local_uri(d), error=f"cannot list directory: {e.strerror}", error_kind=ERROR_TRANSIENT)
+            return
+        for e in entries:
+            path = e.path
+            uri = local_uri(path)
+            try:
+                lst = e.stat(follow_symlinks=False)
+                st = os.stat(path) if stat.S_ISLNK(lst.st_mode) else lst
+            except OSError as err:
+                if err.errno in (errno.ELOOP, errno.ENOENT):
+                    yield ListedFile(uri, error="symlink loop: the link never resolves to a file" if err.errno == errno.ELOOP
+                                     else "broken symlink: its target does not exist")
+                else:
+                    yield ListedFile(uri, error=f"cannot stat: {err.strerror}", error_kind=ERROR_TRANSIENT)
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                key = (st.st_dev, st.st_ino)
+                if key in ancestors:
+                    yield _entry(uri, None, max_bytes,
+                                 f"symlink loop: points back to its ancestor directory {local_uri(seen_dirs[key])}")
+                elif key in seen_dirs:
+                    yield ListedFile(uri, skip_reason=f"skipped: a link to a directory already listed as "
+                                                      f"{local_uri(seen_dirs[key])}")
+                else:
+                    seen_dirs[key] = path
+                    yield from walk(path, ancestors | {key})
+                continue
+            yield _entry(uri, st, max_bytes)
+
+    yield from walk(root, frozenset({(st.st_dev, st.st_ino)}))
+
+
+def _s3_pages(spec: str, storage: StorageConfig, max_bytes: int | None) -> Iterator[ListedFile]:
+    """Every object under an s3:// prefix, one ListObjectsV2 page at a time (key order)."""
+    import boto3
+    from botocore import UNSIGNED
+    from botocore.config import Config
+
+    bucket, _, prefix = spec.split("://", 1)[1].partition("/")
+    prefix = prefix.rstrip("/") + "/" if prefix.strip("/") else ""
+    client = boto3.client("s3", endpoint_url=storage.endpoint_url,
+                          config=Config(signature_version=UNSIGNED) if storage.anon else None)
+    scheme = spec.split("://", 1)[0]
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            if obj["Key"].endswith("/"):
+                continue  # a "folder" marker object
+            uri = f"{scheme}://{bucket}/{obj['Key']}"
+            skip = classify(uri)
+            yield ListedFile(uri, obj["Size"], str(obj["ETag"]).strip('"'), skip,
+                             None if skip else too_big(obj["Size"], max_bytes))
 
 
 def _version_tag(info: dict) -> str | None:
@@ -33,63 +158,107 @@ def _version_tag(info: dict) -> str | None:
     return None
 
 
-def _uri(fs, path: str, original: str) -> str:
-    return fs.unstrip_protocol(path) if "://" in original else path
+def _manifest_uris(uri: str, storage: StorageConfig) -> Iterator[str]:
+    """URIs from a Parquet/CSV manifest (column ``uri``, else the first column) or a text file, streamed."""
+    fs, path = storage.filesystem(uri)
+    low = path.lower()
+    with fs.open(path, "rb") as f:
+        if low.endswith(".parquet"):
+            import pyarrow.parquet as pq
 
-
-def classify(uri: str) -> str | None:
-    """Why a file is skipped (not an allowed image extension), or None."""
-    name = uri.rsplit("/", 1)[-1].lower()
-    if name.endswith(IMAGE_EXTENSIONS):
-        return None
-    ext = "." + name.rsplit(".", 1)[-1] if "." in name else "(no extension)"
-    return f"skipped: {ext} is not an allowed image extension {IMAGE_EXTENSIONS}"
+            pf = pq.ParquetFile(f)
+            col = "uri" if "uri" in pf.schema_arrow.names else pf.schema_arrow.names[0]
+            for batch in pf.iter_batches(columns=[col], batch_size=65536):
+                yield from (str(v) for v in batch.column(0).to_pylist() if v)
+            return
+        text = io.TextIOWrapper(f, encoding="utf-8", newline="")
+        if low.endswith(".csv"):
+            reader = csv.reader(text)
+            first = next(reader, None)
+            if first is None:
+                return
+            header = [h.strip().lower() for h in first]
+            idx = header.index("uri") if "uri" in header else 0
+            rows = reader if "uri" in header else itertools.chain([first], reader)
+            yield from (r[idx].strip() for r in rows if len(r) > idx and r[idx].strip())
+            return
+        yield from (ln.strip() for ln in text if ln.strip() and not ln.lstrip().startswith("#"))
 
 
 def read_manifest(uri: str, storage: StorageConfig) -> list[str]:
-    """URIs from a Parquet/CSV manifest (column ``uri``, else the first column) or a text file."""
-    fs, path = storage.filesystem(uri)
-    low = path.lower()
-    if low.endswith(".parquet"):
-        import pyarrow.parquet as pq
-
-        with fs.open(path, "rb") as f:
-            table = pq.read_table(f)
-        col = "uri" if "uri" in table.column_names else table.column_names[0]
-        return [str(v) for v in table.column(col).to_pylist() if v]
-    with fs.open(path, "rb") as f:
-        text = f.read().decode("utf-8")
-    if low.endswith(".csv"):
-        rows = list(csv.reader(io.StringIO(text)))
-        if not rows:
-            return []
-        header = [h.strip().lower() for h in rows[0]]
-        idx = header.index("uri") if "uri" in header else 0
-        body = rows[1:] if "uri" in header else rows
-        return [r[idx].strip() for r in body if r and r[idx].strip()]
-    return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    return list(_manifest_uris(uri, storage))
 
 
-def list_input(spec: str, storage: StorageConfig) -> list[ListedFile]:
-    """Every file under ``spec`` (recursive), or in the manifest ``spec``, sorted by URI.
+def _manifest_entry(u: str) -> ListedFile:
+    """A manifest line: size, kind and version are checked on the reading side (``pipeline.preprocess``),
+    not here (that would be one request per line on object storage)."""
+    return ListedFile(u, skip_reason=classify(u))
+
+
+def iter_listing(spec: str, storage: StorageConfig, max_bytes: int | None = None) -> Iterator[ListedFile]:
+    """Every file under ``spec`` (recursive), or in the manifest ``spec``, streamed.
+
+    Local paths become canonical absolute uris (``..`` and a symlinked INPUT resolved), so one
+    file reached by two spellings of INPUT is one uri; names that are not UTF-8 keep their bytes
+    (``storage.local_uri``).
 
     Raises:
         FileNotFoundError: ``spec`` does not exist.
     """
+    if not is_remote(spec):
+        root = os.path.realpath(os.fsencode(local_path(spec)))
+        try:
+            st = os.stat(root)
+        except OSError:
+            raise FileNotFoundError(f"scan input {spec!r} does not exist") from None
+        if stat.S_ISDIR(st.st_mode):
+            yield from _walk_local(root, max_bytes)
+        elif stat.S_ISREG(st.st_mode) and root.lower().endswith(tuple(e.encode() for e in MANIFEST_EXTENSIONS)):
+            yield from (_manifest_entry(u) for u in _manifest_uris(local_uri(root), storage))
+        else:
+            yield _entry(local_uri(root), st, max_bytes)
+        return
     fs, path = storage.filesystem(spec)
     if fs.isfile(path):
         if path.lower().endswith(MANIFEST_EXTENSIONS):
-            return [ListedFile(uri=u, skip_reason=classify(u)) for u in read_manifest(spec, storage)]
+            yield from (_manifest_entry(u) for u in _manifest_uris(spec, storage))
+            return
         info = fs.info(path)
-        uri = _uri(fs, path, spec)
-        return [ListedFile(uri, info.get("size"), _version_tag(info), classify(uri))]
-    if not fs.isdir(path):
-        raise FileNotFoundError(f"scan input {spec!r} is neither a file, a directory nor a prefix with objects")
-    found = fs.find(path, detail=True)
-    out = []
-    for p, info in sorted(found.items()):
-        if info.get("type") == "directory":
-            continue
-        uri = _uri(fs, p, spec)
-        out.append(ListedFile(uri, info.get("size"), _version_tag(info), classify(uri)))
-    return out
+        uri = fs.unstrip_protocol(path)
+        skip = classify(uri)
+        yield ListedFile(uri, info.get("size"), _version_tag(info), skip, None if skip else too_big(info.get("size"), max_bytes))
+        return
+    if spec.split("://", 1)[0] in ("s3", "s3a"):
+        first = True
+        for f in _s3_pages(spec, storage, max_bytes):
+            first = False
+            yield f
+        if not first:
+            return
+    elif fs.isdir(path):
+        # Other fsspec protocols: their own recursive listing (not paged).
+        for p, info in sorted(fs.find(path, detail=True).items()):
+            if info.get("type") != "directory":
+                uri = fs.unstrip_protocol(p)
+                skip = classify(uri)
+                yield ListedFile(uri, info.get("size"), _version_tag(info), skip,
+                                 None if skip else too_big(info.get("size"), max_bytes))
+        return
+    raise FileNotFoundError(f"scan input {spec!r} is neither a file, a directory nor a prefix with objects")
+
+
+def list_input(spec: str, storage: StorageConfig, max_bytes: int | None = None) -> list[ListedFile]:
+    """``iter_listing`` as a list (small inputs, tests, the training corpus)."""
+    return list(iter_listing(spec, storage, max_bytes))
+
+
+def listing_batches(files: Iterator[ListedFile], rows: int = 8192) -> Iterator[pa.RecordBatch]:
+    """Listed files as Arrow record batches of ``LISTING_SCHEMA`` (the driver holds one batch)."""
+    buf: list[dict] = []
+    for f in files:
+        buf.append(f.__dict__)
+        if len(buf) >= rows:
+            yield pa.RecordBatch.from_pylist(buf, schema=LISTING_SCHEMA)
+            buf = []
+    if buf:
+        yield pa.RecordBatch.from_pylist(buf, schema=LISTING_SCHEMA)

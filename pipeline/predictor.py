@@ -14,13 +14,14 @@ from trufor_core import EvalConfig, load_trufor
 from trufor_core.model import describe_device, resolve_device
 
 from . import maps
-from .schema import STATUS_ERROR, STATUS_OK, ScanRow, coerce, rows_to_table
-from .storage import StorageConfig, local_copy, redact
+from .dedup import HashSet, pending_marker
+from .schema import ERROR_TRANSIENT, STATUS_ERROR, STATUS_OK, ScanRow, coerce, rows_to_table
+from .storage import StorageConfig, local_copy, one_line, redact
 
 MODEL_NAME = "trufor-detconfcmx-mit_b2"
 # Columns the pre-processing stage fills and the predictor passes through unchanged.
 _PASSED_THROUGH = ("uri", "status", "size_bytes", "etag_or_mtime", "sha256", "format", "width", "height",
-                   "exif_make", "exif_model", "exif_software", "exif_orientation", "error")
+                   "exif_make", "exif_model", "exif_software", "exif_orientation", "error", "error_kind")
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,9 @@ class PredictorConfig:
         batch_max_pixels: most pixels in one forward; larger images go alone (bounded-memory path).
         torch_threads: intra-op threads (Ray gives workers OMP_NUM_THREADS=1).
         storage: object-store endpoint settings.
+        dedup: do not score bytes (sha256) already scored with these weights, in earlier runs
+            (``known_hashes``) or earlier in this actor: such rows are marked ``dedup.pending`` and
+            completed from the original's row on the driver (``pipeline.dedup.DedupResolver``).
     """
 
     checkpoint: str
@@ -52,6 +56,7 @@ class PredictorConfig:
     batch_max_pixels: int = 2_000_000
     torch_threads: int | None = None
     storage: StorageConfig = field(default_factory=StorageConfig)
+    dedup: bool = False
 
 
 def _node_id() -> str | None:
@@ -78,7 +83,7 @@ def group_batches(shapes: list[tuple[int, int]], batch_size: int, max_pixels: in
 class TruForPredictor:
     """Ray Data callable class (``map_batches(TruForPredictor, compute=ActorPoolStrategy(...))``)."""
 
-    def __init__(self, cfg: PredictorConfig):
+    def __init__(self, cfg: PredictorConfig, known_hashes: list | None = None):
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)
         self.cfg = cfg
@@ -89,6 +94,8 @@ class TruForPredictor:
         self.ev = EvalConfig()
         self.device_desc = describe_device(self.device)
         self.node_id = _node_id()
+        self.known = HashSet(known_hashes or [])
+        self.scored_here: set[str] = set()  # bytes this actor scored in this run (dedup of same-run copies)
 
     def _common(self) -> dict:
         return {"model_name": MODEL_NAME, "weights_sha256": self.info.sha256,
@@ -126,7 +133,8 @@ class TruForPredictor:
                 for i in idx:
                     self._run_group([i], pixels, base, extra)
             else:
-                extra[idx[0]] = {"status": STATUS_ERROR, "error": redact(f"inference failed: {type(e).__name__}: {e}")}
+                extra[idx[0]] = {"status": STATUS_ERROR, "error_kind": ERROR_TRANSIENT,
+                                 "error": one_line(redact(f"inference failed: {type(e).__name__}: {e}"))}
             return
         fwd_ms = (time.perf_counter() - t0) * 1000 / len(idx)
         for i, res in zip(idx, results):
@@ -135,13 +143,24 @@ class TruForPredictor:
                 extra[i] = self._result_fields(res, base[i]["sha256"])
                 extra[i]["elapsed_ms"] = fwd_ms + (time.perf_counter() - t1) * 1000
             except Exception as e:  # noqa: BLE001 - e.g. the map store is unreachable
-                extra[i] = {"status": STATUS_ERROR, "error": redact(f"writing the map failed: {type(e).__name__}: {e}")}
+                extra[i] = {"status": STATUS_ERROR, "error_kind": ERROR_TRANSIENT,
+                            "error": one_line(redact(f"writing the map failed: {type(e).__name__}: {e}"))}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         n = len(batch["uri"])
         base = [{k: coerce(k, batch[k][i]) for k in _PASSED_THROUGH if k in batch} for i in range(n)]
         extra: list[dict] = [{} for _ in range(n)]
-        ok = [i for i in range(n) if base[i]["status"] == STATUS_OK]
+        ok = []
+        for i in range(n):
+            if base[i]["status"] != STATUS_OK:
+                continue
+            sha = base[i]["sha256"]
+            if self.cfg.dedup and (sha in self.scored_here or sha in self.known):
+                extra[i] = {"dedup_of": pending_marker(sha)}  # completed on the driver
+                continue
+            if self.cfg.dedup:
+                self.scored_here.add(sha)
+            ok.append(i)
         groups = group_batches([tuple(batch["pixels"][i].shape[:2]) for i in ok], self.cfg.batch_size,
                                self.cfg.batch_max_pixels)
         for g in groups:

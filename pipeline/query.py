@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
+from .output import RESULTS_DIR, RUNS_DIR, committed_parts
 from .schema import PARTITION_COLUMN, ROW_SCHEMA
 from .storage import StorageConfig
 
@@ -19,13 +20,30 @@ TOP_COLUMNS = ("uri", "score", "frac_anom_conf", "max_anom_conf", "map_uri", "pr
 
 
 def results_dataset(output: str, storage: StorageConfig | None = None) -> pads.Dataset:
-    """The Parquet dataset under ``OUTPUT/results`` (local or object storage), hive-partitioned by scan_date."""
-    fs, path = (storage or StorageConfig()).filesystem(f"{output.rstrip('/')}/results")
-    if not fs.isdir(path):
-        raise FileNotFoundError(f"no scan results under {output!r} (expected {output.rstrip('/')}/results/)")
+    """The committed result parts under OUTPUT (local or object storage), hive-partitioned by scan_date.
+
+    Only parts listed in a run manifest (``pipeline.output``) are read: a file being written, or
+    orphaned by a killed run, is never seen.
+    """
+    fs, root = (storage or StorageConfig()).filesystem(output.rstrip("/"))
+    if not fs.isdir(f"{root}/{RUNS_DIR}"):
+        raise FileNotFoundError(f"no scan results under {output!r} (expected run manifests in "
+                                f"{output.rstrip('/')}/{RUNS_DIR}/)")
+    return parts_dataset(committed_parts(output, storage), fs, f"{root}/{RESULTS_DIR}")
+
+
+def parts_dataset(paths: list[str], fs, base_dir: str) -> pads.Dataset:
+    """Result part files (paths inside ``fs``) as one dataset with ``scan_date`` from their folder."""
     part = pads.partitioning(pa.schema([(PARTITION_COLUMN, pa.string())]), flavor="hive")
-    return pads.dataset(path, format="parquet", filesystem=pafs.PyFileSystem(pafs.FSSpecHandler(fs)),
-                        partitioning=part, schema=ROW_SCHEMA.append(pa.field(PARTITION_COLUMN, pa.string())))
+    return pads.dataset(paths, format="parquet", filesystem=pafs.PyFileSystem(pafs.FSSpecHandler(fs)),
+                        partitioning=part, partition_base_dir=base_dir,
+                        schema=ROW_SCHEMA.append(pa.field(PARTITION_COLUMN, pa.string())))
+
+
+# One answer per image: its most recent row of any status, so a file whose latest scan failed
+# never shows an older score.
+LATEST_SQL = ("SELECT * FROM results QUALIFY row_number() OVER "
+              "(PARTITION BY uri ORDER BY scanned_at DESC NULLS LAST, run_id DESC) = 1")
 
 
 class QueryError(ValueError):
@@ -43,10 +61,7 @@ def connect(output: str, storage: StorageConfig | None = None) -> duckdb.DuckDBP
     """
     con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
     con.register("results", results_dataset(output, storage))
-    # One answer per image: its most recent row of any status, so a file whose latest scan failed
-    # never shows an older score.
-    con.execute("CREATE VIEW latest AS SELECT * FROM results QUALIFY row_number() OVER "
-                "(PARTITION BY uri ORDER BY scanned_at DESC NULLS LAST, run_id DESC) = 1")
+    con.execute(f"CREATE VIEW latest AS {LATEST_SQL}")
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
     return con

@@ -1,30 +1,38 @@
-"""The scan driver: list INPUT, run the Ray Data pipeline, write Parquet results, report progress."""
+"""The scan driver: plan (list INPUT, anti-join with OUTPUT), run the Ray Data pipeline, commit parts."""
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
+import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from trufor_core.checkpoint import check_checkpoint
+from trufor_core.checkpoint import check_checkpoint, sha256_file
+from trufor_core.config import TruForConfig
 from trufor_core.image import DEFAULT_MAX_PIXELS
 from trufor_core.model import min_image_side
-from trufor_core.config import TruForConfig
 from trufor_core.weights import resolve_weights
 
-from .listing import list_input
+from .dedup import DedupResolver
+from .options import opt
+from .output import RESULTS_DIR, RUNS_DIR, STATE_COMPLETE, STATE_FAILED, ResultWriter, RunFailed, RunManifest
+from .plan import Plan, plan_run
 from .predictor import PredictorConfig, TruForPredictor
 from .preprocess import load_batch
-from .schema import PARTITION_COLUMN, ROW_SCHEMA, STATUS_ERROR, STATUS_OK, STATUS_SKIPPED, ScanRow, rows_to_table
-from .storage import StorageConfig, is_remote, local_copy, redact
+from .progress import note_slow, progress
+from .query import parts_dataset
+from .schema import ERROR_TRANSIENT, STATUS_ERROR, ScanRow, rows_to_table
+from .storage import StorageConfig, local_copy, one_line, redact
 
 DECODE_CPUS = 0.25  # per decode task: reading, hashing and decoding are light next to TruFor
 
@@ -35,38 +43,62 @@ RAY_ENV_DEFAULTS = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
 
 @dataclass(frozen=True)
 class ScanConfig:
-    """Settings of one `scan` run (see `trufor-scan scan --help`)."""
+    """Settings of one `scan` or `sweep` run; the command line is derived from these fields."""
 
-    input: str
-    output: str
-    checkpoint: str | None = None
-    noiseprint_weights: str | None = None
-    actors: int = 1
-    gpus_per_actor: float | None = None  # None: 1 when this machine has a GPU, else 0
-    cpus_per_actor: float | None = None  # None: share the CPUs among the actors
-    batch_size: int = 4
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    run_id: str | None = None
-    ray_address: str | None = None
-    s3_endpoint: str | None = None
-    variant: str = "test_docker"
-    allow_download: bool = True
-    progress_every_s: float = 10.0
-    rows_per_file: int = 50_000
-    object_store_bytes: int | None = None  # local Ray only
-    ray_temp_dir: str | None = None  # local Ray only
+    input: str = field(metadata=opt("local directory, s3://bucket/prefix (any fsspec URI), single file, or a manifest "
+                                    "(.parquet/.csv with a uri column, or .txt with one URI per line)", positional=True))
+    output: str = field(metadata=opt("local directory or object-store prefix for results/, _runs/ and maps/"))
+    incremental: bool = False  # set by the command: `sweep` scans only what OUTPUT has not scored
+    rescore: bool = field(default=False, metadata=opt(
+        "also rescan files whose latest row was scored with other weights (both generations stay queryable "
+        "by weights_sha256)", commands=("sweep",)))
+    checkpoint: str | None = field(default=None, metadata=opt(
+        "trufor.pth.tar (default: $TRUFOR_WEIGHTS, then the cache, then download)"))
+    noiseprint_weights: str | None = field(default=None, metadata=opt(
+        "a noiseprint++.th-format file replacing the Noiseprint++ weights"))
+    actors: int = field(default=1, metadata=opt("size of the TruFor actor pool"))
+    gpus_per_actor: float | None = field(default=None, metadata=opt("default: 1 when a GPU exists, else 0"))
+    cpus_per_actor: float | None = field(default=None, metadata=opt("default: the CPUs shared among actors"))
+    batch_size: int = field(default=4, metadata=opt("images of one shape per forward"))
+    batch_max_pixels: int = field(default=2_000_000, metadata=opt(
+        "most pixels in one forward; larger images go alone (bounded-memory path)"))
+    max_pixels: int = field(default=DEFAULT_MAX_PIXELS, metadata=opt("larger images become error rows (never resized)"))
+    max_bytes: int = field(default=200 * 2**20, metadata=opt("larger files become error rows, refused before reading"))
+    read_timeout_s: float = field(default=120.0, metadata=opt(
+        "seconds to read one file before it becomes an error row (retried by the next sweep)", flag="--read-timeout"))
+    rows_per_part: int = field(default=10_000, metadata=opt("commit a result part every this many rows ..."))
+    commit_every_s: float = field(default=60.0, metadata=opt(
+        "... or every this many seconds, whichever first (a killed run loses at most one interval)",
+        flag="--commit-every"))
+    run_id: str | None = field(default=None, metadata=opt("identifier written into every row (default: timestamp + random)"))
+    ray_address: str | None = field(default=None, metadata=opt(
+        "an existing Ray cluster (default: $RAY_ADDRESS, else a local Ray)"))
+    s3_endpoint: str | None = field(default=None, metadata=opt("S3-compatible endpoint URL (default: $AWS_ENDPOINT_URL)"))
+    anon: bool = field(default=False, metadata=opt("unsigned object-store requests (public buckets)"))
+    variant: str = field(default="test_docker", metadata=opt(
+        "train_test: confidence-head BN eps 1e-3 as in TruFor_train_test", choices=("test_docker", "train_test")))
+    allow_download: bool = field(default=True, metadata=opt("fail instead of downloading missing weights",
+                                                           flag="--no-download"))
+    progress_every_s: float = field(default=10.0, metadata=opt("seconds between progress lines off a terminal",
+                                                               flag="--progress-every"))
+    object_store_bytes: int | None = None  # local Ray only (tests, benchmarks)
+    ray_temp_dir: str | None = None  # local Ray only (tests, benchmarks)
 
 
 @dataclass
 class ScanSummary:
     run_id: str
+    command: str = "scan"
     listed: int = 0
+    to_scan: int = 0
     ok: int = 0
     errors: int = 0
     skipped: int = 0
+    dedup: int = 0
     wall_s: float = 0.0
     results_uri: str = ""
     maps_uri: str = ""
+    manifest_uri: str = ""
     files: list[str] = field(default_factory=list)
 
     @property
@@ -74,10 +106,16 @@ class ScanSummary:
         return self.ok + self.errors
 
     def text(self) -> str:
-        rate = self.scanned / self.wall_s if self.wall_s else 0.0
-        return (f"scan {self.run_id}: listed {self.listed}, scanned {self.scanned} ({self.ok} ok, {self.errors} errors), "
-                f"skipped {self.skipped}; {self.wall_s:.1f} s, {rate:.2f} img/s\n"
-                f"results: {self.results_uri}\nmaps:    {self.maps_uri}")
+        if self.command == "sweep" and self.to_scan == 0:
+            head = (f"sweep {self.run_id}: nothing new: all {self.listed} listed files are already in the results "
+                    f"({self.wall_s:.1f} s)")
+        else:
+            rate = self.scanned / self.wall_s if self.wall_s else 0.0
+            new = f", {self.to_scan} to scan" if self.command == "sweep" else ""
+            head = (f"{self.command} {self.run_id}: listed {self.listed}{new}, scanned {self.scanned} ({self.ok} ok, "
+                    f"{self.errors} errors, {self.dedup} copies of bytes already scored), skipped {self.skipped}; "
+                    f"{self.wall_s:.1f} s, {rate:.2f} img/s")
+        return f"{head}\nresults: {self.results_uri}\nmaps:    {self.maps_uri}\nrun:     {self.manifest_uri}"
 
 
 def code_version() -> str:
@@ -93,30 +131,6 @@ def code_version() -> str:
     except (OSError, subprocess.SubprocessError):
         sha = ""
     return f"{v}+g{sha}" if sha else v
-
-
-class _Progress:
-    """A live line on a terminal, else a line every ``every_s`` seconds."""
-
-    def __init__(self, total: int, every_s: float, stream=sys.stderr):
-        self.total, self.every_s, self.stream = total, every_s, stream
-        self.tty = stream.isatty()
-        self.t0 = self.last = time.monotonic()
-
-    def update(self, done: int, errors: int, final: bool = False) -> None:
-        now = time.monotonic()
-        if not final and now - self.last < (0.5 if self.tty else self.every_s):
-            return
-        self.last = now
-        el = now - self.t0
-        rate = done / el if el > 0 else 0.0
-        eta = (self.total - done) / rate if rate > 0 else float("nan")
-        line = f"scan: {done}/{self.total} images, {rate:.2f} img/s, {errors} errors, ETA {eta:.0f} s"
-        if self.tty:
-            self.stream.write("\r\033[K" + line + ("\n" if final else ""))
-        else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
 
 
 def _init_ray(cfg: ScanConfig) -> bool:
@@ -160,108 +174,143 @@ def _actor_resources(cfg: ScanConfig) -> tuple[float, float, int]:
     return cpus, 0.0, max(1, round(cpus + 0.5 / cfg.actors))
 
 
-def run_scan(cfg: ScanConfig, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> ScanSummary:
-    """Score every image under ``cfg.input``; one Parquet row per listed file.
+
+def _feed(plan: Plan, actors: int) -> list:
+    """The rows to scan as object-store blocks (the driver keeps only the references).
+
+    Blocks are small enough that every actor gets several (decode tasks run per block), at most 500 rows.
+    """
+    import ray
+
+    rows = max(1, min(500, math.ceil(plan.to_scan / (8 * actors))))
+    return [ray.put(pa.Table.from_batches([b])) for b in pq.ParquetFile(plan.path).iter_batches(batch_size=rows)]
+
+
+def _pipeline(cfg: ScanConfig, plan: Plan, pcfg: PredictorConfig, predictor_cls, log) -> Iterator[pa.Table]:
+    """Result tables as the actors produce them."""
+    import ray
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    cpus, gpus, threads = _actor_resources(cfg)
+    pcfg = PredictorConfig(**{**pcfg.__dict__, "device": "cuda" if gpus > 0 else "cpu", "torch_threads": threads})
+    known = [ray.put(c) for c in plan.known_hashes]
+    ds = ray.data.from_arrow_refs(_feed(plan, cfg.actors))
+    ds = ds.map_batches(load_batch, batch_size=cfg.batch_size, num_cpus=DECODE_CPUS,
+                        fn_kwargs={"storage": pcfg.storage, "max_pixels": cfg.max_pixels,
+                                   "min_side": min_image_side(TruForConfig()), "max_bytes": cfg.max_bytes,
+                                   "read_timeout_s": cfg.read_timeout_s})
+    # Two batches in flight per actor: one running, one queued, so idle actors get the rest.
+    ds = ds.map_batches(predictor_cls, fn_constructor_kwargs={"cfg": pcfg, "known_hashes": known},
+                        batch_size=cfg.batch_size,
+                        compute=ray.data.ActorPoolStrategy(size=cfg.actors, max_tasks_in_flight_per_actor=2),
+                        num_cpus=cpus, num_gpus=gpus)
+    log(f"{pcfg.run_id}: {cfg.actors} actor(s) x ({cpus:g} CPU, {gpus:g} GPU, {threads} torch threads)")
+    yield from ds.iter_batches(batch_format="pyarrow", batch_size=None)
+
+
+def _lost_rows(plan: Plan, writer: ResultWriter, held: set[str], run_id: str, reason: str) -> Iterator[pa.Table]:
+    """Error rows for every planned file with no row in this run's committed parts (streamed in DuckDB)."""
+    con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
+    try:
+        base = f"{writer.root}/{RESULTS_DIR}"
+        paths = [f"{writer.root}/{p['path']}" for p in writer.manifest.parts]
+        con.register("written", parts_dataset(paths, writer.fs, base))
+        con.execute("CREATE TEMP TABLE held(uri VARCHAR)")
+        if held:
+            con.executemany("INSERT INTO held VALUES (?)", [[u] for u in sorted(held)])
+        reader = con.sql(
+            "SELECT uri, size_bytes, etag_or_mtime FROM read_parquet(?) WHERE uri NOT IN (SELECT uri FROM written) "
+            "AND uri NOT IN (SELECT uri FROM held) ORDER BY uri", params=[plan.path]).to_arrow_reader(10_000)
+        now = dt.datetime.now(dt.timezone.utc)
+        for batch in reader:
+            yield rows_to_table([ScanRow(uri=r["uri"], status=STATUS_ERROR, size_bytes=r["size_bytes"],
+                                         etag_or_mtime=r["etag_or_mtime"], run_id=run_id, error=reason,
+                                         error_kind=ERROR_TRANSIENT, scanned_at=now) for r in batch.to_pylist()])
+    finally:
+        con.close()
+
+
+def run_scan(cfg: ScanConfig, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
+             predictor_cls=TruForPredictor) -> ScanSummary:
+    """Score every image under ``cfg.input`` (``scan``), or only what OUTPUT has not scored (``sweep``,
+    ``cfg.incremental``): one row per listed file, committed in parts as the run goes.
+
+    Args:
+        predictor_cls: the actor class (a stand-in in the pipeline's own benchmark).
 
     Returns:
-        Counts, wall time and where the results and maps went.
+        Counts, wall time and where the results, maps and run manifest went.
+
+    Raises:
+        RunFailed: the Ray pipeline failed; the rows it had not delivered are recorded as
+            transient error rows first (the next sweep scans those files again).
     """
     t0 = time.monotonic()
+    command = "sweep" if cfg.incremental else "scan"
     run_id = cfg.run_id or dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
-    storage = StorageConfig.from_env(cfg.s3_endpoint)
+    storage = StorageConfig.from_env(cfg.s3_endpoint, cfg.anon)
     out_root = cfg.output.rstrip("/")
-    scan_date = dt.datetime.now(dt.timezone.utc).date().isoformat()
-    results_dir = f"{out_root}/results/{PARTITION_COLUMN}={scan_date}"
-    summary = ScanSummary(run_id=run_id, results_uri=f"{out_root}/results", maps_uri=f"{out_root}/maps")
+    summary = ScanSummary(run_id=run_id, command=command, results_uri=f"{out_root}/{RESULTS_DIR}",
+                          maps_uri=f"{out_root}/maps", manifest_uri=f"{out_root}/{RUNS_DIR}/{run_id}.json")
 
-    ckpt = cfg.checkpoint if cfg.checkpoint and is_remote(cfg.checkpoint) else \
-        str(resolve_weights(cfg.checkpoint, allow_download=cfg.allow_download, log=log))
+    ckpt = str(resolve_weights(cfg.checkpoint, allow_download=cfg.allow_download, log=log)) \
+        if not (cfg.checkpoint and "://" in cfg.checkpoint) else cfg.checkpoint
     # A bad or malicious checkpoint is one clear error here, before Ray starts and before any row
     # could claim that the images failed (the actors would each fail to load it).
+    ckpt_local = local_copy(ckpt, storage)
     noiseprint = local_copy(cfg.noiseprint_weights, storage) if cfg.noiseprint_weights else None
-    check_checkpoint(local_copy(ckpt, storage), noiseprint, cfg.variant)
+    check_checkpoint(ckpt_local, noiseprint, cfg.variant)
+    weights_sha, np_sha = sha256_file(ckpt_local), (sha256_file(noiseprint) if noiseprint else None)
 
-    listing = list_input(cfg.input, storage)
-    summary.listed = len(listing)
-    n_skip = sum(1 for f in listing if f.skip_reason)
-    log(f"scan {run_id}: {len(listing)} files listed under {cfg.input} ({n_skip} not images)")
-
-    out_fs, results_path = storage.filesystem(results_dir)
-    out_fs.makedirs(results_path, exist_ok=True)
-    seen: set[str] = set()
-    pending: list[pa.Table] = []
-    pending_rows = 0
-    progress = _Progress(len(listing), cfg.progress_every_s)
-
-    def flush() -> None:
-        nonlocal pending, pending_rows
-        if not pending:
-            return
-        name = f"{results_path}/part-{run_id}-{len(summary.files):05d}.parquet"
-        with out_fs.open(name, "wb") as f:
-            pq.write_table(pa.concat_tables(pending), f, compression="zstd")
-        summary.files.append(out_fs.unstrip_protocol(name) if is_remote(out_root) else name)
-        pending, pending_rows = [], 0
-
-    def take(table: pa.Table) -> None:
-        nonlocal pending_rows
-        table = table.select(ROW_SCHEMA.names).cast(ROW_SCHEMA)
-        status = table.column("status").to_pylist()
-        summary.ok += status.count(STATUS_OK)
-        summary.errors += status.count(STATUS_ERROR)
-        summary.skipped += status.count(STATUS_SKIPPED)
-        seen.update(table.column("uri").to_pylist())
-        pending.append(table)
-        pending_rows += table.num_rows
-        if pending_rows >= cfg.rows_per_file:
-            flush()
-        progress.update(summary.scanned + summary.skipped, summary.errors)
-
-    started_ray = False
-    failure: Exception | None = None
-    if listing:
-        started_ray = _init_ray(cfg)
-        try:
-            import ray
-
-            ctx = ray.data.DataContext.get_current()
-            ctx.enable_progress_bars = False
-            ctx.print_on_execution_start = False
-            cpus, gpus, threads = _actor_resources(cfg)
+    with tempfile.TemporaryDirectory(prefix="trufor-plan-") as work:
+        plan = plan_run(cfg.input, out_root, storage, work, incremental=cfg.incremental, rescore=cfg.rescore,
+                        max_bytes=cfg.max_bytes, weights_sha256=weights_sha, noiseprint_sha256=np_sha)
+        summary.listed, summary.to_scan = plan.listed, plan.to_scan
+        log(f"{command} {run_id}: {plan.listed} files listed under {redact(cfg.input)}, {plan.to_scan} to scan")
+        manifest = RunManifest(run_id=run_id, command=command, input=redact(cfg.input), code_version=code_version(),
+                               weights_sha256=weights_sha, noiseprint_sha256=np_sha)
+        manifest.counts.update(listed=plan.listed, to_scan=plan.to_scan)
+        resolver = DedupResolver(out_root, storage, weights_sha, np_sha) if cfg.incremental else None
+        writer = ResultWriter(out_root, manifest, dt.datetime.now(dt.timezone.utc).date().isoformat(), storage,
+                              cfg.rows_per_part, cfg.commit_every_s, resolver)
+        failure: Exception | None = None
+        if plan.to_scan:
             pcfg = PredictorConfig(checkpoint=ckpt, maps_root=f"{out_root}/maps", run_id=run_id,
-                                   code_version=code_version(), noiseprint_weights=cfg.noiseprint_weights,
-                                   variant=cfg.variant, device="cuda" if gpus > 0 else "cpu",
-                                   batch_size=cfg.batch_size, torch_threads=threads, storage=storage)
-            items = [asdict(f) for f in listing]
-            ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 4 * cfg.actors * 8)))
-            ds = ds.map_batches(load_batch, batch_size=cfg.batch_size, num_cpus=DECODE_CPUS,
-                                fn_kwargs={"storage": storage, "max_pixels": cfg.max_pixels,
-                                           "min_side": min_image_side(TruForConfig())})
-            # Two batches in flight per actor: one running, one queued, so idle actors get the rest.
-            ds = ds.map_batches(TruForPredictor, fn_constructor_kwargs={"cfg": pcfg}, batch_size=cfg.batch_size,
-                                compute=ray.data.ActorPoolStrategy(size=cfg.actors, max_tasks_in_flight_per_actor=2),
-                                num_cpus=cpus, num_gpus=gpus)
-            log(f"scan {run_id}: {cfg.actors} actor(s) x ({cpus:g} CPU, {gpus:g} GPU, {threads} torch threads)")
-            for table in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-                take(table)
-        except Exception as e:  # noqa: BLE001 - recorded below, then raised
-            failure = e
-        finally:
-            if started_ray:
-                import ray
+                                   code_version=manifest.code_version, noiseprint_weights=cfg.noiseprint_weights,
+                                   variant=cfg.variant, batch_size=cfg.batch_size,
+                                   batch_max_pixels=cfg.batch_max_pixels, storage=storage, dedup=cfg.incremental)
+            bar = progress(plan.to_scan, command, cfg.progress_every_s)
+            started_ray = _init_ray(cfg)
+            try:
+                for table in _pipeline(cfg, plan, pcfg, predictor_cls, log):
+                    ready = resolver.take(table) if resolver is not None else table
+                    writer.add(ready)
+                    bar.update(table.num_rows)
+                    for uri, ms in zip(table.column("uri").to_pylist(), table.column("elapsed_ms").to_pylist()):
+                        note_slow(bar, uri, ms / 1000 if ms else None)
+                writer.maybe_commit()
+            except Exception as e:  # noqa: BLE001 - its rows are recorded below, then it is raised
+                failure = e
+            finally:
+                bar.close()
+                if started_ray:
+                    import ray
 
-                ray.shutdown()
-    # Every listed file is accounted for: anything the pipeline lost gets an error row.
-    lost = [f for f in listing if f.uri not in seen]
-    reason = f"scan {run_id} failed in the Ray pipeline: {redact(str(failure))}" if failure else None
-    if lost:
-        take(rows_to_table([ScanRow(uri=f.uri, status=STATUS_ERROR, size_bytes=f.size_bytes,
-                                    etag_or_mtime=f.etag_or_mtime, run_id=run_id,
-                                    error=reason or "no result came back from the pipeline for this file",
-                                    scanned_at=dt.datetime.now(dt.timezone.utc)) for f in lost]))
-    flush()
-    if failure:
-        raise RuntimeError(reason) from failure
+                    ray.shutdown()
+        # Every planned file is accounted for: anything the pipeline lost gets a transient error row.
+        writer.commit()
+        reason = one_line(f"{command} {run_id} failed in the Ray pipeline: {redact(str(failure))}") if failure \
+            else "no result came back from the pipeline for this file"
+        held = {r["uri"] for r in resolver.held} if resolver is not None else set()
+        for lost in _lost_rows(plan, writer, held, run_id, reason):
+            writer.add(lost)
+        writer.close(STATE_FAILED if failure else STATE_COMPLETE, reason if failure else None)
+    c = manifest.counts
+    summary.ok, summary.errors, summary.skipped, summary.dedup = c["ok"], c["error"], c["skipped"], c["dedup"]
+    summary.files = list(writer.files)
     summary.wall_s = time.monotonic() - t0
-    progress.update(summary.scanned + summary.skipped, summary.errors, final=True)
+    if failure:
+        raise RunFailed(reason) from failure
     return summary

@@ -9,9 +9,10 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from trufor_core.pooling import POOLED_FEATURE_NAMES
+from trufor_core.config import POOLED_FEATURE_NAMES
 
 STATUS_OK, STATUS_ERROR, STATUS_SKIPPED = "ok", "error", "skipped"
+ERROR_INPUT, ERROR_TRANSIENT = "input", "transient"
 
 
 @dataclass
@@ -20,12 +21,17 @@ class ScanRow:
 
     Provenance: uri, size_bytes, etag_or_mtime, sha256 (of the file bytes).
     Image: format, width, height, exif_* (as stored, orientation not applied: neither does TruFor).
-    Outcome: status (ok / error / skipped), error (message).
+    Outcome: status (ok / error / skipped), error (one-line message), error_kind: "input" when the file
+    itself is at fault (cannot decode, unsupported, too small or too big, not a regular file, a
+    symlink loop): final for that version of the file; "transient" when the failure was the
+    system's (I/O, timeout, object store, inference, lost in the pipeline): the next sweep retries it.
     Model outputs: score = sigmoid(det_logit); the 8 pooled features fed to the detector;
     frac_anom_conf = fraction of pixels with anomaly > 0.5 and confidence > 0.5;
     frac_anom = fraction with anomaly > 0.5; max_anom_conf = max of anomaly * confidence.
     Maps: map_uri (content-addressed by sha256, shared by identical files; ``pipeline.maps.load``),
     preview_uri (a PNG a person can open), map_codec.
+    dedup_of: set when this file's bytes (sha256) had already been scored with the same weights: the
+    uri of that row, whose outcome and map this row repeats (the file was not scored again).
     Run: model_name, weights_sha256, noiseprint_sha256 (when replaced), weights_untrained,
     code_version, torch_version, device, ray_node_id, run_id, scanned_at, elapsed_ms.
     """
@@ -43,6 +49,7 @@ class ScanRow:
     exif_software: str | None = None
     exif_orientation: int | None = None
     error: str | None = None
+    error_kind: str | None = None
     score: float | None = None
     conf_softmin: float | None = None
     conf_softmax: float | None = None
@@ -59,6 +66,7 @@ class ScanRow:
     map_uri: str | None = None
     preview_uri: str | None = None
     map_codec: str | None = None
+    dedup_of: str | None = None
     model_name: str | None = None
     weights_sha256: str | None = None
     noiseprint_sha256: str | None = None
@@ -72,7 +80,7 @@ class ScanRow:
     elapsed_ms: float | None = None
 
 
-if tuple(f"{k}" for k in POOLED_FEATURE_NAMES) != tuple(f.name for f in dataclasses.fields(ScanRow)[14:22]):
+if tuple(f"{k}" for k in POOLED_FEATURE_NAMES) != tuple(f.name for f in dataclasses.fields(ScanRow)[15:23]):
     raise ImportError("ScanRow's pooled-feature columns are out of step with trufor_core.POOLED_FEATURE_NAMES")
 
 _ARROW_TYPES = {str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_(),

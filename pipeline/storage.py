@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import urllib.parse
 from dataclasses import dataclass
 
 import fsspec
@@ -27,8 +28,9 @@ class StorageConfig:
     anon: bool = False
 
     @classmethod
-    def from_env(cls, endpoint_url: str | None = None) -> "StorageConfig":
-        return cls(endpoint_url=endpoint_url or os.environ.get("TRUFOR_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL"))
+    def from_env(cls, endpoint_url: str | None = None, anon: bool = False) -> "StorageConfig":
+        return cls(endpoint_url=endpoint_url or os.environ.get("TRUFOR_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL"),
+                   anon=anon)
 
     def options(self, protocol: str) -> dict:
         if protocol in ("s3", "s3a"):
@@ -61,6 +63,27 @@ def local_copy(uri: str, storage: StorageConfig) -> str:
     return local
 
 
+def local_uri(path: bytes | str) -> str:
+    """The uri of a local file: its path when the name is UTF-8, else a ``file://`` URI with the raw
+    bytes percent-encoded (RFC 8089), which round-trips to the file (``local_path``)."""
+    raw = os.fsencode(path)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "file://" + urllib.parse.quote(raw, safe="/")
+
+
+def local_path(uri: str) -> bytes | str:
+    """The path to open for a local uri (bytes when ``local_uri`` had to percent-encode it)."""
+    if uri.startswith("file://"):
+        raw = urllib.parse.unquote_to_bytes(uri[len("file://"):])
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return raw
+    return uri
+
+
 def is_remote(uri: str) -> bool:
     return "://" in uri and not uri.startswith("file://")
 
@@ -73,3 +96,12 @@ def redact(text: str) -> str:
         if val and len(val) >= 4:
             text = text.replace(val, "***")
     return text
+
+
+_ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def one_line(text: str, limit: int = 1000) -> str:
+    """A message fit for a row or a log line: no ANSI codes, no line breaks, at most ``limit`` characters."""
+    text = " ".join(_ANSI_RE.sub("", text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"

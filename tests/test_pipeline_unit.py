@@ -182,7 +182,9 @@ def test_good_file_row_has_hash_and_exif(tmp_path):
     p.write_bytes(data)
     batch = load_batch({"uri": np.array([str(p), str(p) + ".txt"], dtype=object),
                         "size_bytes": np.array([len(data), np.nan]), "etag_or_mtime": np.array(["e1", None], dtype=object),
-                        "skip_reason": np.array([None, "skipped: .txt"], dtype=object)}, ST, 10**8, 29)
+                        "skip_reason": np.array([None, "skipped: .txt"], dtype=object),
+                        "error": np.array([None, None], dtype=object), "error_kind": np.array([None, None], dtype=object)},
+                       ST, 10**8, 29)
     assert batch["status"] == ["ok", "skipped"]
     assert batch["sha256"][0] == hashlib.sha256(data).hexdigest()
     assert (batch["width"][0], batch["height"][0], batch["format"][0]) == (72, 48, "JPEG")
@@ -280,11 +282,22 @@ def results_dir(tmp_path):
     rows.append(ScanRow(uri="img4.jpg", status="ok", score=0.99, run_id="r", scanned_at=dt.datetime(2026, 11, 20, tzinfo=dt.timezone.utc)))
     rows.append(ScanRow(uri="img4.jpg", status="error", error="cannot decode", run_id="r2",
                         scanned_at=dt.datetime(2026, 11, 21, 5, tzinfo=dt.timezone.utc)))
-    for date, sel in (("2026-11-20", [0, 1, 4, 6]), ("2026-11-21", [2, 3, 5, 7])):
-        d = tmp_path / "results" / f"scan_date={date}"
-        d.mkdir(parents=True)
-        pq.write_table(rows_to_table([rows[i] for i in sel]), d / "part-0.parquet")
+    for run, date, sel in (("r", "2026-11-20", [0, 1, 4, 6]), ("r2", "2026-11-21", [2, 3, 5, 7])):
+        write_parts(tmp_path, run, date, [rows_to_table([rows[i] for i in sel])])
     return str(tmp_path)
+
+
+def write_parts(output, run_id: str, date: str, tables: list, state: str = "complete"):
+    """Commit ``tables`` as one run's parts, through the scan's own writer."""
+    from pipeline.output import ResultWriter, RunManifest
+
+    w = ResultWriter(str(output), RunManifest(run_id=run_id, command="test", input="-", code_version="test"),
+                     date, StorageConfig(), rows_per_part=10**6, commit_every_s=3600)
+    for t in tables:
+        w.add(t)
+        w.commit()
+    w.close(state)
+    return w
 
 
 def test_query_and_top(results_dir):

@@ -3,6 +3,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# Torch-free facts, declared here so that code which only reads results (query, top) never imports torch.
+POOLED_FEATURE_NAMES = (
+    "conf_softmin", "conf_softmax", "conf_mean", "conf_msq",
+    "anom_softmin", "anom_softmax", "anom_mean", "anom_msq",
+)
+# Pillow decoders we allow; everything else is refused before any decoder runs.
+ALLOWED_FORMATS = ("JPEG", "MPO", "PNG", "TIFF", "BMP", "WEBP", "GIF")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif")
+DEFAULT_MAX_PIXELS = 100_000_000
+
 
 @dataclass(frozen=True)
 class TruForConfig:

@@ -11,10 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-# Pillow decoders we allow; everything else is refused before any decoder runs.
-ALLOWED_FORMATS = ("JPEG", "MPO", "PNG", "TIFF", "BMP", "WEBP", "GIF")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif")
-DEFAULT_MAX_PIXELS = 100_000_000
+from .config import ALLOWED_FORMATS, DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS  # noqa: F401 - re-exported
 
 # Modes whose convert("RGB") is lossy in a way that changes the result silently (16-bit clips to
 # white, float TIFFs turn black): refused rather than guessed.

@@ -5,10 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-POOLED_FEATURE_NAMES = (
-    "conf_softmin", "conf_softmax", "conf_mean", "conf_msq",
-    "anom_softmin", "anom_softmax", "anom_mean", "anom_msq",
-)
+from .config import POOLED_FEATURE_NAMES  # noqa: F401 - re-exported: the pooled features' order
 
 
 def weighted_statistics_pooling(x: torch.Tensor, log_w: torch.Tensor | None = None) -> torch.Tensor:

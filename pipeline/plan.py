@@ -1,0 +1,86 @@
+"""What a run scans: the listing spooled to local Parquet, then (for a sweep) anti-joined in DuckDB
+with the committed results, so that neither the listing nor the history is ever held in memory.
+
+A sweep skips a listed uri whose latest committed row (view ``latest``) is for the same version of
+the file (same size and etag/mtime, where the listing knows them) and is one of:
+
+- ``ok`` (with ``--rescore``: only when scored with the current weights and Noiseprint++);
+- ``skipped`` (not an image extension);
+- ``error`` of kind ``input`` (the file's own fault: final for this version of the file).
+
+Everything else is scanned: new uris, changed files, and ``transient`` errors (I/O, timeouts,
+object store, inference, rows lost in the pipeline), which is how a sweep completes a killed run.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import duckdb
+import numpy as np
+import pyarrow.parquet as pq
+
+from .dedup import HashSet, known_hashes_sql
+from .listing import LISTING_SCHEMA, iter_listing, listing_batches
+from .output import RUNS_DIR
+from .query import LATEST_SQL, results_dataset
+from .storage import StorageConfig
+
+
+@dataclass
+class Plan:
+    listed: int
+    to_scan: int
+    path: str  # local Parquet file of the listed files to scan (LISTING_SCHEMA), sorted by uri
+    known_hashes: list[np.ndarray] = field(default_factory=list)  # HashSet chunks (sweep only)
+
+
+_DONE = """
+    last.uri IS NOT NULL
+    AND (l.size_bytes IS NULL OR last.size_bytes IS NOT DISTINCT FROM l.size_bytes)
+    AND (l.etag_or_mtime IS NULL OR last.etag_or_mtime IS NOT DISTINCT FROM l.etag_or_mtime)
+    AND (last.status = 'skipped'
+         OR (last.status = 'error' AND last.error_kind = 'input')
+         OR (last.status = 'ok' AND (NOT $rescore OR (last.weights_sha256 = $weights
+                                     AND last.noiseprint_sha256 IS NOT DISTINCT FROM $noiseprint))))"""
+
+
+def _sql_str(path: str) -> str:
+    """A local path of ours as an SQL string literal (DDL and COPY take no bound parameters)."""
+    return "'" + path.replace("'", "''") + "'"
+
+
+def plan_run(spec: str, output: str, storage: StorageConfig, workdir: str, *, incremental: bool, rescore: bool,
+             max_bytes: int | None, weights_sha256: str, noiseprint_sha256: str | None) -> Plan:
+    """List ``spec`` and decide what to scan; the files go under ``workdir`` (a local temporary folder)."""
+    listing_path, todo_path = os.path.join(workdir, "listing.parquet"), os.path.join(workdir, "to_scan.parquet")
+    listed = 0
+    with pq.ParquetWriter(listing_path, LISTING_SCHEMA) as w:
+        for batch in listing_batches(iter_listing(spec, storage, max_bytes)):
+            w.write_batch(batch)
+            listed += batch.num_rows
+    con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False,
+                                 "temp_directory": os.path.join(workdir, "duckdb.tmp")})
+    try:
+        # One row per uri even when a manifest names a file twice.
+        con.execute(f"CREATE VIEW listing AS SELECT * FROM read_parquet({_sql_str(listing_path)}) "
+                    "QUALIFY row_number() OVER (PARTITION BY uri) = 1")
+        fs, root = storage.filesystem(output.rstrip("/"))
+        history = incremental and fs.isdir(f"{root}/{RUNS_DIR}")
+        params: dict = {}
+        if history:
+            con.register("results", results_dataset(output, storage))
+            con.execute(f"CREATE VIEW latest AS {LATEST_SQL}")
+            query = f"SELECT l.* FROM listing l LEFT JOIN latest last ON l.uri = last.uri WHERE NOT ({_DONE})"
+            params = {"rescore": rescore, "weights": weights_sha256, "noiseprint": noiseprint_sha256}
+        else:
+            query = "SELECT * FROM listing"
+        con.execute(f"COPY ({query} ORDER BY uri) TO {_sql_str(todo_path)} (FORMAT parquet)", params)
+        chunks = []
+        if history:
+            reader = con.sql(known_hashes_sql(), params=[weights_sha256, noiseprint_sha256]).to_arrow_reader(1 << 16)
+            chunks = HashSet.chunks_from_hex(reader)
+    finally:
+        con.close()
+    return Plan(listed=listed, to_scan=pq.ParquetFile(todo_path).metadata.num_rows, path=todo_path,
+                known_hashes=chunks)

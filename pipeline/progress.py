@@ -1,0 +1,21 @@
+"""The one progress display of long runs (scan, sweep, predict): tqdm, with a line per slow image."""
+from __future__ import annotations
+
+import sys
+
+from tqdm import tqdm
+
+SLOW_IMAGE_S = 60.0  # an image that took longer than this gets its own line
+
+
+def progress(total: int, desc: str, every_s: float = 10.0, stream=sys.stderr) -> tqdm:
+    """A live bar on a terminal; off a terminal (logs, CI), a plain line at most every ``every_s`` seconds."""
+    tty = stream.isatty()
+    return tqdm(total=total, desc=desc, unit="img", file=stream, mininterval=0.5 if tty else every_s,
+                ascii=not tty, dynamic_ncols=tty, smoothing=0.1)
+
+
+def note_slow(bar: tqdm, what: str, seconds: float | None) -> None:
+    """A line above the bar for an image that took minutes, so a slow image is visible while it runs."""
+    if seconds is not None and seconds >= SLOW_IMAGE_S:
+        bar.write(f"{what}: {seconds:.0f} s for one image", file=bar.fp)
