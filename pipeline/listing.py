@@ -84,10 +84,12 @@ def _entry(uri: str, st: os.stat_result | None, max_bytes: int | None, error: st
 
 
 def _walk_local(root: bytes, max_bytes: int | None) -> Iterator[ListedFile]:
-    """Depth-first, names sorted bytewise; directory symlinks followed unless they loop."""
-    seen_dirs: dict[tuple[int, int], bytes] = {}
+    """Depth-first, names sorted bytewise. Real directories first; then directory symlinks, each
+    followed unless it points back to one of its ancestors (a loop: error row) or to a directory
+    already listed (skipped row naming the first path), so a file has one uri whatever links exist."""
     st = os.stat(root)
-    seen_dirs[(st.st_dev, st.st_ino)] = root
+    seen_dirs: dict[tuple[int, int], bytes] = {(st.st_dev, st.st_ino): root}
+    links: list[tuple[bytes, tuple[int, int], frozenset]] = []
 
     def walk(d: bytes, ancestors: frozenset) -> Iterator[ListedFile]:
         try:
@@ -98,32 +100,38 @@ def _walk_local(root: bytes, max_bytes: int | None) -> Iterator[ListedFile]:
             return
         for e in entries:
             path = e.path
-            uri = local_uri(path)
             try:
                 lst = e.stat(follow_symlinks=False)
                 st = os.stat(path) if stat.S_ISLNK(lst.st_mode) else lst
             except OSError as err:
                 if err.errno in (errno.ELOOP, errno.ENOENT):
-                    yield ListedFile(uri, error="symlink loop: the link never resolves to a file" if err.errno == errno.ELOOP
-                                     else "broken symlink: its target does not exist")
+                    yield ListedFile(local_uri(path), error="symlink loop: the link never resolves to a file"
+                                     if err.errno == errno.ELOOP else "broken symlink: its target does not exist")
                 else:
-                    yield ListedFile(uri, error=f"cannot stat: {err.strerror}", error_kind=ERROR_TRANSIENT)
+                    yield ListedFile(local_uri(path), error=f"cannot stat: {err.strerror}", error_kind=ERROR_TRANSIENT)
                 continue
             if stat.S_ISDIR(st.st_mode):
                 key = (st.st_dev, st.st_ino)
-                if key in ancestors:
-                    yield _entry(uri, None, max_bytes,
-                                 f"symlink loop: points back to its ancestor directory {local_uri(seen_dirs[key])}")
-                elif key in seen_dirs:
-                    yield ListedFile(uri, skip_reason=f"skipped: a link to a directory already listed as "
-                                                      f"{local_uri(seen_dirs[key])}")
-                else:
+                if stat.S_ISLNK(lst.st_mode):
+                    links.append((path, key, ancestors))
+                elif key not in seen_dirs:  # (a bind mount seen twice is listed once)
                     seen_dirs[key] = path
                     yield from walk(path, ancestors | {key})
                 continue
-            yield _entry(uri, st, max_bytes)
+            yield _entry(local_uri(path), st, max_bytes)
 
-    yield from walk(root, frozenset({(st.st_dev, st.st_ino)}))
+    yield from walk(root, frozenset(seen_dirs))
+    while links:
+        path, key, ancestors = links.pop(0)
+        if key in ancestors:
+            yield ListedFile(local_uri(path), error=f"symlink loop: points back to its ancestor directory "
+                                                    f"{local_uri(seen_dirs[key])}")
+        elif key in seen_dirs:
+            yield ListedFile(local_uri(path), skip_reason=f"skipped: a link to a directory already listed as "
+                                                          f"{local_uri(seen_dirs[key])}")
+        else:
+            seen_dirs[key] = path
+            yield from walk(path, ancestors | {key})
 
 
 def _s3_pages(spec: str, storage: StorageConfig, max_bytes: int | None) -> Iterator[ListedFile]:

@@ -80,3 +80,20 @@ def moto_endpoint():
     server.start()
     yield f"http://127.0.0.1:{port}"
     server.stop()
+
+
+def kill_ray_processes(ray_tmp: str) -> None:
+    """SIGKILL every process of one Ray instance (they carry its temp dir on their command line):
+    what a machine that dies does to them, and the clean-up after a test that killed a driver."""
+    import signal
+
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if ray_tmp in cmd and int(pid) != os.getpid():
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except OSError:
+                pass

@@ -39,7 +39,7 @@ def test_predict_reproduces_fixtures_and_reports_bad_files(image_dir, synth_ckpt
     rc = main(["predict", "--checkpoint", str(synth_ckpt), "--input", str(image_dir), "--output", str(out),
                "--save-np"])
     err = capsys.readouterr().err
-    assert rc == 1  # failures make the exit status non-zero
+    assert rc == 3  # finished, with failures: the exit status says so (README "Exit status")
     assert "2 errors" in err and "broken.jpg" in err and "empty.png" in err
     assert "skipped (not an image extension)" in err and "notes.txt" in err
     assert "UNTRAINED" in err
@@ -81,10 +81,52 @@ def test_output_naming_mirrors_official(tmp_path):
     assert output_path(str(tmp_path / "a"), "out", str(f)) == os.path.join("out", "b", "x.png.npz")
     assert output_path(str(tmp_path / "a") + "/**/*.png", "out", str(f)) == os.path.join("out", "b", "x.png.npz")
     assert output_path(str(f), "single.npz", str(f)) == "single.npz"
-    images, others = list_inputs(str(tmp_path / "a"))
-    assert images == [str(f)] and others == []
+    images, others, refused = list_inputs(str(tmp_path / "a"))
+    assert images == [str(f)] and others == [] and refused == []
     with pytest.raises(FileNotFoundError, match="neither"):
         list_inputs(str(tmp_path / "missing"))
+    # A 250-character name (+ ".npz" is over 255 bytes once the official suffix is added to a longer
+    # one): shortened with a hash, distinct for two names sharing their first 240 characters.
+    long_a, long_b = "a" * 240 + "-one.png", "a" * 240 + "-two.png"
+    outs = {output_path(str(tmp_path), "out", os.path.join(str(tmp_path), n)) for n in (long_a, long_b)}
+    assert len(outs) == 2 and all(len(os.path.basename(o).encode()) <= 255 and o.endswith(".npz") for o in outs)
+
+
+def test_predict_lists_like_scan_and_survives_hostile_names(synth_ckpt, tmp_path, capsys):
+    """`predict` walks a directory with the scan's walker: a symlink loop is one refused entry (the
+    recursive glob it replaced turned 22 files into 2,463 inputs), a FIFO is never opened, names
+    of 250 characters and names that are not UTF-8 are scored and written."""
+    d = tmp_path / "in"
+    (d / "sub").mkdir(parents=True)
+    img = _png(64, 64)
+    (d / ("n" * 246 + ".png")).write_bytes(img)
+    (d / "sub" / "ok.png").write_bytes(img)
+    os.symlink("..", d / "sub" / "loop")
+    os.mkfifo(d / "pipe.png")
+    raw = os.fsencode(str(d)) + b"/caf\xe9.png"  # Latin-1 name: not UTF-8
+    with open(raw, "wb") as f:
+        f.write(img)
+    images, others, refused = list_inputs(str(d))
+    assert len(images) == 3 and others == []
+    assert sorted((os.path.basename(p), m.split(":")[0]) for p, m in refused) == [
+        ("loop", "symlink loop"), ("pipe.png", "not a regular file")]
+    out = tmp_path / "out"
+    rc = main(["predict", "--checkpoint", str(synth_ckpt), "--input", str(d), "--output", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 3 and "3 written" in err and "2 errors" in err, err
+    written = sorted(os.listdir(os.fsencode(str(out))) + [os.path.join(b"sub", n) for n in os.listdir(os.fsencode(str(out / "sub")))])
+    assert b"caf\xe9.png.npz" in written and b"sub/ok.png.npz" in written
+    assert any(len(n) <= 255 and n.startswith(b"nnnn") for n in written)
+
+
+def _png(h: int, w: int) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def test_predict_missing_weights_is_a_clear_error(tmp_path, monkeypatch, capsys):

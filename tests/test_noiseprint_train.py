@@ -17,6 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import kill_ray_processes
 from jobs.camera_corpus import make_camera_corpus
 from jobs.noiseprint_data import (EVAL_HISTORIES, HISTORIES, RESIZE_FACTORS, TRAIN_HISTORIES, BatchLayout,
                                   Corpus, CorpusReport, apply_history, load_corpus, sample_batch, sample_patch)
@@ -267,20 +268,6 @@ def _run_cli(args: list[str], ray_tmp: str, extra_env: dict | None = None, **kw)
                             start_new_session=True, **kw)
 
 
-def _kill_ray(ray_tmp: str) -> None:
-    """End every Ray process of one run (they carry its temp dir on their command line)."""
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-        except OSError:
-            continue
-        if ray_tmp in cmd:
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-            except OSError:
-                pass
-
-
 @pytest.mark.slow
 def test_train_two_workers_export_and_eval(shared, corpus_dir, tmp_path):
     from conftest import NOISEPRINT
@@ -295,7 +282,7 @@ def test_train_two_workers_export_and_eval(shared, corpus_dir, tmp_path):
                       *TRAIN_ARGS], ray_tmp, cwd=tmp_path)
         log, _ = p.communicate(timeout=600)
     finally:
-        _kill_ray(ray_tmp)
+        kill_ray_processes(ray_tmp)
     assert p.returncode == 0, log[-4000:]
     summary = json.loads(log[log.rindex("\n{") + 1:])
     assert summary["steps"] == 8 and summary["workers"] == 2
@@ -364,7 +351,7 @@ def test_train_from_and_to_object_storage(shared, corpus_dir, moto_endpoint, tmp
                       *TRAIN_ARGS], ray_tmp, {"AWS_ACCESS_KEY_ID": S3_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET})
         log, _ = p.communicate(timeout=600)
     finally:
-        _kill_ray(ray_tmp)
+        kill_ray_processes(ray_tmp)
     assert p.returncode == 0, log[-4000:]
     assert S3_SECRET not in log
     summary = json.loads(log[log.rindex("\n{") + 1:])
@@ -401,13 +388,13 @@ def test_killed_run_resumes_from_its_checkpoint(shared, corpus_dir, tmp_path):
         os.killpg(p.pid, signal.SIGKILL)  # the driver dies mid-run
         p.wait()
     finally:
-        _kill_ray(ray_tmp)
+        kill_ray_processes(ray_tmp)
     ray_tmp2 = _ray_tmp()
     try:
         p2 = _run_cli([*args, "--resume"], ray_tmp2)
         log, _ = p2.communicate(timeout=600)
     finally:
-        _kill_ray(ray_tmp2)
+        kill_ray_processes(ray_tmp2)
     assert p2.returncode == 0, log[-4000:]
     resumed = [int(line.rsplit("step ", 1)[1]) for line in log.splitlines() if "resumed from the checkpoint at step" in line]
     assert resumed and resumed[0] >= 2 and resumed[0] % 2 == 0

@@ -224,8 +224,9 @@ def test_scan_command_line(shared, synth_ckpt, tmp_path):
     p = subprocess.run([exe, "scan", str(root), "--output", str(tmp_path / "out"), "--no-download",
                         "--run-id", "cli1", "--progress-every", "1"], capture_output=True, text=True, env=env,
                        timeout=600)
-    assert p.returncode == 0, p.stderr[-3000:]
-    assert "listed 2, scanned 2 (1 ok, 1 errors), skipped 0" in p.stderr and "scan: 2/2 images" in p.stderr
+    assert p.returncode == 3, p.stderr[-3000:]  # finished, every input has its row, one is an error row
+    assert "listed 2, scanned 2 (1 ok, 1 errors, 0 copies of bytes already scored), skipped 0" in p.stderr
+    assert "scan: 100%" in p.stderr and "2/2" in p.stderr and "run:     " + str(tmp_path / "out" / "_runs" / "cli1.json") in p.stderr
     q = subprocess.run([exe, "query", str(tmp_path / "out"), "SELECT uri, status, error FROM results ORDER BY uri",
                         "--format", "csv"], capture_output=True, text=True, timeout=120)
     assert q.returncode == 0, q.stderr

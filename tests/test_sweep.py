@@ -1,0 +1,271 @@
+"""Integration tier: nightly sweeps (real Ray, real model, real S3 endpoint) and the faults they must survive.
+
+Each test ends with the invariant the users judge us on: every input exactly once in ``latest``,
+and no row lost or duplicated in ``results``.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import S3_KEY, S3_SECRET, kill_ray_processes
+from pipeline.output import read_manifests
+from pipeline.query import run_sql
+from pipeline.scan import RAY_ENV_DEFAULTS, ScanConfig, run_scan
+from pipeline.standin import STAND_IN_MODEL, StandInPredictor, slow_standin
+from pipeline.storage import StorageConfig
+
+pytestmark = pytest.mark.slow
+QUIET = {"log": lambda m: None}
+
+
+def _png(seed: int, h: int = 64, w: int = 96) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _ray_tmp() -> str:
+    return tempfile.mkdtemp(prefix="tfs", dir="/tmp")  # Ray's socket paths must stay short
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """One local Ray for the module's in-process runs (run_scan reuses a running Ray)."""
+    for k, v in RAY_ENV_DEFAULTS.items():
+        os.environ.setdefault(k, v)
+    # Workers take object-store credentials from the standard chain: the environment Ray starts them with.
+    os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"] = S3_KEY, S3_SECRET
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=2, object_store_memory=300 * 2**20, include_dashboard=False, log_to_driver=False,
+             _temp_dir=_ray_tmp())
+    yield ray
+    ray.shutdown()
+
+
+def _once_each(out: str, n: int, storage: StorageConfig | None = None) -> None:
+    """Every input exactly once in `latest`, and every committed row distinct per (uri, run)."""
+    assert run_sql(out, "SELECT count(*), count(DISTINCT uri) FROM latest", storage=storage)[1] == [(n, n)]
+    dup = run_sql(out, "SELECT uri, run_id, count(*) FROM results GROUP BY ALL HAVING count(*) > 1", storage=storage)[1]
+    assert dup == [], dup
+
+
+def _other_weights(src: Path, dst: Path) -> Path:
+    """A second, different checkpoint (one weight changed): a new model generation."""
+    import torch
+
+    ckpt = torch.load(src, weights_only=True)
+    sd = ckpt["state_dict"] if "state_dict" in ckpt else ckpt
+    k = next(k for k in sd if k.endswith("weight") and sd[k].is_floating_point())
+    sd[k] = sd[k] * 1.01
+    torch.save(ckpt, dst)
+    return dst
+
+
+_KILLED_DRIVER = """
+import sys
+from pipeline.scan import ScanConfig, run_scan
+from pipeline.standin import slow_standin
+
+run_scan(ScanConfig(input=sys.argv[1], output=sys.argv[2], checkpoint=sys.argv[3], incremental=True, batch_size=1,
+                    rows_per_part=3, commit_every_s=0.5, allow_download=False, ray_temp_dir=sys.argv[4],
+                    object_store_bytes=200 * 2**20), predictor_cls=slow_standin(0.25))
+"""
+
+
+def test_driver_killed_then_sweep_completes_exactly_once(synth_ckpt, tmp_path):
+    """SIGKILL of the driver (and of its whole local Ray: the machine is gone) mid-run; the next
+    sweep scans exactly what was not committed."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    arc, out = tmp_path / "arc", str(tmp_path / "out")
+    arc.mkdir()
+    for i in range(30):
+        (arc / f"img{i:02d}.png").write_bytes(_png(100 + i, 32, 32))
+    ray_tmp = _ray_tmp()
+    env = dict(os.environ, **RAY_ENV_DEFAULTS)
+    p = subprocess.Popen([sys.executable, "-c", _KILLED_DRIVER, str(arc), out, str(synth_ckpt), ray_tmp],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and p.poll() is None:
+            runs = list(Path(out, "_runs").glob("*.json")) if Path(out, "_runs").is_dir() else []
+            if runs and len(json.loads(runs[0].read_text())["parts"]) >= 2:
+                break
+            time.sleep(0.1)
+        assert p.poll() is None, "the run ended before it could be killed: " + p.stdout.read().decode()[-2000:]
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait(timeout=30)
+    finally:
+        kill_ray_processes(ray_tmp)
+    killed = read_manifests(out)[0]
+    committed = killed.counts["rows"]
+    assert killed.state == "running" and 6 <= committed < 30, killed  # killed mid-run, parts kept
+    s = run_scan(ScanConfig(input=str(arc), output=out, checkpoint=str(synth_ckpt), incremental=True,
+                            allow_download=False, ray_temp_dir=_ray_tmp(), object_store_bytes=200 * 2**20),
+                 predictor_cls=StandInPredictor, **QUIET)
+    assert s.to_scan == 30 - committed and s.ok == 30 - committed
+    _once_each(out, 30)
+    assert run_sql(out, "SELECT count(*) FROM results")[1] == [(30,)]  # not one row twice
+    assert run_sql(out, "SELECT DISTINCT model_name FROM results")[1] == [(STAND_IN_MODEL,)]
+
+
+def test_sweep_scans_only_what_is_new(ray_local, synth_ckpt, tmp_path):
+    """Nothing new scans nothing; 3 added/changed files scan exactly 3; copies are scored once and
+    recorded with dedup_of; new weights rescore only with --rescore, both generations kept."""
+    arc, out = tmp_path / "arc", str(tmp_path / "out")
+    (arc / "sub").mkdir(parents=True)
+    for i in range(3):
+        (arc / f"g{i}.png").write_bytes(_png(i))
+    (arc / "sub" / "repost_of_g0.png").write_bytes(_png(0))
+    (arc / "text.jpg").write_text("not a JPEG")
+    cfg = ScanConfig(input=str(arc), output=out, checkpoint=str(synth_ckpt), incremental=True, allow_download=False,
+                     batch_size=2)
+    s1 = run_scan(cfg, **QUIET)
+    assert (s1.listed, s1.to_scan, s1.ok, s1.errors, s1.dedup) == (5, 5, 4, 1, 1)
+    rows = dict(run_sql(out, "SELECT uri, dedup_of FROM results WHERE dedup_of IS NOT NULL")[1])
+    assert rows == {str(arc / "sub" / "repost_of_g0.png"): str(arc / "g0.png")}
+    same = run_sql(out, "SELECT count(DISTINCT score), count(DISTINCT map_uri), count(*) FROM results "
+                        "WHERE sha256 = (SELECT sha256 FROM results WHERE uri = ?)", [str(arc / "g0.png")])[1]
+    assert same == [(1, 1, 2)]  # the repost carries the original's score and map
+    assert run_sql(out, "SELECT error_kind FROM results WHERE status = 'error'")[1] == [("input",)]
+
+    s2 = run_scan(cfg, **QUIET)
+    assert (s2.to_scan, s2.scanned) == (0, 0) and "nothing new" in s2.text()
+    assert run_sql(out, "SELECT count(*) FROM results")[1] == [(5,)]
+
+    (arc / "new.png").write_bytes(_png(10))
+    (arc / "sub" / "copy_of_g1.png").write_bytes(_png(1))
+    time.sleep(0.01)
+    (arc / "g2.png").write_bytes(_png(20))  # changed in place: a new version of the same uri
+    s3 = run_scan(cfg, **QUIET)
+    assert (s3.listed, s3.to_scan, s3.ok, s3.dedup) == (7, 3, 3, 1)
+    _once_each(out, 7)
+    g2 = run_sql(out, "SELECT count(DISTINCT sha256) FROM results WHERE uri = ?", [str(arc / "g2.png")])[1]
+    assert g2 == [(2,)]
+
+    cfg2 = ScanConfig(**{**cfg.__dict__, "checkpoint": str(_other_weights(synth_ckpt, tmp_path / "gen2.pth.tar"))})
+    assert run_scan(cfg2, **QUIET).to_scan == 0  # other weights alone do not rescan
+    s5 = run_scan(ScanConfig(**{**cfg2.__dict__, "rescore": True}), **QUIET)
+    assert (s5.to_scan, s5.ok, s5.dedup) == (6, 6, 2)  # every ok uri; the two copies are not rescored
+    gens = run_sql(out, "SELECT weights_sha256, count(*) FROM results WHERE status = 'ok' GROUP BY 1 ORDER BY 2")[1]
+    assert [n for _, n in gens] == [6, 7] and len({w for w, _ in gens}) == 2  # both generations queryable
+    latest = run_sql(out, "SELECT DISTINCT weights_sha256 FROM latest WHERE status = 'ok'")[1]
+    assert latest == [(s5_weights := read_manifests(out)[-1].weights_sha256,)] and s5_weights == gens[0][0]
+    _once_each(out, 7)
+
+
+class _Moto:
+    """A moto S3 server that can be stopped and started again on the same port (state kept in-process)."""
+
+    def __init__(self):
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.server = None
+
+    def start(self):
+        from moto.server import ThreadedMotoServer
+
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self.server.start()
+
+    def stop(self):
+        self.server.stop()
+
+
+def test_object_store_down_then_sweep_retries_exactly_those(ray_local, synth_ckpt, tmp_path):
+    """The S3 endpoint stops after the listing, for longer than the retries: the reads become
+    transient error rows that say so; once it is back, the next sweep scans exactly those files."""
+    import logging
+
+    import s3fs
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    moto = _Moto()
+    moto.start()
+    endpoint = f"http://127.0.0.1:{moto.port}"
+    fs = s3fs.S3FileSystem(key=S3_KEY, secret=S3_SECRET, endpoint_url=endpoint)
+    fs.mkdir("crawl")
+    for i in range(6):
+        fs.pipe(f"crawl/day1/img{i}.png", _png(200 + i, 32, 32))
+    out = str(tmp_path / "out")
+    cfg = ScanConfig(input="s3://crawl/day1", output=out, checkpoint=str(synth_ckpt), incremental=True,
+                     s3_endpoint=endpoint, read_timeout_s=8, allow_download=False)
+
+    def stop_after_listing(msg: str) -> None:
+        if "to scan" in msg:
+            moto.stop()
+
+    try:
+        s1 = run_scan(cfg, log=stop_after_listing, predictor_cls=StandInPredictor)
+        assert (s1.listed, s1.errors, s1.ok) == (6, 6, 0)
+        errs = run_sql(out, "SELECT DISTINCT error_kind, error FROM results")[1]
+        # Each says why: the store refused connections, or stayed away past the read timeout.
+        assert {k for k, _ in errs} == {"transient"} and all("\n" not in e for _, e in errs), errs
+        assert all("Could not connect to the endpoint" in e or "read timed out" in e for _, e in errs), errs
+        assert not any(S3_SECRET in e for _, e in errs)
+        moto.start()
+        fs.pipe("crawl/day1/img_new.png", _png(300, 32, 32))
+        s2 = run_scan(cfg, **QUIET, predictor_cls=StandInPredictor)
+        assert (s2.listed, s2.to_scan, s2.ok, s2.errors) == (7, 7, 7, 0)  # the 6 that failed + the new one
+        s3 = run_scan(cfg, **QUIET, predictor_cls=StandInPredictor)
+        assert s3.to_scan == 0
+    finally:
+        moto.stop()
+    _once_each(out, 7)
+    assert run_sql(out, "SELECT status, count(*) FROM latest GROUP BY 1")[1] == [("ok", 7)]
+
+
+def test_actor_killed_mid_run_loses_nothing(ray_local, synth_ckpt, tmp_path):
+    """SIGKILL of the predictor actor while it works: Ray restarts it and reruns its batch."""
+    import threading
+
+    arc, out = tmp_path / "arc", str(tmp_path / "out")
+    arc.mkdir()
+    for i in range(16):
+        (arc / f"img{i:02d}.png").write_bytes(_png(400 + i, 32, 32))
+    killed: list[int] = []
+
+    def killer():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not killed:
+            for pid in filter(str.isdigit, os.listdir("/proc")):
+                try:
+                    title = Path(f"/proc/{pid}/cmdline").read_bytes()
+                except OSError:
+                    continue
+                if title.startswith(b"ray::") and b"MapBatches(SlowStandIn)" in title:  # Ray names actor processes so
+                    time.sleep(1.0)  # let it take a few batches first
+                    os.kill(int(pid), signal.SIGKILL)
+                    killed.append(int(pid))
+                    return
+            time.sleep(0.2)
+
+    t = threading.Thread(target=killer, daemon=True)
+    t.start()
+    s = run_scan(ScanConfig(input=str(arc), output=out, checkpoint=str(synth_ckpt), batch_size=1,
+                            allow_download=False), predictor_cls=slow_standin(0.25), **QUIET)
+    t.join()
+    assert killed, "the actor was never found to kill"
+    assert (s.ok, s.errors) == (16, 0)
+    _once_each(out, 16)
+    assert run_sql(out, "SELECT count(*) FROM results")[1] == [(16,)]
