@@ -1,12 +1,13 @@
 # Two commands do all the set-up on a fresh machine (see README):
-#   make scan INPUT=... OUTPUT=...   installs what is missing, then runs the main job (a scan)
+#   make scan [INPUT=... OUTPUT=...] installs what is missing, then runs the main job (a sweep) on
+#                                    INPUT, by default the embedded demo archive
 #   make test                        installs what is missing, then runs the test suite
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install scan predict test bench bench-scan bench-float
+.PHONY: install scan predict test bench bench-scan bench-float bench-sweep
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,9 +18,20 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-scan: $(STAMP)
-	@test -n "$(INPUT)" -a -n "$(OUTPUT)" || { echo "usage: make scan INPUT=<dir|s3://bucket/prefix|manifest> OUTPUT=<dir|s3://...>"; exit 2; }
-	$(BIN)/trufor-scan scan "$(INPUT)" --output "$(OUTPUT)" $(ARGS)
+# The embedded default: photographs from scikit-image plus a splice, a repost and bad files,
+# generated offline. The main job is the nightly command: run it twice and the second scans nothing.
+# Exit status 3 (finished, some error rows) is expected there (it holds a truncated file) and
+# passes; with your own INPUT, make reports it as the error it is.
+DEMO := out/demo-archive
+SCAN_INPUT := $(or $(INPUT),$(DEMO))
+
+$(DEMO)/.made: $(STAMP) jobs/demo_archive.py
+	$(BIN)/trufor-scan make-demo-archive --out $(DEMO)
+	touch $@
+
+scan: $(STAMP) $(if $(INPUT),,$(DEMO)/.made)
+	$(BIN)/trufor-scan sweep "$(SCAN_INPUT)" --output "$(or $(OUTPUT),out/scan)" $(ARGS) \
+	  $(if $(INPUT),,|| { rc=$$?; [ $$rc -eq 3 ] && echo "(demo: exit 3 as expected, its truncated file is an error row)"; })
 
 predict: $(STAMP)
 	@test -n "$(INPUT)" -a -n "$(OUTPUT)" || { echo "usage: make predict INPUT=<file|dir|glob> OUTPUT=<dir>"; exit 2; }
@@ -42,3 +54,6 @@ bench-scan: $(STAMP)
 
 bench-float: $(STAMP)
 	$(BIN)/python bench/float_agreement.py $(ARGS)
+
+bench-sweep: $(STAMP)
+	$(BIN)/python bench/bench_sweep.py $(ARGS)

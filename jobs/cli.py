@@ -90,6 +90,15 @@ def _cmd_make_camera_corpus(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_make_demo_archive(args: argparse.Namespace) -> int:
+    from .demo_archive import make_demo_archive
+
+    files = make_demo_archive(args.out)
+    print(f"wrote {len(files)} files to {args.out} (photographs, a splice, a repost, a truncated file, a text file)",
+          file=sys.stderr)
+    return 0
+
+
 def _cmd_weights_download(args: argparse.Namespace) -> int:
     from trufor_core.weights import download_weights
 
@@ -189,6 +198,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     mc.add_argument("--seed", type=int, default=0)
     mc.set_defaults(func=_cmd_make_camera_corpus)
 
+    dm = sub.add_parser("make-demo-archive", help="a small archive to try a scan on (the default input of `make scan`)")
+    dm.add_argument("--out", required=True)
+    dm.set_defaults(func=_cmd_make_demo_archive)
+
     w = sub.add_parser("weights", help="get, synthesize or inspect weights").add_subparsers(dest="weights_cmd", required=True)
     d = w.add_parser("download", help="fetch the official weights (MD5-checked) and show the licence")
     d.add_argument("--dir", help=f"destination directory (default: {cache_dir()})")
@@ -221,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 COMMANDS = ("predict", "scan", "sweep", "query", "top", "train-noiseprint", "eval-noiseprint", "make-camera-corpus",
-            "weights")
+            "make-demo-archive", "weights")
 
 
 if __name__ == "__main__":

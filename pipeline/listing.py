@@ -80,7 +80,7 @@ def _entry(uri: str, st: os.stat_result | None, max_bytes: int | None, error: st
     if not stat.S_ISREG(st.st_mode):
         return ListedFile(uri, error=special_file_error(st.st_mode))
     skip = classify(uri)
-    return ListedFile(uri, st.st_size, f"{st.st_mtime_ns}", skip, None if skip else too_big(st.st_size, max_bytes))
+    return ListedFile(uri, st.st_size, local_version_tag(st), skip, None if skip else too_big(st.st_size, max_bytes))
 
 
 def _walk_local(root: bytes, max_bytes: int | None) -> Iterator[ListedFile]:
@@ -155,7 +155,13 @@ def _s3_pages(spec: str, storage: StorageConfig, max_bytes: int | None) -> Itera
                              None if skip else too_big(obj["Size"], max_bytes))
 
 
-def _version_tag(info: dict) -> str | None:
+def local_version_tag(st: os.stat_result) -> str:
+    """The version of a local file: its modification time in ns (with its size, what a sweep compares)."""
+    return f"{st.st_mtime_ns}"
+
+
+def version_tag(info: dict) -> str | None:
+    """The version of an object from its fsspec info: the ETag, else the modification time."""
     for k in ("ETag", "etag"):
         if info.get(k):
             return str(info[k]).strip('"')
@@ -234,7 +240,7 @@ def iter_listing(spec: str, storage: StorageConfig, max_bytes: int | None = None
         info = fs.info(path)
         uri = fs.unstrip_protocol(path)
         skip = classify(uri)
-        yield ListedFile(uri, info.get("size"), _version_tag(info), skip, None if skip else too_big(info.get("size"), max_bytes))
+        yield ListedFile(uri, info.get("size"), version_tag(info), skip, None if skip else too_big(info.get("size"), max_bytes))
         return
     if spec.split("://", 1)[0] in ("s3", "s3a"):
         first = True
@@ -249,7 +255,7 @@ def iter_listing(spec: str, storage: StorageConfig, max_bytes: int | None = None
             if info.get("type") != "directory":
                 uri = fs.unstrip_protocol(p)
                 skip = classify(uri)
-                yield ListedFile(uri, info.get("size"), _version_tag(info), skip,
+                yield ListedFile(uri, info.get("size"), version_tag(info), skip,
                                  None if skip else too_big(info.get("size"), max_bytes))
         return
     raise FileNotFoundError(f"scan input {spec!r} is neither a file, a directory nor a prefix with objects")

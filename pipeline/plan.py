@@ -27,6 +27,11 @@ from .query import LATEST_SQL, results_dataset
 from .storage import StorageConfig
 
 
+# DuckDB spills the listing's sort and the anti-join to disk beyond this, so the driver's memory
+# stays bounded whatever the size of the listing and of the history (BENCHMARKS.md, "Sweeps at scale").
+PLAN_MEMORY_LIMIT = "256MB"
+
+
 @dataclass
 class Plan:
     listed: int
@@ -60,7 +65,8 @@ def plan_run(spec: str, output: str, storage: StorageConfig, workdir: str, *, in
             w.write_batch(batch)
             listed += batch.num_rows
     con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False,
-                                 "temp_directory": os.path.join(workdir, "duckdb.tmp")})
+                                 "temp_directory": os.path.join(workdir, "duckdb.tmp"),
+                                 "memory_limit": PLAN_MEMORY_LIMIT, "preserve_insertion_order": False})
     try:
         # One row per uri even when a manifest names a file twice.
         con.execute(f"CREATE VIEW listing AS SELECT * FROM read_parquet({_sql_str(listing_path)}) "

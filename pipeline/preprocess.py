@@ -11,7 +11,7 @@ import numpy as np
 
 from trufor_core.image import ImageDecodeError, decode_image
 
-from .listing import special_file_error, too_big
+from .listing import local_version_tag, special_file_error, too_big, version_tag
 from .schema import ERROR_INPUT, ERROR_TRANSIENT, STATUS_ERROR, STATUS_OK, STATUS_SKIPPED, coerce, py_value
 from .storage import StorageConfig, is_remote, local_path, one_line, redact
 
@@ -33,7 +33,7 @@ def _read_local(path, max_bytes: int | None) -> tuple[bytes, str]:
     if (msg := too_big(st.st_size, max_bytes)):
         raise ReadError(msg)
     with open(path, "rb") as f:
-        return _read_capped(f, max_bytes), f"{st.st_mtime_ns}"
+        return _read_capped(f, max_bytes), local_version_tag(st)
 
 
 def _read_remote(uri: str, storage: StorageConfig, max_bytes: int | None) -> tuple[bytes, str | None]:
@@ -43,8 +43,7 @@ def _read_remote(uri: str, storage: StorageConfig, max_bytes: int | None) -> tup
         raise ReadError(msg)
     with fs.open(path, "rb") as f:
         data = _read_capped(f, max_bytes)
-    tag = info.get("ETag") or info.get("mtime") or info.get("LastModified")
-    return data, (str(tag).strip('"') if tag else None)
+    return data, version_tag(info)
 
 
 def _read_capped(f, max_bytes: int | None) -> bytes:

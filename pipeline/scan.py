@@ -232,6 +232,14 @@ def _lost_rows(plan: Plan, writer: ResultWriter, held: set[str], run_id: str, re
         con.close()
 
 
+def _failure_summary(e: BaseException) -> str:
+    """Ray's errors carry whole tracebacks: their first line (what failed) and last (the exception)."""
+    lines = [ln.strip() for ln in redact(str(e)).splitlines() if ln.strip()]
+    if not lines:
+        return type(e).__name__
+    return lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"
+
+
 def run_scan(cfg: ScanConfig, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
              predictor_cls=TruForPredictor) -> ScanSummary:
     """Score every image under ``cfg.input`` (``scan``), or only what OUTPUT has not scored (``sweep``,
@@ -301,8 +309,8 @@ def run_scan(cfg: ScanConfig, log: Callable[[str], None] = lambda m: print(m, fi
                     ray.shutdown()
         # Every planned file is accounted for: anything the pipeline lost gets a transient error row.
         writer.commit()
-        reason = one_line(f"{command} {run_id} failed in the Ray pipeline: {redact(str(failure))}") if failure \
-            else "no result came back from the pipeline for this file"
+        reason = one_line(f"{command} {run_id} failed in the Ray pipeline: {_failure_summary(failure)}") \
+            if failure else "no result came back from the pipeline for this file"
         held = {r["uri"] for r in resolver.held} if resolver is not None else set()
         for lost in _lost_rows(plan, writer, held, run_id, reason):
             writer.add(lost)

@@ -153,11 +153,13 @@ def test_scan_local_folder_and_query(ray_env, reference_scores, synth_ckpt, tmp_
     assert len(rows) == 3 and rows[0][1] >= rows[1][1] >= rows[2][1]
     assert all(r[4].endswith(".npz") and r[5].endswith(".png") for r in rows)
     assert all(r[8] is True for r in rows)  # weights_untrained shown next to every candidate
-    # The README's plain-DuckDB query (no project code) reads the same dataset.
+    # The README's plain-DuckDB query (no project code, parts from the run manifests) reads the same rows.
     import duckdb
 
-    plain = duckdb.sql(f"""SELECT uri, score, frac_anom_conf, map_uri, preview_uri
-        FROM read_parquet('{out}/results/*/*.parquet', hive_partitioning = true)
+    plain = duckdb.sql(f"""SET VARIABLE parts = (SELECT list('{out}/' || p.path)
+                      FROM (SELECT unnest(parts) AS p FROM read_json('{out}/_runs/*.json')));
+        SELECT uri, score, frac_anom_conf, map_uri, preview_uri
+        FROM read_parquet(getvariable('parts'), hive_partitioning = true)
         WHERE status = 'ok' AND score >= 0.0 ORDER BY score DESC, uri LIMIT 50""").fetchall()
     assert [r[0] for r in plain[:3]] == [r[0] for r in rows] and len(plain) == 7
 

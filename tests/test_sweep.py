@@ -269,3 +269,34 @@ def test_actor_killed_mid_run_loses_nothing(ray_local, synth_ckpt, tmp_path):
     assert (s.ok, s.errors) == (16, 0)
     _once_each(out, 16)
     assert run_sql(out, "SELECT count(*) FROM results")[1] == [(16,)]
+
+
+def _broken_init(self, cfg, known_hashes=None):
+    raise RuntimeError("GPU fell off the bus")
+
+
+def test_pipeline_failure_records_every_row_then_exits_1(ray_local, synth_ckpt, tmp_path):
+    """The pipeline itself fails (every actor dies on start): each planned file still gets a row,
+    a transient error naming the failure; the run is marked failed and raises RunFailed (exit 1)."""
+    from pipeline.output import RunFailed
+
+    arc, out = tmp_path / "arc", str(tmp_path / "out")
+    arc.mkdir()
+    for i in range(5):
+        (arc / f"img{i}.png").write_bytes(_png(500 + i, 32, 32))
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this module
+    broken = type("BrokenPredictor", (StandInPredictor,), {"__init__": _broken_init})
+    with pytest.raises(RunFailed, match="failed in the Ray pipeline: .*GPU fell off the bus") as e:
+        run_scan(ScanConfig(input=str(arc), output=out, checkpoint=str(synth_ckpt), incremental=True,
+                            allow_download=False), predictor_cls=broken, **QUIET)
+    assert "\n" not in str(e.value)
+    rows = run_sql(out, "SELECT status, error_kind, count(*) FROM results GROUP BY ALL")[1]
+    assert rows == [("error", "transient", 5)]
+    m = read_manifests(out)[0]
+    assert m.state == "failed" and "GPU fell off the bus" in m.error
+    s = run_scan(ScanConfig(input=str(arc), output=out, checkpoint=str(synth_ckpt), incremental=True,
+                            allow_download=False), predictor_cls=StandInPredictor, **QUIET)
+    assert (s.to_scan, s.ok) == (5, 5)  # the next sweep retries exactly those
+    _once_each(out, 5)
