@@ -87,13 +87,9 @@ run_scan(ScanConfig(input=sys.argv[1], output=sys.argv[2], checkpoint=sys.argv[3
 """
 
 
-def test_driver_killed_then_sweep_completes_exactly_once(synth_ckpt, tmp_path):
+def test_driver_killed_then_sweep_completes_exactly_once(ray_local, synth_ckpt, tmp_path):
     """SIGKILL of the driver (and of its whole local Ray: the machine is gone) mid-run; the next
     sweep scans exactly what was not committed."""
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
     arc, out = tmp_path / "arc", str(tmp_path / "out")
     arc.mkdir()
     for i in range(30):
@@ -118,8 +114,7 @@ def test_driver_killed_then_sweep_completes_exactly_once(synth_ckpt, tmp_path):
     committed = killed.counts["rows"]
     assert killed.state == "running" and 6 <= committed < 30, killed  # killed mid-run, parts kept
     s = run_scan(ScanConfig(input=str(arc), output=out, checkpoint=str(synth_ckpt), incremental=True,
-                            allow_download=False, ray_temp_dir=_ray_tmp(), object_store_bytes=200 * 2**20),
-                 predictor_cls=StandInPredictor, **QUIET)
+                            allow_download=False), predictor_cls=StandInPredictor, **QUIET)
     assert s.to_scan == 30 - committed and s.ok == 30 - committed
     _once_each(out, 30)
     assert run_sql(out, "SELECT count(*) FROM results")[1] == [(30,)]  # not one row twice
@@ -135,40 +130,51 @@ def test_sweep_scans_only_what_is_new(ray_local, synth_ckpt, tmp_path):
         (arc / f"g{i}.png").write_bytes(_png(i))
     (arc / "sub" / "repost_of_g0.png").write_bytes(_png(0))
     (arc / "text.jpg").write_text("not a JPEG")
+    # The issue's hostile probes, through the whole pipeline: a FIFO (the scan used to hang), a
+    # symlink loop, and a name that is not UTF-8 (it used to cost every row of the scan).
+    os.mkfifo(arc / "pipe.jpg")
+    os.symlink("..", arc / "sub" / "loop")
+    with open(os.fsencode(str(arc)) + b"/caf\xe9.png", "wb") as f:
+        f.write(_png(30))
     cfg = ScanConfig(input=str(arc), output=out, checkpoint=str(synth_ckpt), incremental=True, allow_download=False,
                      batch_size=2)
     s1 = run_scan(cfg, **QUIET)
-    assert (s1.listed, s1.to_scan, s1.ok, s1.errors, s1.dedup) == (5, 5, 4, 1, 1)
+    assert (s1.listed, s1.to_scan, s1.ok, s1.errors, s1.dedup) == (8, 8, 5, 3, 1)
     rows = dict(run_sql(out, "SELECT uri, dedup_of FROM results WHERE dedup_of IS NOT NULL")[1])
     assert rows == {str(arc / "sub" / "repost_of_g0.png"): str(arc / "g0.png")}
+    errs = dict(run_sql(out, "SELECT uri, error FROM results WHERE status = 'error'")[1])
+    assert errs[str(arc / "pipe.jpg")].startswith("not a regular file: a named pipe")
+    assert errs[str(arc / "sub" / "loop")].startswith("symlink loop")
+    latin = run_sql(out, "SELECT uri, status FROM results WHERE uri LIKE 'file://%'")[1]
+    assert latin == [(f"file://{arc}/caf%E9.png", "ok")]
     same = run_sql(out, "SELECT count(DISTINCT score), count(DISTINCT map_uri), count(*) FROM results "
                         "WHERE sha256 = (SELECT sha256 FROM results WHERE uri = ?)", [str(arc / "g0.png")])[1]
     assert same == [(1, 1, 2)]  # the repost carries the original's score and map
-    assert run_sql(out, "SELECT error_kind FROM results WHERE status = 'error'")[1] == [("input",)]
+    assert run_sql(out, "SELECT DISTINCT error_kind FROM results WHERE status = 'error'")[1] == [("input",)]
 
     s2 = run_scan(cfg, **QUIET)
     assert (s2.to_scan, s2.scanned) == (0, 0) and "nothing new" in s2.text()
-    assert run_sql(out, "SELECT count(*) FROM results")[1] == [(5,)]
+    assert run_sql(out, "SELECT count(*) FROM results")[1] == [(8,)]
 
     (arc / "new.png").write_bytes(_png(10))
     (arc / "sub" / "copy_of_g1.png").write_bytes(_png(1))
     time.sleep(0.01)
     (arc / "g2.png").write_bytes(_png(20))  # changed in place: a new version of the same uri
     s3 = run_scan(cfg, **QUIET)
-    assert (s3.listed, s3.to_scan, s3.ok, s3.dedup) == (7, 3, 3, 1)
-    _once_each(out, 7)
+    assert (s3.listed, s3.to_scan, s3.ok, s3.dedup) == (10, 3, 3, 1)
+    _once_each(out, 10)
     g2 = run_sql(out, "SELECT count(DISTINCT sha256) FROM results WHERE uri = ?", [str(arc / "g2.png")])[1]
     assert g2 == [(2,)]
 
     cfg2 = ScanConfig(**{**cfg.__dict__, "checkpoint": str(_other_weights(synth_ckpt, tmp_path / "gen2.pth.tar"))})
     assert run_scan(cfg2, **QUIET).to_scan == 0  # other weights alone do not rescan
     s5 = run_scan(ScanConfig(**{**cfg2.__dict__, "rescore": True}), **QUIET)
-    assert (s5.to_scan, s5.ok, s5.dedup) == (6, 6, 2)  # every ok uri; the two copies are not rescored
+    assert (s5.to_scan, s5.ok, s5.dedup) == (7, 7, 2)  # every ok uri; the two copies are not rescored
     gens = run_sql(out, "SELECT weights_sha256, count(*) FROM results WHERE status = 'ok' GROUP BY 1 ORDER BY 2")[1]
-    assert [n for _, n in gens] == [6, 7] and len({w for w, _ in gens}) == 2  # both generations queryable
+    assert [n for _, n in gens] == [7, 8] and len({w for w, _ in gens}) == 2  # both generations queryable
     latest = run_sql(out, "SELECT DISTINCT weights_sha256 FROM latest WHERE status = 'ok'")[1]
     assert latest == [(s5_weights := read_manifests(out)[-1].weights_sha256,)] and s5_weights == gens[0][0]
-    _once_each(out, 7)
+    _once_each(out, 10)
 
 
 class _Moto:
@@ -209,7 +215,7 @@ def test_object_store_down_then_sweep_retries_exactly_those(ray_local, synth_ckp
         fs.pipe(f"crawl/day1/img{i}.png", _png(200 + i, 32, 32))
     out = str(tmp_path / "out")
     cfg = ScanConfig(input="s3://crawl/day1", output=out, checkpoint=str(synth_ckpt), incremental=True,
-                     s3_endpoint=endpoint, read_timeout_s=8, allow_download=False)
+                     s3_endpoint=endpoint, read_timeout_s=3, allow_download=False)
 
     def stop_after_listing(msg: str) -> None:
         if "to scan" in msg:
@@ -296,7 +302,4 @@ def test_pipeline_failure_records_every_row_then_exits_1(ray_local, synth_ckpt, 
     assert rows == [("error", "transient", 5)]
     m = read_manifests(out)[0]
     assert m.state == "failed" and "GPU fell off the bus" in m.error
-    s = run_scan(ScanConfig(input=str(arc), output=out, checkpoint=str(synth_ckpt), incremental=True,
-                            allow_download=False), predictor_cls=StandInPredictor, **QUIET)
-    assert (s.to_scan, s.ok) == (5, 5)  # the next sweep retries exactly those
-    _once_each(out, 5)
+    # (that the next sweep retries exactly such rows: test_object_store_down_then_sweep_retries_exactly_those)
