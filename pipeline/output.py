@@ -93,6 +93,10 @@ class ResultWriter:
         self.rows_per_part, self.commit_every_s = rows_per_part, commit_every_s
         self.fs, self.root = storage.filesystem(self.output)
         self.part_dir = f"{RESULTS_DIR}/{PARTITION_COLUMN}={scan_date}"
+        if self.fs.exists(f"{self.root}/{RUNS_DIR}/{manifest.run_id}.json"):
+            # Its part names would collide with (and replace) the committed parts of that run.
+            raise ValueError(f"run id {manifest.run_id!r} already exists in {self.output}/{RUNS_DIR}/: choose another "
+                             f"--run-id (or none: one is made from the time)")
         self.fs.makedirs(f"{self.root}/{self.part_dir}", exist_ok=True)
         self.fs.makedirs(f"{self.root}/{RUNS_DIR}", exist_ok=True)
         self.pending: list[pa.Table] = []

@@ -171,6 +171,8 @@ def test_writer_commits_by_rows_and_by_time(tmp_path):
     w.add(_rows(1, "time", 101))  # the interval has passed: both rows are committed now
     assert read_manifests(str(tmp_path))[1].parts[0]["rows"] == 2
     assert not [p for p in (tmp_path / "results" / "scan_date=2026-11-23").iterdir() if p.name.startswith(".")]
+    with pytest.raises(ValueError, match="run id 'rows' already exists"):  # it would replace that run's parts
+        _writer(tmp_path, "rows")
 
 
 def test_readers_see_only_committed_parts(tmp_path):
