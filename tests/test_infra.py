@@ -28,8 +28,8 @@ def test_rayjob_manifest():
     doc = yaml.safe_load((INFRA / "kuberay" / "rayjob-scan.yaml").read_text())
     assert doc["apiVersion"] == "ray.io/v1" and doc["kind"] == "RayJob"
     args = _parse_command(doc["spec"]["entrypoint"])
-    assert args.command == "scan" and args.input.startswith("s3://") and args.output.startswith("s3://")
-    assert args.gpus_per_actor == 1 and args.no_download
+    assert args.command == "sweep" and args.input.startswith("s3://") and args.output.startswith("s3://")
+    assert args.gpus_per_actor == 1 and args.allow_download is False
     spec = doc["spec"]["rayClusterSpec"]
     gpu_groups = [g for g in spec["workerGroupSpecs"]
                   if g["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu")]

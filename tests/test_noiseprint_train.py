@@ -334,51 +334,33 @@ def test_train_two_workers_export_and_eval(shared, corpus_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_train_from_and_to_object_storage(shared, corpus_dir, moto_endpoint, tmp_path):
+def test_killed_run_resumes_from_its_checkpoint_on_object_storage(shared, corpus_dir, moto_endpoint):
+    """Corpus, starting weights, checkpoints and export all on the (local) S3 endpoint; the driver is
+    killed mid-run and `--resume` continues from the last checkpoint in the bucket.
+
+    (One test for both: each training run costs a Ray start and a model, and the suite's budget is 15 min.)
+    """
     import s3fs
 
     from conftest import NOISEPRINT, S3_KEY, S3_SECRET
 
-    fs = s3fs.S3FileSystem(key=S3_KEY, secret=S3_SECRET, endpoint_url=moto_endpoint)
+    fs = s3fs.S3FileSystem(key=S3_KEY, secret=S3_SECRET, endpoint_url=moto_endpoint, skip_instance_cache=True)
     fs.mkdir("train-bucket")
     fs.put(str(corpus_dir) + "/", "train-bucket/corpus/", recursive=True)
     fs.put(str(NOISEPRINT), "train-bucket/weights/noiseprint++.th")
-    ray_tmp = _ray_tmp()
-    try:
-        p = _run_cli(["train-noiseprint", "--corpus", "s3://train-bucket/corpus", "--output", "s3://train-bucket/runs",
-                      "--init", "s3://train-bucket/weights/noiseprint++.th", "--steps", "2", "--checkpoint-every", "1",
-                      "--s3-endpoint", moto_endpoint,
-                      *TRAIN_ARGS], ray_tmp, {"AWS_ACCESS_KEY_ID": S3_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET})
-        log, _ = p.communicate(timeout=600)
-    finally:
-        kill_ray_processes(ray_tmp)
-    assert p.returncode == 0, log[-4000:]
-    assert S3_SECRET not in log
-    summary = json.loads(log[log.rindex("\n{") + 1:])
-    run = summary["run"]
-    assert summary["export"] == f"s3://train-bucket/runs/{run}/noiseprint++.th"
-    assert fs.cat_file("train-bucket/runs/LATEST_RUN").decode() == run
-    assert fs.exists(f"train-bucket/runs/{run}/noiseprint++.th") and fs.exists(f"train-bucket/runs/{run}/summary.json")
-    assert fs.glob(f"train-bucket/runs/{run}/checkpoint_*/state.pt")  # Ray Train's checkpoints, in the bucket
-    ev = summary["evaluation"]  # held-out images and the starting weights read from the bucket too
-    assert ev["held_out_images"] == 9 and ev["baseline_path"] == "s3://train-bucket/weights/noiseprint++.th"
-    assert ev["baseline"] is not None and ev["weights"] != ev["baseline"]
-
-
-@pytest.mark.slow
-def test_killed_run_resumes_from_its_checkpoint(shared, corpus_dir, tmp_path):
-    out = tmp_path / "run"
+    creds = {"AWS_ACCESS_KEY_ID": S3_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET}
     # With a weight average and a cosine schedule: both must carry over the kill.
-    args = ["train-noiseprint", "--corpus", str(corpus_dir), "--output", str(out), "--init", "scratch",
-            "--steps", "12", "--checkpoint-every", "2", "--ema-decay", "0.5", "--lr-schedule", "cosine",
-            *TRAIN_ARGS]
+    args = ["train-noiseprint", "--corpus", "s3://train-bucket/corpus", "--output", "s3://train-bucket/runs",
+            "--init", "s3://train-bucket/weights/noiseprint++.th", "--steps", "12", "--checkpoint-every", "2",
+            "--ema-decay", "0.5", "--lr-schedule", "cosine", "--s3-endpoint", moto_endpoint,
+            "--no-match-scale", *TRAIN_ARGS]  # (export = the average exactly; the rescaling has its own test)
     ray_tmp = _ray_tmp()
-    p = _run_cli(args, ray_tmp)
+    p = _run_cli(args, ray_tmp, creds)
     try:
         deadline = time.time() + 400
         while time.time() < deadline:
-            ckpts = list(out.glob("*/checkpoint_*"))
-            if len(ckpts) >= 2:  # at least step 4 is safely on disk
+            fs.invalidate_cache()
+            if len(fs.glob("train-bucket/runs/*/checkpoint_*/state.pt")) >= 2:  # step 4 is safely stored
                 break
             if p.poll() is not None:
                 pytest.fail("the run ended before it could be killed: " + p.stdout.read()[-3000:])
@@ -391,24 +373,32 @@ def test_killed_run_resumes_from_its_checkpoint(shared, corpus_dir, tmp_path):
         kill_ray_processes(ray_tmp)
     ray_tmp2 = _ray_tmp()
     try:
-        p2 = _run_cli([*args, "--resume"], ray_tmp2)
+        p2 = _run_cli([*args, "--resume"], ray_tmp2, creds)
         log, _ = p2.communicate(timeout=600)
     finally:
         kill_ray_processes(ray_tmp2)
     assert p2.returncode == 0, log[-4000:]
+    assert S3_SECRET not in log
     resumed = [int(line.rsplit("step ", 1)[1]) for line in log.splitlines() if "resumed from the checkpoint at step" in line]
     assert resumed and resumed[0] >= 2 and resumed[0] % 2 == 0
     summary = json.loads(log[log.rindex("\n{") + 1:])
-    assert summary["steps"] == 12
-    assert (out / "LATEST_RUN").read_text().strip() == summary["run"]
+    run = summary["run"]
+    assert summary["steps"] == 12 and summary["export"] == f"s3://train-bucket/runs/{run}/noiseprint++.th"
+    fs.invalidate_cache()
+    assert fs.cat_file("train-bucket/runs/LATEST_RUN").decode().strip() == run
+    assert fs.exists(f"train-bucket/runs/{run}/summary.json")
     assert [pt["step"] for pt in summary["loss_curve"]] == list(range(1, 13))  # every step once, curve kept
     steps_after = [int(line.split("step ", 1)[1].split("/", 1)[0]) for line in log.splitlines()
                    if "[train-noiseprint] step " in line]
     assert min(steps_after) == resumed[0] + 1  # the resumed run did not redo finished steps
-    # The export is the weight average of the last checkpoint, not its last-step weights.
-    last = max(out.glob(f"{summary['run']}/checkpoint_*/state.pt"), key=lambda f: f.parent.name)
-    state = torch.load(last, map_location="cpu", weights_only=True)
-    exported = torch.load(summary["export"], map_location="cpu", weights_only=True)["network"]
+    ev = summary["evaluation"]  # held-out images and the starting weights read from the bucket too
+    assert ev["held_out_images"] == 9 and ev["baseline_path"] == "s3://train-bucket/weights/noiseprint++.th"
+    assert ev["baseline"] is not None and ev["weights"] != ev["baseline"]
+    # The export is the weight average of the last checkpoint (in the bucket), not its last-step weights.
+    last = max(fs.glob(f"train-bucket/runs/{run}/checkpoint_*/state.pt"), key=lambda f: f.split("/")[-2])
+    state = torch.load(io.BytesIO(fs.cat_file(last)), map_location="cpu", weights_only=True)
+    exported = torch.load(io.BytesIO(fs.cat_file(f"train-bucket/runs/{run}/noiseprint++.th")), map_location="cpu",
+                          weights_only=True)["network"]
     assert state["step"] == 12 and state["average"] is not None
     assert all(torch.equal(exported[k], v.contiguous()) for k, v in state["average"].items())
     assert not torch.equal(exported["0.weight"], state["model"]["0.weight"].contiguous())
