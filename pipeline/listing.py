@@ -136,14 +136,16 @@ def _walk_local(root: bytes, max_bytes: int | None) -> Iterator[ListedFile]:
 
 def _s3_pages(spec: str, storage: StorageConfig, max_bytes: int | None) -> Iterator[ListedFile]:
     """Every object under an s3:// prefix, one ListObjectsV2 page at a time (key order)."""
-    import boto3
+    # botocore (which s3fs already brings, through aiobotocore) rather than boto3: same client,
+    # same credential chain, one dependency fewer to resolve against aiobotocore's botocore pin.
+    import botocore.session
     from botocore import UNSIGNED
     from botocore.config import Config
 
     bucket, _, prefix = spec.split("://", 1)[1].partition("/")
     prefix = prefix.rstrip("/") + "/" if prefix.strip("/") else ""
-    client = boto3.client("s3", endpoint_url=storage.endpoint_url,
-                          config=Config(signature_version=UNSIGNED) if storage.anon else None)
+    client = botocore.session.get_session().create_client(
+        "s3", endpoint_url=storage.endpoint_url, config=Config(signature_version=UNSIGNED) if storage.anon else None)
     scheme = spec.split("://", 1)[0]
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for obj in page.get("Contents", []):
