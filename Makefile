@@ -25,11 +25,11 @@ install: $(STAMP)
 DEMO := out/demo-archive
 SCAN_INPUT := $(or $(INPUT),$(DEMO))
 
-$(DEMO)/.made: $(STAMP) jobs/demo_archive.py
+out/.demo-archive.made: $(STAMP) jobs/demo_archive.py
 	$(BIN)/trufor-scan make-demo-archive --out $(DEMO)
 	touch $@
 
-scan: $(STAMP) $(if $(INPUT),,$(DEMO)/.made)
+scan: $(STAMP) $(if $(INPUT),,out/.demo-archive.made)
 	$(BIN)/trufor-scan sweep "$(SCAN_INPUT)" --output "$(or $(OUTPUT),out/scan)" $(ARGS) \
 	  $(if $(INPUT),,|| { rc=$$?; [ $$rc -eq 3 ] && echo "(demo: exit 3 as expected, its truncated file is an error row)"; })
 

@@ -32,7 +32,7 @@ from .preprocess import load_batch
 from .progress import note_slow, progress
 from .query import parts_dataset
 from .schema import ERROR_TRANSIENT, STATUS_ERROR, ScanRow, rows_to_table
-from .storage import StorageConfig, local_copy, one_line, redact
+from .storage import StorageConfig, is_remote, local_copy, one_line, redact
 
 DECODE_CPUS = 0.25  # per decode task: reading, hashing and decoding are light next to TruFor
 
@@ -259,7 +259,8 @@ def run_scan(cfg: ScanConfig, log: Callable[[str], None] = lambda m: print(m, fi
     command = "sweep" if cfg.incremental else "scan"
     run_id = cfg.run_id or dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
     storage = StorageConfig.from_env(cfg.s3_endpoint, cfg.anon)
-    out_root = cfg.output.rstrip("/")
+    # Local OUTPUT made absolute: map_uri/preview_uri in the rows then work from any directory.
+    out_root = cfg.output.rstrip("/") if is_remote(cfg.output) else os.path.abspath(cfg.output)
     summary = ScanSummary(run_id=run_id, command=command, results_uri=f"{out_root}/{RESULTS_DIR}",
                           maps_uri=f"{out_root}/maps", manifest_uri=f"{out_root}/{RUNS_DIR}/{run_id}.json")
 
