@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install scan predict test bench bench-scan bench-float bench-sweep
+.PHONY: install scan predict test bench bench-scan bench-float bench-sweep bench-precision
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -57,3 +57,6 @@ bench-float: $(STAMP)
 
 bench-sweep: $(STAMP)
 	$(BIN)/python bench/bench_sweep.py $(ARGS)
+
+bench-precision: $(STAMP)
+	$(BIN)/python bench/precision.py $(ARGS)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from trufor_core import EvalConfig, load_trufor
-from trufor_core.model import describe_device, resolve_device
+from trufor_core.model import PRECISION_HELP, PRECISIONS, autocast, describe_device, resolve_device
 from trufor_core.image import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, decode_rgb, to_model_input
 from trufor_core.weights import resolve_weights
 
@@ -44,6 +44,7 @@ class PredictConfig:
     variant: str = field(default="test_docker", metadata=opt(
         "train_test: confidence-head BN eps 1e-3 as in TruFor_train_test", choices=("test_docker", "train_test")))
     max_pixels: int = field(default=DEFAULT_MAX_PIXELS, metadata=opt("refuse images with more pixels"))
+    precision: str = field(default="fp32", metadata=opt(PRECISION_HELP, choices=tuple(PRECISIONS)))
     allow_download: bool = field(default=True, metadata=opt("fail instead of downloading missing weights",
                                                            flag="--no-download"))
 
@@ -143,7 +144,7 @@ def run_predict(cfg: PredictConfig, log=lambda m: print(m, file=sys.stderr)) -> 
         else:
             try:
                 rgb, _ = decode_rgb(path, cfg.max_pixels)
-                with torch.inference_mode():
+                with torch.inference_mode(), autocast(device, cfg.precision):
                     res = model(to_model_input(rgb).to(device), ev).results()[0]
                 fields = res.official_npz(save_np=cfg.save_np)
                 if info.untrained:

@@ -11,7 +11,7 @@ import pyarrow as pa
 import torch
 
 from trufor_core import EvalConfig, load_trufor
-from trufor_core.model import describe_device, resolve_device
+from trufor_core.model import autocast, describe_device, resolve_device
 
 from . import maps
 from .dedup import HashSet, pending_marker
@@ -40,6 +40,7 @@ class PredictorConfig:
         batch_max_pixels: most pixels in one forward; larger images go alone (bounded-memory path).
         torch_threads: intra-op threads (Ray gives workers OMP_NUM_THREADS=1).
         storage: object-store endpoint settings.
+        precision: "fp32" (default), "bf16" or "fp16" (autocast; ``trufor_core.model.autocast``).
         dedup: do not score bytes (sha256) already scored with these weights, in earlier runs
             (``known_hashes``) or earlier in this actor: such rows are marked ``dedup.pending`` and
             completed from the original's row on the driver (``pipeline.dedup.DedupResolver``).
@@ -56,6 +57,7 @@ class PredictorConfig:
     batch_max_pixels: int = 2_000_000
     torch_threads: int | None = None
     storage: StorageConfig = field(default_factory=StorageConfig)
+    precision: str = "fp32"
     dedup: bool = False
 
 
@@ -101,12 +103,13 @@ class TruForPredictor:
         return {"model_name": MODEL_NAME, "weights_sha256": self.info.sha256,
                 "noiseprint_sha256": self.info.noiseprint_sha256, "weights_untrained": self.info.untrained,
                 "code_version": self.cfg.code_version, "torch_version": torch.__version__,
-                "device": self.device_desc, "ray_node_id": self.node_id, "run_id": self.cfg.run_id}
+                "device": self.device_desc, "precision": self.cfg.precision, "ray_node_id": self.node_id,
+                "run_id": self.cfg.run_id}
 
     def _score(self, pixels: list[np.ndarray]) -> list[tuple]:
         """(result, stride-4 anomaly margin, stride-4 confidence logit) per image."""
         x = torch.from_numpy(np.stack(pixels).transpose(0, 3, 1, 2).copy()).to(self.device, self.model.dtype) / 256.0
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(self.device, self.cfg.precision):
             out = self.model(x, self.ev)
             margin = (out.anomaly_logits_lowres[:, 1] - out.anomaly_logits_lowres[:, 0]).cpu().numpy()
             conf = out.conf_logits_lowres[:, 0].cpu().numpy()

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from trufor_core.checkpoint import check_checkpoint, sha256_file
 from trufor_core.config import TruForConfig
 from trufor_core.image import DEFAULT_MAX_PIXELS
-from trufor_core.model import min_image_side
+from trufor_core.model import PRECISION_HELP, PRECISIONS, min_image_side
 from trufor_core.weights import resolve_weights
 
 from .dedup import DedupResolver
@@ -77,6 +77,7 @@ class ScanConfig:
     anon: bool = field(default=False, metadata=opt("unsigned object-store requests (public buckets)"))
     variant: str = field(default="test_docker", metadata=opt(
         "train_test: confidence-head BN eps 1e-3 as in TruFor_train_test", choices=("test_docker", "train_test")))
+    precision: str = field(default="fp32", metadata=opt(PRECISION_HELP, choices=tuple(PRECISIONS)))
     allow_download: bool = field(default=True, metadata=opt("fail instead of downloading missing weights",
                                                            flag="--no-download"))
     progress_every_s: float = field(default=10.0, metadata=opt("seconds between progress lines off a terminal",
@@ -289,7 +290,8 @@ def run_scan(cfg: ScanConfig, log: Callable[[str], None] = lambda m: print(m, fi
             pcfg = PredictorConfig(checkpoint=ckpt, maps_root=f"{out_root}/maps", run_id=run_id,
                                    code_version=manifest.code_version, noiseprint_weights=cfg.noiseprint_weights,
                                    variant=cfg.variant, batch_size=cfg.batch_size,
-                                   batch_max_pixels=cfg.batch_max_pixels, storage=storage, dedup=cfg.incremental)
+                                   batch_max_pixels=cfg.batch_max_pixels, storage=storage, dedup=cfg.incremental,
+                                   precision=cfg.precision)
             bar = progress(plan.to_scan, command, cfg.progress_every_s)
             started_ray = _init_ray(cfg)
             try:

@@ -33,7 +33,8 @@ class ScanRow:
     dedup_of: set when this file's bytes (sha256) had already been scored with the same weights: the
     uri of that row, whose outcome and map this row repeats (the file was not scored again).
     Run: model_name, weights_sha256, noiseprint_sha256 (when replaced), weights_untrained,
-    code_version, torch_version, device, ray_node_id, run_id, scanned_at, elapsed_ms.
+    code_version, torch_version, device, precision (fp32 / bf16 / fp16 autocast), ray_node_id, run_id,
+    scanned_at, elapsed_ms.
     """
 
     uri: str
@@ -74,6 +75,7 @@ class ScanRow:
     code_version: str | None = None
     torch_version: str | None = None
     device: str | None = None
+    precision: str | None = None
     ray_node_id: str | None = None
     run_id: str | None = None
     scanned_at: dt.datetime | None = None

@@ -301,3 +301,32 @@ def test_other_kernel_variables_change_float32_results():
            for name, env in (("own", base), ("other", {**base, **other}))}
     assert run["other"][0] == "DEFAULT" and run["own"][0] != "DEFAULT"
     assert run["other"][1] != run["own"][1]
+
+
+def test_reduced_precision_autocasts_the_network_but_not_the_pooling(tiny, monkeypatch):
+    """fp32 changes nothing (bitwise); bf16 runs the convolutions/matmuls in bf16 while the
+    upsampling, pooling and detection head stay float32; outputs are float32 either way."""
+    from trufor_core import pooling
+    from trufor_core.model import autocast
+
+    x = torch.rand(1, 3, 64, 80)
+    with torch.inference_mode():
+        ref = tiny(x)
+        with autocast("cpu", "fp32"):
+            same = tiny(x)
+    assert torch.equal(ref.det_logit, same.det_logit) and torch.equal(ref.anomaly_logits, same.anomaly_logits)
+    seen = []
+    real = pooling.weighted_statistics_pooling
+    monkeypatch.setattr(pooling, "weighted_statistics_pooling",
+                        lambda v, w=None: seen.append((v.dtype, None if w is None else w.dtype)) or real(v, w))
+    with torch.inference_mode(), autocast("cpu", "bf16"):
+        low = tiny(x)
+    assert seen == [(torch.float32, None), (torch.float32, torch.float32)]  # the pooling saw float32
+    for name in ("anomaly_logits", "conf_logits", "anomaly_logits_lowres", "pooled", "det_logit", "noiseprint"):
+        assert getattr(low, name).dtype == torch.float32, name
+    assert not torch.equal(low.anomaly_logits_lowres, ref.anomaly_logits_lowres)  # the network did run in bf16
+    assert torch.allclose(low.det_logit, ref.det_logit, atol=0.1)
+    r = low.results()[0]
+    assert r.anomaly_map.dtype == np.float32 and 0 <= r.score <= 1
+    with pytest.raises(ValueError, match="unknown precision 'fp8'"):
+        autocast("cpu", "fp8")

@@ -235,6 +235,7 @@ def test_predictor_hand_built_batch(shared, synth_ckpt, model, tmp_path):
     # The kernel family float32 rounding depends on, e.g. "cpu (AVX512, 2 threads)".
     assert rows[0].device.startswith(f"cpu ({torch.backends.cpu.get_cpu_capability()}, ")
     assert rows[0].device.endswith(", 2 threads)")
+    assert rows[0].precision == "fp32"  # the default: exact float32, recorded in every row
     with torch.inference_mode():
         ref = model(to_model_input(rgb)).results()[0]
     # The predictor batches two images (the reference runs one): float32 kernels may sum in another

@@ -1,6 +1,7 @@
 """TruFor: Noiseprint++ + dual MiT-B2 encoder + anomaly/confidence decoders + detection."""
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -13,6 +14,23 @@ from .encoder import DualMiT
 from .noiseprint import DnCNN
 from .pooling import confpool_features, detection_head
 from .result import TruForOutput
+
+# Reduced precision runs the encoder and the decoders' convolutions/matmuls under torch.autocast;
+# the upsampling of the logits, the confidence-weighted pooling (softmin/softmax over every pixel)
+# and the detection head always run in the model's dtype (see TruFor.decode). fp32 = no autocast.
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISION_HELP = ("fp32 (exact), or bf16/fp16: autocast the encoder and decoders, pooling and detection stay "
+                  "in the model dtype; measured deviations in README \"Reduced precision\"")
+
+
+def autocast(device: torch.device | str, precision: str = "fp32"):
+    """The context a forward runs in for ``precision`` (fp32: nothing changes)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; expected one of {sorted(PRECISIONS)}")
+    if PRECISIONS[precision] is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=PRECISIONS[precision])
+
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -103,17 +121,20 @@ class TruFor(nn.Module):
         std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
         rgb = (x - mean) / std
         feats = self.backbone(rgb, npp.expand(-1, 3, -1, -1), ev)
-        return npp[:, 0], feats
+        return npp[:, 0].to(x.dtype), feats  # (autocast: the noiseprint map is returned in the model dtype)
 
     def decode(self, npp: torch.Tensor, feats: list[torch.Tensor], ev: EvalConfig) -> TruForOutput:
         """Both decoders, full-resolution logits, pooling and detection."""
         size = tuple(npp.shape[-2:])
-        loc_low = self.decode_head(feats, ev)
-        conf_low = self.decode_head_conf(feats, ev)
-        loc = F.interpolate(loc_low, size=size, mode="bilinear", align_corners=False)
-        conf = F.interpolate(conf_low, size=size, mode="bilinear", align_corners=False)
-        pooled = confpool_features(loc, conf)
-        det = self.detection(pooled)[:, 0]
+        loc_low = self.decode_head(feats, ev).to(npp.dtype)
+        conf_low = self.decode_head_conf(feats, ev).to(npp.dtype)
+        # Whatever the precision: upsampling, the pooling over every pixel (softmin/softmax, where
+        # bf16's 8-bit mantissa would dominate the score) and the detection head in the model dtype.
+        with torch.autocast(device_type=npp.device.type, enabled=False):
+            loc = F.interpolate(loc_low, size=size, mode="bilinear", align_corners=False)
+            conf = F.interpolate(conf_low, size=size, mode="bilinear", align_corners=False)
+            pooled = confpool_features(loc, conf)
+            det = self.detection(pooled)[:, 0]
         return TruForOutput(anomaly_logits=loc, conf_logits=conf, anomaly_logits_lowres=loc_low,
                             conf_logits_lowres=conf_low, pooled=pooled, det_logit=det, noiseprint=npp)
 
