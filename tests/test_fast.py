@@ -304,8 +304,8 @@ def test_other_kernel_variables_change_float32_results():
 
 
 def test_reduced_precision_autocasts_the_network_but_not_the_pooling(tiny, monkeypatch):
-    """fp32 changes nothing (bitwise); bf16 runs the convolutions/matmuls in bf16 while the
-    upsampling, pooling and detection head stay float32; outputs are float32 either way."""
+    """fp32 changes nothing (bitwise); bf16 runs the SegFormer convolutions/matmuls in bf16 while
+    Noiseprint++, the upsampling, pooling and detection head stay float32; outputs are float32."""
     from trufor_core import pooling
     from trufor_core.model import autocast
 
@@ -325,6 +325,7 @@ def test_reduced_precision_autocasts_the_network_but_not_the_pooling(tiny, monke
     for name in ("anomaly_logits", "conf_logits", "anomaly_logits_lowres", "pooled", "det_logit", "noiseprint"):
         assert getattr(low, name).dtype == torch.float32, name
     assert not torch.equal(low.anomaly_logits_lowres, ref.anomaly_logits_lowres)  # the network did run in bf16
+    assert torch.equal(low.noiseprint, ref.noiseprint)  # ... but not the DnCNN
     assert torch.allclose(low.det_logit, ref.det_logit, atol=0.1)
     r = low.results()[0]
     assert r.anomaly_map.dtype == np.float32 and 0 <= r.score <= 1

@@ -15,12 +15,15 @@ from .noiseprint import DnCNN
 from .pooling import confpool_features, detection_head
 from .result import TruForOutput
 
-# Reduced precision runs the encoder and the decoders' convolutions/matmuls under torch.autocast;
-# the upsampling of the logits, the confidence-weighted pooling (softmin/softmax over every pixel)
-# and the detection head always run in the model's dtype (see TruFor.decode). fp32 = no autocast.
+# Reduced precision runs the SegFormer encoder and the decoders' convolutions/matmuls under
+# torch.autocast. Always in the model's dtype, because measurement says so (BENCHMARKS.md, "Reduced
+# precision"): the Noiseprint++ DnCNN (a faint residual through 17 layers: in bf16 the noiseprint
+# moved by up to 0.79 and the score by 0.149; kept in float32, 0 and 0.004), the upsampling of the
+# logits, the confidence-weighted pooling (softmin/softmax over every pixel) and the detection head.
+# fp32 = no autocast at all.
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-PRECISION_HELP = ("fp32 (exact), or bf16/fp16: autocast the encoder and decoders, pooling and detection stay "
-                  "in the model dtype; measured deviations in README \"Reduced precision\"")
+PRECISION_HELP = ("fp32 (exact), or bf16/fp16: autocast the SegFormer encoder and decoders (Noiseprint++, pooling "
+                  "and detection stay in the model dtype); measured deviations in README \"Reduced precision\"")
 
 
 def autocast(device: torch.device | str, precision: str = "fp32"):
@@ -114,14 +117,15 @@ class TruFor(nn.Module):
     def encode(self, x: torch.Tensor, ev: EvalConfig) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Noiseprint++ (B, H, W) and the four fused encoder features."""
         self.check_input(x)
-        npp = self.dncnn.forward_tiled(x, ev.dncnn_tile)  # (B, 1, H, W)
+        with torch.autocast(device_type=x.device.type, enabled=False):  # never reduced: see PRECISIONS
+            npp = self.dncnn.forward_tiled(x, ev.dncnn_tile)  # (B, 1, H, W)
         # Built in the input's dtype on every call: a float32 buffer upcast by .double() would keep
         # the float32 rounding of 0.485 etc. (up to 1.4e-6 on the features, far above float64 error).
         mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
         std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
         rgb = (x - mean) / std
         feats = self.backbone(rgb, npp.expand(-1, 3, -1, -1), ev)
-        return npp[:, 0].to(x.dtype), feats  # (autocast: the noiseprint map is returned in the model dtype)
+        return npp[:, 0], feats
 
     def decode(self, npp: torch.Tensor, feats: list[torch.Tensor], ev: EvalConfig) -> TruForOutput:
         """Both decoders, full-resolution logits, pooling and detection."""
