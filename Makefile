@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install scan predict test bench bench-scan bench-float bench-sweep bench-precision
+.PHONY: install scan predict test bench bench-scan bench-float bench-sweep bench-precision bench-gpu
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -60,3 +60,8 @@ bench-sweep: $(STAMP)
 
 bench-precision: $(STAMP)
 	$(BIN)/python bench/precision.py $(ARGS)
+
+# No install: GPU machines lent to us are bare (torch, numpy, Pillow, pyarrow only). Uses this
+# project's venv when there is one, else the machine's python3.
+bench-gpu:
+	PYTHONPATH=. $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON)) bench/bench_gpu.py $(ARGS)

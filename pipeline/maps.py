@@ -13,13 +13,15 @@ upsampling is linear, so the 2-class softmax only needs the margin). So a map is
 from __future__ import annotations
 
 import io
+import os
+import uuid
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .storage import StorageConfig
+from .storage import StorageConfig, is_remote
 
 MAP_CODEC = "npz-f16-stride4-logits+png-preview"
 
@@ -55,13 +57,27 @@ def map_path(maps_root: str, sha256: str, ext: str = "npz") -> str:
 
 def save(maps_root: str, sha256: str, margin_lowres: np.ndarray, conf_lowres: np.ndarray, size: tuple[int, int],
          storage: StorageConfig | None = None) -> str:
-    """Write the map (and its preview) once per distinct sha256; returns the map URI."""
+    """Write the map (and its preview) once per distinct sha256; returns the map URI.
+
+    Each file appears whole or not at all (local: a temporary name, then a rename; object storage:
+    an object appears when its upload completes), the preview first: the npz's presence means both
+    are complete, so an actor killed mid-write never leaves a map that a later scan would trust.
+    Local maps need only the standard library (the GPU benchmark runs where fsspec is absent).
+    """
     uri = map_path(maps_root, sha256)
+    if not is_remote(uri):
+        if not os.path.exists(uri):
+            npz, png = encode(margin_lowres, conf_lowres, size)
+            os.makedirs(os.path.dirname(uri), exist_ok=True)
+            for target, data in ((uri[:-3] + "png", png), (uri, npz)):
+                tmp = f"{os.path.dirname(target)}/.{os.path.basename(target)}.{uuid.uuid4().hex[:8]}.tmp"
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                os.replace(tmp, target)
+        return uri
     fs, path = (storage or StorageConfig()).filesystem(uri)
     if not fs.exists(path):
         npz, png = encode(margin_lowres, conf_lowres, size)
-        fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-        # The preview first: the npz's presence means both are complete.
         with fs.open(path[:-3] + "png", "wb") as f:
             f.write(png)
         with fs.open(path, "wb") as f:

@@ -7,7 +7,6 @@ import tempfile
 import urllib.parse
 from dataclasses import dataclass
 
-import fsspec
 
 _SECRET_RE = re.compile(r"(?i)(aws_secret_access_key|aws_access_key_id|secret|signature|credential|"
                         r"x-amz-[a-z-]+|token)=([^&\s]+)")
@@ -40,8 +39,10 @@ class StorageConfig:
             return opts
         return {}
 
-    def filesystem(self, uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
-        """(filesystem, path inside it) for a local path or a URI such as s3://bucket/key."""
+    def filesystem(self, uri: str):
+        """(fsspec filesystem, path inside it) for a local path or a URI such as s3://bucket/key."""
+        import fsspec  # here, not at import: the predictor runs without it on local paths
+
         protocol = uri.split("://", 1)[0] if "://" in uri else "file"
         return fsspec.core.url_to_fs(uri, **self.options(protocol))
 

@@ -1,0 +1,185 @@
+"""`make bench-gpu`: TruFor's speed per GPU, ready for the first GPU machine (no install needed).
+
+    PYTHONPATH=. python bench/bench_gpu.py [--sizes 0.5 1 3 12] [--precisions fp32 bf16 fp16] [--n 8]
+
+Runs with the repository on PYTHONPATH and only torch, numpy, Pillow and pyarrow (no Ray, DuckDB
+or fsspec), on generated JPEGs and the synthesized (untrained) checkpoint unless --checkpoint is
+given; speed does not depend on the weights' values. Per image size and precision it prints:
+
+- model: images/s of the forward alone (batch 1, inputs already on the GPU), the GPU busy share
+  (sum of CUDA-event times of the forwards / wall time) and the peak GPU memory;
+- official: the official script's loop on the same GPU and images, reimplemented as it runs
+  (decode, batch 1, fp32, cuDNN off as in trufor.yaml, maps copied back, .npz written), fp32 only;
+- predictor: ``pipeline.predictor.TruForPredictor`` fed as a scan actor is (decode, hashing in a
+  thread pool, batches of 4, maps written to a local folder), images/s.
+
+Ray's own cost per image is measured on the CPU (BENCHMARKS.md, "Sweeps at scale"); predictor
+images/s x that overhead ratio gives a scan's expected throughput on this GPU.
+Without CUDA it says so and exits 0; --cpu-dry-run runs every code path on the CPU at a tiny size
+(what the test suite does).
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+from PIL import Image
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from trufor_core import EvalConfig, load_trufor  # noqa: E402
+from trufor_core.checkpoint import write_synthetic_checkpoint  # noqa: E402
+from trufor_core.image import decode_rgb, to_model_input  # noqa: E402
+from trufor_core.model import PRECISIONS, autocast, describe_device  # noqa: E402
+
+
+def make_jpegs(mp: float, n: int, seed: int = 0) -> list[bytes]:
+    """n JPEGs of about ``mp`` megapixels (4:3), smooth content plus sensor-like noise."""
+    h = max(64, int(round((mp * 1e6 * 3 / 4) ** 0.5)))
+    w = h * 4 // 3
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    out = []
+    for i in range(n):
+        base = np.stack([np.sin(xx / (40 + 7 * i)) + np.cos(yy / (55 + 3 * c)) for c in range(3)], -1) * 60 + 128
+        img = np.clip(base + rng.normal(0, 6, base.shape), 0, 255).astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, format="JPEG", quality=90)
+        out.append(buf.getvalue())
+    return out
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def bench_model(model, jpegs, dev, precision) -> dict:
+    xs = [to_model_input(decode_rgb(j)[0]).to(dev) for j in jpegs]
+    ev = EvalConfig()
+    with torch.inference_mode(), autocast(dev, precision):
+        model(xs[0], ev)  # warm-up (cuDNN autotune, allocator)
+        _sync(dev)
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+        busy, t0 = 0.0, time.perf_counter()
+        for x in xs:
+            if dev.type == "cuda":
+                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                a.record()
+                model(x, ev).det_logit.cpu()
+                b.record()
+                b.synchronize()
+                busy += a.elapsed_time(b) / 1000
+            else:
+                model(x, ev).det_logit.cpu()
+        wall = time.perf_counter() - t0
+    return {"img_s": len(xs) / wall, "busy": busy / wall if dev.type == "cuda" else None,
+            "peak_gib": torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None}
+
+
+def bench_official(model, jpegs, dev) -> float:
+    """The official test script's loop: decode, batch 1, fp32, cuDNN off, maps to the host, .npz."""
+    cudnn = torch.backends.cudnn.enabled
+    torch.backends.cudnn.enabled = False
+    try:
+        t0 = time.perf_counter()
+        for j in jpegs:
+            rgb, _ = decode_rgb(j)
+            with torch.no_grad():
+                out = model(to_model_input(rgb).to(dev)).results()[0]
+            buf = io.BytesIO()
+            np.savez(buf, map=out.anomaly_map, conf=out.confidence_map, score=out.score,
+                     imgsize=np.asarray(out.anomaly_map.shape))
+        _sync(dev)
+        return len(jpegs) / (time.perf_counter() - t0)
+    finally:
+        torch.backends.cudnn.enabled = cudnn
+
+
+def bench_predictor(ckpt, jpegs, dev, precision, workdir) -> float:
+    """TruForPredictor as a scan actor runs it: decoded batches of 4 from a thread pool, maps written."""
+    from pipeline.predictor import PredictorConfig, TruForPredictor
+    from pipeline.preprocess import load_batch
+    from pipeline.storage import StorageConfig
+
+    files = []
+    for i, j in enumerate(jpegs):
+        path = os.path.join(workdir, f"in_{precision}_{i}.jpg")
+        with open(path, "wb") as f:
+            f.write(j + bytes([i % 251]))  # distinct bytes: each image scored and its map written
+        files.append(path)
+    pred = TruForPredictor(PredictorConfig(checkpoint=ckpt, maps_root=os.path.join(workdir, f"maps_{precision}"),
+                                           run_id="bench-gpu", code_version="bench", device=str(dev), batch_size=4,
+                                           precision=precision))
+    batches = [files[k:k + 4] for k in range(0, len(files), 4)]
+
+    def decode(paths):
+        n = len(paths)
+        return load_batch({"uri": np.array(paths, dtype=object), "size_bytes": np.full(n, None),
+                           "etag_or_mtime": np.full(n, None), "skip_reason": np.full(n, None),
+                           "error": np.full(n, None), "error_kind": np.full(n, None)},
+                          StorageConfig(), 10**9, 29)
+
+    pred(decode(batches[0]))  # warm-up
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(4) as pool:  # decode runs ahead of the model, as Ray's CPU stage does
+        ok = sum(t.column("status").to_pylist().count("ok") for t in map(pred, pool.map(decode, batches)))
+    _sync(dev)
+    rate = len(files) / (time.perf_counter() - t0)
+    if ok != len(files):
+        raise RuntimeError(f"predictor scored {ok} of {len(files)} images")
+    return rate
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=float, nargs="*", default=[0.5, 1, 3, 12], help="megapixels")
+    ap.add_argument("--precisions", nargs="*", default=list(PRECISIONS), choices=list(PRECISIONS))
+    ap.add_argument("--n", type=int, default=8, help="images per case")
+    ap.add_argument("--checkpoint", help="default: the synthesized fixture-recipe checkpoint (speed only)")
+    ap.add_argument("--cpu-dry-run", action="store_true", help="every code path on the CPU at 0.02 MP (tests)")
+    a = ap.parse_args(argv)
+    if a.cpu_dry_run:
+        dev, a.sizes, a.n = torch.device("cpu"), [0.02], 2
+    elif not torch.cuda.is_available():
+        print("bench-gpu: no CUDA device on this machine; nothing measured (run it on a GPU machine: "
+              "PYTHONPATH=. python bench/bench_gpu.py)")
+        return 0
+    else:
+        dev = torch.device("cuda:0")
+    with tempfile.TemporaryDirectory(prefix="bench-gpu-") as work:
+        ckpt = a.checkpoint or str(write_synthetic_checkpoint(os.path.join(work, "UNTRAINED.pth.tar")))
+        model, info = load_trufor(ckpt, device=dev)
+        print(f"bench-gpu: {describe_device(dev)}, torch {torch.__version__}, weights sha256 {info.sha256[:12]}"
+              f"{' (untrained: speed only)' if info.untrained else ''}, {a.n} images per case")
+        print(f"{'MP':>5s} {'HxW':>11s} {'prec':5s} {'model img/s':>11s} {'GPU busy':>8s} {'peak GiB':>8s} "
+              f"{'predictor img/s':>15s} {'official img/s':>14s} {'model/official':>14s}")
+        for mp in a.sizes:
+            jpegs = make_jpegs(mp, a.n)
+            with Image.open(io.BytesIO(jpegs[0])) as im:
+                hw = f"{im.height}x{im.width}"
+            official = bench_official(model, jpegs, dev)
+            for p in a.precisions:
+                if p == "fp16" and dev.type == "cpu":
+                    print(f"{mp:5.2f} {hw:>11s} {p:5s} (not on a CPU: no fast fp16 kernels)")
+                    continue
+                m = bench_model(model, jpegs, dev, p)
+                pr = bench_predictor(ckpt, jpegs, dev, p, work)
+                busy = "-" if m["busy"] is None else f"{m['busy']:.0%}"
+                peak = "-" if m["peak_gib"] is None else f"{m['peak_gib']:.2f}"
+                print(f"{mp:5.2f} {hw:>11s} {p:5s} {m['img_s']:11.2f} {busy:>8s} {peak:>8s} {pr:15.2f} "
+                      f"{official:14.2f} {m['img_s'] / official:14.2f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
