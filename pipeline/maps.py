@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import io
 import os
-import uuid
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .storage import StorageConfig, is_remote
+from .storage import StorageConfig, is_remote, write_local_atomic
 
 MAP_CODEC = "npz-f16-stride4-logits+png-preview"
 
@@ -69,11 +68,8 @@ def save(maps_root: str, sha256: str, margin_lowres: np.ndarray, conf_lowres: np
         if not os.path.exists(uri):
             npz, png = encode(margin_lowres, conf_lowres, size)
             os.makedirs(os.path.dirname(uri), exist_ok=True)
-            for target, data in ((uri[:-3] + "png", png), (uri, npz)):
-                tmp = f"{os.path.dirname(target)}/.{os.path.basename(target)}.{uuid.uuid4().hex[:8]}.tmp"
-                with open(tmp, "wb") as f:
-                    f.write(data)
-                os.replace(tmp, target)
+            write_local_atomic(uri[:-3] + "png", png)
+            write_local_atomic(uri, npz)
         return uri
     fs, path = (storage or StorageConfig()).filesystem(uri)
     if not fs.exists(path):

@@ -16,16 +16,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import time
-import uuid
 from dataclasses import asdict, dataclass, field
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .schema import PARTITION_COLUMN, ROW_SCHEMA, STATUS_ERROR, STATUS_OK, STATUS_SKIPPED
-from .storage import StorageConfig, is_remote
+from .storage import StorageConfig, is_remote, write_local_atomic
 
 RESULTS_DIR, RUNS_DIR = "results", "_runs"
 MANIFEST_VERSION = 1
@@ -71,12 +69,7 @@ def _write_whole(fs, path: str, data: bytes, remote: bool) -> None:
         with fs.open(path, "wb") as f:
             f.write(data)
         return
-    tmp = f"{os.path.dirname(path)}/.{os.path.basename(path)}.{uuid.uuid4().hex[:8]}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_local_atomic(path, data)
 
 
 class ResultWriter:

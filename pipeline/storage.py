@@ -5,6 +5,7 @@ import os
 import re
 import tempfile
 import urllib.parse
+import uuid
 from dataclasses import dataclass
 
 
@@ -83,6 +84,17 @@ def local_path(uri: str) -> bytes | str:
         except UnicodeDecodeError:
             return raw
     return uri
+
+
+def write_local_atomic(path: str, data: bytes) -> None:
+    """Write a local file so that ``path`` is either absent/old or complete, never partial: a hidden
+    temporary name beside it, fsync, then a rename (atomic on POSIX)."""
+    tmp = f"{os.path.dirname(path) or '.'}/.{os.path.basename(path)}.{uuid.uuid4().hex[:8]}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def is_remote(uri: str) -> bool:
