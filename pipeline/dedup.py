@@ -65,6 +65,25 @@ class HashSet:
         return out
 
 
+class CopyMarker:
+    """What an actor decides per decoded image: score it, or mark it as a copy (``pending_marker``) of
+    bytes scored before with these weights (``known``) or earlier by this actor in this run."""
+
+    def __init__(self, enabled: bool, known_hashes: list | None):
+        self.enabled = enabled
+        self.known = HashSet(known_hashes or [])
+        self.scored_here: set[str] = set()
+
+    def copy_of(self, sha256: str) -> str | None:
+        """The pending ``dedup_of`` marker when these bytes need no scoring, else None (and noted as scored)."""
+        if not self.enabled:
+            return None
+        if sha256 in self.scored_here or sha256 in self.known:
+            return pending_marker(sha256)
+        self.scored_here.add(sha256)
+        return None
+
+
 def known_hashes_sql() -> str:
     """Distinct bytes scored (not copied) with given weights, in digest order (parameters: weights, noiseprint)."""
     return ("SELECT DISTINCT sha256 FROM results WHERE status = 'ok' AND dedup_of IS NULL AND sha256 IS NOT NULL "

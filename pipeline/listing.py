@@ -74,9 +74,7 @@ def special_file_error(mode: int) -> str | None:
     return None if stat.S_ISREG(mode) else "not a regular file; never opened"
 
 
-def _entry(uri: str, st: os.stat_result | None, max_bytes: int | None, error: str | None = None) -> ListedFile:
-    if error:
-        return ListedFile(uri, error=error)
+def _entry(uri: str, st: os.stat_result, max_bytes: int | None) -> ListedFile:
     if not stat.S_ISREG(st.st_mode):
         return ListedFile(uri, error=special_file_error(st.st_mode))
     skip = classify(uri)

@@ -14,7 +14,7 @@ from trufor_core import EvalConfig, load_trufor
 from trufor_core.model import autocast, describe_device, resolve_device
 
 from . import maps
-from .dedup import HashSet, pending_marker
+from .dedup import CopyMarker
 from .schema import ERROR_TRANSIENT, STATUS_ERROR, STATUS_OK, ScanRow, coerce, rows_to_table
 from .storage import StorageConfig, local_copy, one_line, redact
 
@@ -96,8 +96,7 @@ class TruForPredictor:
         self.ev = EvalConfig()
         self.device_desc = describe_device(self.device)
         self.node_id = _node_id()
-        self.known = HashSet(known_hashes or [])
-        self.scored_here: set[str] = set()  # bytes this actor scored in this run (dedup of same-run copies)
+        self.copies = CopyMarker(cfg.dedup, known_hashes)
 
     def _common(self) -> dict:
         return {"model_name": MODEL_NAME, "weights_sha256": self.info.sha256,
@@ -157,12 +156,9 @@ class TruForPredictor:
         for i in range(n):
             if base[i]["status"] != STATUS_OK:
                 continue
-            sha = base[i]["sha256"]
-            if self.cfg.dedup and (sha in self.scored_here or sha in self.known):
-                extra[i] = {"dedup_of": pending_marker(sha)}  # completed on the driver
+            if marker := self.copies.copy_of(base[i]["sha256"]):
+                extra[i] = {"dedup_of": marker}  # completed on the driver
                 continue
-            if self.cfg.dedup:
-                self.scored_here.add(sha)
             ok.append(i)
         groups = group_batches([tuple(batch["pixels"][i].shape[:2]) for i in ok], self.cfg.batch_size,
                                self.cfg.batch_max_pixels)

@@ -301,7 +301,6 @@ def run_scan(cfg: ScanConfig, log: Callable[[str], None] = lambda m: print(m, fi
                     bar.update(table.num_rows)
                     for uri, ms in zip(table.column("uri").to_pylist(), table.column("elapsed_ms").to_pylist()):
                         note_slow(bar, uri, ms / 1000 if ms else None)
-                writer.maybe_commit()
             except Exception as e:  # noqa: BLE001 - its rows are recorded below, then it is raised
                 failure = e
             finally:

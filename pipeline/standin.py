@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from trufor_core.checkpoint import sha256_file
 
-from .dedup import HashSet, pending_marker
+from .dedup import CopyMarker
 from .predictor import _PASSED_THROUGH, PredictorConfig
 from .schema import STATUS_OK, ScanRow, coerce, rows_to_table
 from .storage import local_copy
@@ -29,8 +29,7 @@ class StandInPredictor:
 
     def __init__(self, cfg: PredictorConfig, known_hashes: list | None = None):
         self.cfg = cfg
-        self.known = HashSet(known_hashes or [])
-        self.scored_here: set[str] = set()
+        self.copies = CopyMarker(cfg.dedup, known_hashes)
         # The weights' identity as the real predictor records it, so that sweeps and dedup behave the same.
         self.weights = {"weights_sha256": sha256_file(local_copy(cfg.checkpoint, cfg.storage)),
                         "noiseprint_sha256": sha256_file(local_copy(cfg.noiseprint_weights, cfg.storage))
@@ -43,11 +42,9 @@ class StandInPredictor:
             fields.update(model_name=STAND_IN_MODEL, run_id=self.cfg.run_id, code_version=self.cfg.code_version,
                           scanned_at=now, **self.weights)
             if fields["status"] == STATUS_OK:
-                sha = fields["sha256"]
-                if self.cfg.dedup and (sha in self.scored_here or sha in self.known):
-                    fields["dedup_of"] = pending_marker(sha)
+                if marker := self.copies.copy_of(fields["sha256"]):
+                    fields["dedup_of"] = marker
                 else:
-                    self.scored_here.add(sha)
                     time.sleep(self.delay_s)
                     fields["elapsed_ms"] = self.delay_s * 1000
             rows.append(ScanRow(**fields))
