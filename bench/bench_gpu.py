@@ -11,7 +11,9 @@ given; speed does not depend on the weights' values. Per image size and precisio
 - official: the official script's loop on the same GPU and images, reimplemented as it runs
   (decode, batch 1, fp32, cuDNN off as in trufor.yaml, maps copied back, .npz written), fp32 only;
 - predictor: ``pipeline.predictor.TruForPredictor`` fed as a scan actor is (decode, hashing in a
-  thread pool, batches of 4, maps written to a local folder), images/s.
+  thread pool, batches of 4; maps stored by a second pool, as the scan's map stage), images/s, and
+  "in forward": the share of the predictor's wall time spent in its forward passes (the rest is the
+  model waiting: batch assembly, row building, or decode not keeping up).
 
 Ray's own cost per image is measured on the CPU (BENCHMARKS.md, "Sweeps at scale"); predictor
 images/s x that overhead ratio gives a scan's expected throughput on this GPU.
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import sys
 import tempfile
@@ -105,8 +108,10 @@ def bench_official(model, jpegs, dev) -> float:
         torch.backends.cudnn.enabled = cudnn
 
 
-def bench_predictor(ckpt, jpegs, dev, precision, workdir) -> float:
-    """TruForPredictor as a scan actor runs it: decoded batches of 4 from a thread pool, maps written."""
+def bench_predictor(ckpt, jpegs, dev, precision, workdir) -> tuple[float, float]:
+    """TruForPredictor as a scan actor runs it: decoded batches of 4 from a thread pool, maps stored by
+    a second pool (the scan's map stage). Returns (images/s, share of the wall time in forwards)."""
+    from pipeline.maps import store_maps
     from pipeline.predictor import PredictorConfig, TruForPredictor
     from pipeline.preprocess import load_batch
     from pipeline.storage import StorageConfig
@@ -117,9 +122,11 @@ def bench_predictor(ckpt, jpegs, dev, precision, workdir) -> float:
         with open(path, "wb") as f:
             f.write(j + bytes([i % 251]))  # distinct bytes: each image scored and its map written
         files.append(path)
-    pred = TruForPredictor(PredictorConfig(checkpoint=ckpt, maps_root=os.path.join(workdir, f"maps_{precision}"),
-                                           run_id="bench-gpu", code_version="bench", device=str(dev), batch_size=4,
-                                           precision=precision))
+    maps_root, timings = os.path.join(workdir, f"maps_{precision}"), os.path.join(workdir, f"timings_{precision}")
+    os.makedirs(timings)
+    pred = TruForPredictor(PredictorConfig(checkpoint=ckpt, maps_root=maps_root, run_id="bench-gpu",
+                                           code_version="bench", device=str(dev), batch_size=4,
+                                           precision=precision, timings_dir=timings))
     batches = [files[k:k + 4] for k in range(0, len(files), 4)]
 
     def decode(paths):
@@ -129,15 +136,23 @@ def bench_predictor(ckpt, jpegs, dev, precision, workdir) -> float:
                            "error": np.full(n, None), "error_kind": np.full(n, None)},
                           StorageConfig(), 10**9, 29)
 
-    pred(decode(batches[0]))  # warm-up
+    pred(decode(batches[0]))  # warm-up (its map is never stored: the timed images are other bytes)
+    for f in os.listdir(timings):
+        os.remove(os.path.join(timings, f))
     t0 = time.perf_counter()
-    with ThreadPoolExecutor(4) as pool:  # decode runs ahead of the model, as Ray's CPU stage does
-        ok = sum(t.column("status").to_pylist().count("ok") for t in map(pred, pool.map(decode, batches)))
+    # Decode runs ahead of the model and maps are stored behind it, as the scan's CPU stages do.
+    with ThreadPoolExecutor(4) as decoders, ThreadPoolExecutor(2) as writers:
+        stored = [writers.submit(store_maps, t, maps_root) for t in map(pred, decoders.map(decode, batches))]
+        ok = sum(f.result().column("status").to_pylist().count("ok") for f in stored)
     _sync(dev)
-    rate = len(files) / (time.perf_counter() - t0)
+    wall = time.perf_counter() - t0
+    forward_s = 0.0
+    for name in os.listdir(timings):
+        with open(os.path.join(timings, name)) as f:
+            forward_s += sum(json.loads(line)["forward_s"] for line in f)
     if ok != len(files):
         raise RuntimeError(f"predictor scored {ok} of {len(files)} images")
-    return rate
+    return len(files) / wall, forward_s / wall
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench-gpu: {describe_device(dev)}, torch {torch.__version__}, weights sha256 {info.sha256[:12]}"
               f"{' (untrained: speed only)' if info.untrained else ''}, {a.n} images per case")
         print(f"{'MP':>5s} {'HxW':>11s} {'prec':5s} {'model img/s':>11s} {'GPU busy':>8s} {'peak GiB':>8s} "
-              f"{'predictor img/s':>15s} {'official img/s':>14s} {'model/official':>14s}")
+              f"{'predictor img/s':>15s} {'in forward':>10s} {'official img/s':>14s} {'model/official':>14s}")
         for mp in a.sizes:
             jpegs = make_jpegs(mp, a.n)
             with Image.open(io.BytesIO(jpegs[0])) as im:
@@ -173,10 +188,10 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{mp:5.2f} {hw:>11s} {p:5s} (not on a CPU: no fast fp16 kernels)")
                     continue
                 m = bench_model(model, jpegs, dev, p)
-                pr = bench_predictor(ckpt, jpegs, dev, p, work)
+                pr, in_forward = bench_predictor(ckpt, jpegs, dev, p, work)
                 busy = "-" if m["busy"] is None else f"{m['busy']:.0%}"
                 peak = "-" if m["peak_gib"] is None else f"{m['peak_gib']:.2f}"
-                print(f"{mp:5.2f} {hw:>11s} {p:5s} {m['img_s']:11.2f} {busy:>8s} {peak:>8s} {pr:15.2f} "
+                print(f"{mp:5.2f} {hw:>11s} {p:5s} {m['img_s']:11.2f} {busy:>8s} {peak:>8s} {pr:15.2f} {in_forward:10.0%} "
                       f"{official:14.2f} {m['img_s'] / official:14.2f}", flush=True)
     return 0
 

@@ -1,7 +1,7 @@
 """Benchmark: the full `scan` pipeline vs a model-only forward loop on the same images, in one run.
 
 Prints model-only img/s, scan img/s (end to end, and steady state after the first batch), their
-ratio, the peak RSS of all processes (driver + Ray), and compressed map bytes per image next to
+ratio, each actor's share of its time spent in forward passes (its own timings), the peak RSS of all processes (driver + Ray), and compressed map bytes per image next to
 the official float32 .npz.
 
     python bench/bench_scan.py --images 32 --size 384x512
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import sys
 import tempfile
@@ -26,34 +27,64 @@ sys.path.insert(0, str(REPO / "bench"))
 from bench_large import synthetic_image  # noqa: E402
 
 
-def _proc_rss(pid: str) -> tuple[str, int]:
+def _proc(pid: str) -> tuple[str, int, float]:
+    """(command line, RSS bytes, CPU seconds so far) of a process."""
     with open(f"/proc/{pid}/cmdline", "rb") as f:
         cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
     with open(f"/proc/{pid}/statm") as f:
-        return cmd, int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return cmd, rss, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _role(cmd: str, me: bool) -> str:
+    """Which part of the scan a process is, from its title (Ray names its workers after their work)."""
+    if me:
+        return "driver (listing, commits, this benchmark)"
+    for key, role in (("TruForPredictor", "model actor"), ("load_batch", "decode tasks"),
+                      ("store_maps", "map tasks"), ("raylet", "Ray: raylet"), ("gcs_server", "Ray: GCS")):
+        if key in cmd:
+            return role
+    return "Ray: other (idle workers, agents, log monitor)"
 
 
 class RssSampler:
-    """Peak of the summed RSS of this process and every Ray process on the machine (Linux /proc)."""
+    """Peak of the summed RSS of this process and every Ray process on the machine, and each one's
+    CPU seconds, grouped by role (Linux /proc, sampled every ``every_s``)."""
 
-    def __init__(self, every_s: float = 1.0):
+    def __init__(self, every_s: float = 2.0):
         self.every_s, self.peak = every_s, 0
+        self.cpu: dict[str, tuple[str, float]] = {}  # pid -> (role, CPU seconds at its last sample)
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
 
     def _run(self):
         me = str(os.getpid())
+        start = {}
         while not self._stop.is_set():
             total = 0
             for pid in filter(str.isdigit, os.listdir("/proc")):
                 try:
-                    cmd, rss = _proc_rss(pid)
-                except OSError:
+                    cmd, rss, cpu = _proc(pid)
+                except (OSError, IndexError, ValueError):
                     continue
                 if pid == me or "ray" in cmd:
                     total += rss
+                    start.setdefault(pid, cpu if pid == me else 0.0)
+                    role = _role(cmd, pid == me)
+                    # A worker renames itself by its work: keep the most specific role it had.
+                    if pid in self.cpu and self.cpu[pid][0] != role and role.startswith("Ray: other"):
+                        role = self.cpu[pid][0]
+                    self.cpu[pid] = (role, cpu - start[pid])
             self.peak = max(self.peak, total)
             time.sleep(self.every_s)
+
+    def cpu_by_role(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for role, sec in self.cpu.values():
+            out[role] = out.get(role, 0.0) + sec
+        return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
     def __enter__(self):
         self._t.start()
@@ -112,12 +143,14 @@ def main() -> None:
     model_ips = len(xs) / model_s
     print(f"model only : {model_s:7.1f} s  {model_ips:6.3f} img/s")
 
-    out = tmp / "out"
+    out, timings = tmp / "out", tmp / "actor-timings"
+    timings.mkdir()
     with RssSampler() as rss:
         t0 = time.perf_counter()
         run_scan(ScanConfig(input=str(src), output=str(out), checkpoint=args.checkpoint, actors=args.actors,
-                                batch_size=args.batch_size, allow_download=False, ray_temp_dir=tempfile.mkdtemp(prefix="tfr", dir="/tmp")),
-                     log=lambda m: None)
+                            batch_size=args.batch_size, allow_download=False, actor_timings_dir=str(timings),
+                            ray_temp_dir=tempfile.mkdtemp(prefix="tfr", dir="/tmp")),
+                 log=lambda m: None)
         scan_s = time.perf_counter() - t0
     cols, rows = run_sql(str(out), "SELECT epoch(max(scanned_at)) - epoch(min(scanned_at)), count(DISTINCT scanned_at), "
                                    "count(*) FILTER (WHERE status = 'ok') FROM results")
@@ -130,7 +163,17 @@ def main() -> None:
     print(f"scan       : {scan_s:7.1f} s  {args.images / scan_s:6.3f} img/s end to end (Ray start + model load "
           f"included), {steady_ips:6.3f} img/s steady state; {ok}/{args.images} ok")
     print(f"ratio scan/model-only: {steady_ips / model_ips:.2f} steady state, "
-          f"{args.images / scan_s / model_ips:.2f} end to end (target >= 0.9)")
+          f"{args.images / scan_s / model_ips:.2f} end to end (target >= 0.95)")
+    for path in sorted(timings.iterdir()):
+        calls = [json.loads(line) for line in path.read_text().splitlines()]
+        busy = calls[-1]["end"] - calls[0]["start"]
+        fwd = sum(c["forward_s"] for c in calls)
+        print(f"actor {calls[0]['pid']}: {sum(c['images'] for c in calls)} images in {len(calls)} calls; forward "
+              f"{fwd:.1f} s of {busy:.1f} s from its first batch to its last = {fwd / busy:.3f} in forward "
+              f"(target >= 0.95); model loaded {calls[0]['start'] - calls[0]['ready']:.1f} s before its first batch")
+    print(f"CPU seconds during the scan ({scan_s:.0f} s x {os.cpu_count()} CPUs = {scan_s * os.cpu_count():.0f}), by role:")
+    for role, sec in rss.cpu_by_role().items():
+        print(f"  {role:48s} {sec:7.1f}")
     print(f"peak RSS (driver + Ray processes): {rss.peak / 2**30:.2f} GiB")
     print(f"maps: npz {npz_bytes / args.images / 1024:.1f} + preview png {png_bytes / args.images / 1024:.1f} = "
           f"{map_bytes / args.images / 1024:.1f} KiB/image vs official float32 npz "

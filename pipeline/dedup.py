@@ -12,16 +12,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from trufor_core.config import POOLED_FEATURE_NAMES
-
-from .schema import ERROR_TRANSIENT, ROW_SCHEMA, STATUS_ERROR, STATUS_OK
+from .schema import ERROR_TRANSIENT, MAP_COLUMNS, MODEL_OUTPUT_COLUMNS, ROW_SCHEMA, STATUS_ERROR, STATUS_OK
 from .storage import StorageConfig
 
 PENDING_PREFIX = "sha256:"
 # What a copy takes from the row of the bytes it repeats; everything else (uri, size, version tag,
 # EXIF, run, time, device) is the copy's own.
-FROM_ORIGINAL = ("score", *POOLED_FEATURE_NAMES, "det_logit", "frac_anom", "frac_anom_conf", "max_anom_conf",
-                 "map_uri", "preview_uri", "map_codec", "model_name", "weights_sha256", "noiseprint_sha256",
+FROM_ORIGINAL = (*MODEL_OUTPUT_COLUMNS, *MAP_COLUMNS, "model_name", "weights_sha256", "noiseprint_sha256",
                  "weights_untrained")
 _HASH_CHUNK = 1 << 16
 

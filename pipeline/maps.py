@@ -9,6 +9,10 @@ upsampling is linear, so the 2-class softmax only needs the margin). So a map is
   far under 1/255). With the preview, 3.4% of the official float32 ``.npz`` (BENCHMARKS.md).
 - ``<sha256>.png``: a preview a person can open: 8-bit grey + alpha at stride 4, grey = anomaly,
   alpha = confidence (so the anomaly shows where TruFor is confident).
+
+Encoding and storing them is a CPU stage of its own in the scan (``store_maps``, after the model's):
+the model's actor only hands the stride-4 logits on (``pack``), so it never waits for compression
+or an upload, and a row reaches the results only once its map is stored.
 """
 from __future__ import annotations
 
@@ -16,13 +20,16 @@ import io
 import os
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+import pyarrow as pa
 from PIL import Image
 
-from .storage import StorageConfig, is_remote, write_local_atomic
+from .schema import ERROR_TRANSIENT, MAP_COLUMNS, MODEL_OUTPUT_COLUMNS, ROW_SCHEMA, STATUS_ERROR
+from .storage import StorageConfig, is_remote, one_line, redact, write_local_atomic
 
 MAP_CODEC = "npz-f16-stride4-logits+png-preview"
+# The model stage's output beside the row columns: its maps' stride-4 logits (``pack``), consumed
+# and dropped by ``store_maps``; never in a result part.
+PAYLOAD_COLUMN = "map_logits"
 
 
 def encode(margin_lowres: np.ndarray, conf_lowres: np.ndarray, size: tuple[int, int]) -> tuple[bytes, bytes]:
@@ -40,6 +47,9 @@ def encode(margin_lowres: np.ndarray, conf_lowres: np.ndarray, size: tuple[int, 
 
 def decode(data: bytes) -> tuple[np.ndarray, np.ndarray]:
     """npz bytes -> (anomaly, confidence) float32 (H, W) maps, as TruFor's post-processing makes them."""
+    import torch  # here only: the scan's map stage encodes without it
+    import torch.nn.functional as F
+
     with np.load(io.BytesIO(data), allow_pickle=False) as z:
         if not {"margin", "conf", "size"} <= set(z.files):
             raise ValueError(f"not a trufor-scan map: fields {z.files}")
@@ -90,3 +100,39 @@ def load(map_uri: str, storage: StorageConfig | None = None) -> tuple[np.ndarray
 
 def preview_uri(map_uri: str) -> str:
     return map_uri[: -len("npz")] + "png"
+
+
+def pack(margin_lowres: np.ndarray, conf_lowres: np.ndarray, size: tuple[int, int]) -> bytes:
+    """The model stage's hand-over: the logits as computed (uncompressed: compressing is the map stage's work)."""
+    buf = io.BytesIO()
+    np.savez(buf, margin=margin_lowres, conf=conf_lowres, size=np.asarray(size, np.int64))
+    return buf.getvalue()
+
+
+def unpack(data: bytes) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    with np.load(io.BytesIO(data), allow_pickle=False) as z:
+        return z["margin"], z["conf"], (int(z["size"][0]), int(z["size"][1]))
+
+
+def store_maps(table: pa.Table, maps_root: str, storage: StorageConfig | None = None) -> pa.Table:
+    """The map stage: store each row's maps (``save``), fill map_uri/preview_uri/map_codec, drop the payload.
+
+    A row whose map cannot be stored (e.g. the object store is down) becomes a transient error row
+    without its model outputs: no row ever points to a map that is not there, and the next sweep
+    scores that file again. Tables without a payload column pass unchanged.
+    """
+    if PAYLOAD_COLUMN not in table.column_names:
+        return table
+    payloads = table.column(PAYLOAD_COLUMN).to_pylist()
+    rows = table.drop_columns([PAYLOAD_COLUMN]).to_pylist()
+    for row, payload in zip(rows, payloads):
+        if payload is None:
+            continue
+        try:
+            uri = save(maps_root, row["sha256"], *unpack(payload), storage)
+            row.update(map_uri=uri, preview_uri=preview_uri(uri), map_codec=MAP_CODEC)
+        except Exception as e:  # noqa: BLE001 - becomes an error row, the stage lives on
+            row.update(dict.fromkeys((*MODEL_OUTPUT_COLUMNS, *MAP_COLUMNS)), status=STATUS_ERROR,
+                       error_kind=ERROR_TRANSIENT,
+                       error=one_line(redact(f"writing the map failed: {type(e).__name__}: {e}")))
+    return pa.Table.from_pylist(rows, schema=ROW_SCHEMA)

@@ -1,7 +1,9 @@
-"""The callable predictor: loads TruFor once per actor, scores a batch, writes maps, returns rows."""
+"""The callable predictor: loads TruFor once per actor, scores a batch, returns rows (maps go to ``maps.store_maps``)."""
 from __future__ import annotations
 
 import datetime as dt
+import json
+import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -11,9 +13,11 @@ import pyarrow as pa
 import torch
 
 from trufor_core import EvalConfig, load_trufor
+from trufor_core.config import POOLED_FEATURE_NAMES
 from trufor_core.model import autocast, describe_device, resolve_device
 
 from . import maps
+from .maps import PAYLOAD_COLUMN
 from .dedup import CopyMarker
 from .schema import ERROR_TRANSIENT, STATUS_ERROR, STATUS_OK, ScanRow, coerce, rows_to_table
 from .storage import StorageConfig, local_copy, one_line, redact
@@ -41,6 +45,7 @@ class PredictorConfig:
         torch_threads: intra-op threads (Ray gives workers OMP_NUM_THREADS=1).
         storage: object-store endpoint settings.
         precision: "fp32" (default), "bf16" or "fp16" (autocast; ``trufor_core.model.autocast``).
+        timings_dir: when set, each call appends its timings to ``actor-<pid>.jsonl`` there (benchmarks).
         dedup: do not score bytes (sha256) already scored with these weights, in earlier runs
             (``known_hashes``) or earlier in this actor: such rows are marked ``dedup.pending`` and
             completed from the original's row on the driver (``pipeline.dedup.DedupResolver``).
@@ -59,6 +64,7 @@ class PredictorConfig:
     storage: StorageConfig = field(default_factory=StorageConfig)
     precision: str = "fp32"
     dedup: bool = False
+    timings_dir: str | None = None
 
 
 def _node_id() -> str | None:
@@ -97,6 +103,7 @@ class TruForPredictor:
         self.device_desc = describe_device(self.device)
         self.node_id = _node_id()
         self.copies = CopyMarker(cfg.dedup, known_hashes)
+        self.ready_at = time.time()
 
     def _common(self) -> dict:
         return {"model_name": MODEL_NAME, "weights_sha256": self.info.sha256,
@@ -105,26 +112,42 @@ class TruForPredictor:
                 "device": self.device_desc, "precision": self.cfg.precision, "ray_node_id": self.node_id,
                 "run_id": self.cfg.run_id}
 
-    def _score(self, pixels: list[np.ndarray]) -> list[tuple]:
-        """(result, stride-4 anomaly margin, stride-4 confidence logit) per image."""
-        x = torch.from_numpy(np.stack(pixels).transpose(0, 3, 1, 2).copy()).to(self.device, self.model.dtype) / 256.0
-        with torch.inference_mode(), autocast(self.device, self.cfg.precision):
-            out = self.model(x, self.ev)
+    def _score(self, pixels: list[np.ndarray]) -> list[dict]:
+        """One forward over same-shape images; per image its model outputs and map payload.
+
+        Only what the rows need leaves the device: scores, pooled features, three map statistics and
+        the stride-4 logits, never the full-resolution maps. On CUDA the uint8 pixels go through
+        pinned memory, asynchronously, and become floats on the device (a quarter of the bytes).
+        """
+        x = torch.from_numpy(np.stack(pixels))  # (B, H, W, 3) uint8
+        if self.device.type == "cuda":
+            x = x.pin_memory().to(self.device, non_blocking=True)
+        x = x.permute(0, 3, 1, 2).to(self.model.dtype).contiguous() / 256.0  # (B, 3, H, W), as to_model_input
+        with torch.inference_mode():
+            with autocast(self.device, self.cfg.precision):
+                out = self.model(x, self.ev)
+            # The maps exactly as TruForOutput.results makes them (the model dtype: no autocast).
+            a = torch.softmax(out.anomaly_logits, dim=1)[:, 1]  # (B, H, W)
+            c = torch.sigmoid(out.conf_logits)[:, 0]  # (B, H, W)
+            hot = a > 0.5
+            stats = torch.stack([hot.sum((1, 2)), (hot & (c > 0.5)).sum((1, 2))], 1).cpu().tolist()
+            peak = (a * c).amax((1, 2)).cpu().tolist()
+            dets = out.det_logit.cpu()
+            scores = torch.sigmoid(out.det_logit).cpu().tolist()
+            pooled = out.pooled.cpu().numpy()
             margin = (out.anomaly_logits_lowres[:, 1] - out.anomaly_logits_lowres[:, 0]).cpu().numpy()
             conf = out.conf_logits_lowres[:, 0].cpu().numpy()
-            return list(zip(out.results(), margin, conf))
+        size, n_pix = tuple(x.shape[-2:]), x.shape[-2] * x.shape[-1]
+        return [{"score": scores[i], "det_logit": dets[i].item(),
+                 **{k: float(v) for k, v in zip(POOLED_FEATURE_NAMES, pooled[i])},
+                 "frac_anom": stats[i][0] / n_pix, "frac_anom_conf": stats[i][1] / n_pix, "max_anom_conf": peak[i],
+                 PAYLOAD_COLUMN: maps.pack(margin[i], conf[i], size)} for i in range(len(pixels))]
 
-    def _result_fields(self, scored: tuple, sha256: str) -> dict:
-        res, margin, conf = scored
-        a, c = res.anomaly_map, res.confidence_map
-        uri = maps.save(self.cfg.maps_root, sha256, margin, conf, res.imgsize, self.cfg.storage)
-        return {"score": res.score, "det_logit": res.det_logit, **res.pooled_features(),
-                "frac_anom": float(np.mean(a > 0.5)), "frac_anom_conf": float(np.mean((a > 0.5) & (c > 0.5))),
-                "max_anom_conf": float(np.max(a * c)), "map_uri": uri, "preview_uri": maps.preview_uri(uri),
-                "map_codec": maps.MAP_CODEC}
+    def _run_group(self, idx: list[int], pixels, extra: list[dict]) -> float:
+        """Score one same-shape group; a failing group is retried image by image to isolate the culprit.
 
-    def _run_group(self, idx: list[int], pixels, base: list[dict], extra: list[dict]) -> None:
-        """Score one same-shape group; a failing group is retried image by image to isolate the culprit."""
+        Returns the seconds spent in forward passes.
+        """
         t0 = time.perf_counter()
         try:
             results = self._score([pixels[i] for i in idx])
@@ -132,23 +155,19 @@ class TruForPredictor:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
             if len(idx) > 1:
-                for i in idx:
-                    self._run_group([i], pixels, base, extra)
-            else:
-                extra[idx[0]] = {"status": STATUS_ERROR, "error_kind": ERROR_TRANSIENT,
-                                 "error": one_line(redact(f"inference failed: {type(e).__name__}: {e}"))}
-            return
-        fwd_ms = (time.perf_counter() - t0) * 1000 / len(idx)
-        for i, res in zip(idx, results):
-            t1 = time.perf_counter()
-            try:
-                extra[i] = self._result_fields(res, base[i]["sha256"])
-                extra[i]["elapsed_ms"] = fwd_ms + (time.perf_counter() - t1) * 1000
-            except Exception as e:  # noqa: BLE001 - e.g. the map store is unreachable
-                extra[i] = {"status": STATUS_ERROR, "error_kind": ERROR_TRANSIENT,
-                            "error": one_line(redact(f"writing the map failed: {type(e).__name__}: {e}"))}
+                return sum(self._run_group([i], pixels, extra) for i in idx)
+            extra[idx[0]] = {"status": STATUS_ERROR, "error_kind": ERROR_TRANSIENT,
+                             "error": one_line(redact(f"inference failed: {type(e).__name__}: {e}"))}
+            return time.perf_counter() - t0
+        forward_s = time.perf_counter() - t0
+        for i, fields in zip(idx, results):
+            extra[i] = {**fields, "elapsed_ms": forward_s * 1000 / len(idx)}
+        return forward_s
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        """Rows for a decoded batch: ``ROW_SCHEMA`` plus the maps' payload (``PAYLOAD_COLUMN``), which
+        ``maps.store_maps`` turns into stored maps: in the scan, a CPU stage after this one."""
+        started = time.time()
         n = len(batch["uri"])
         base = [{k: coerce(k, batch[k][i]) for k in _PASSED_THROUGH if k in batch} for i in range(n)]
         extra: list[dict] = [{} for _ in range(n)]
@@ -162,15 +181,25 @@ class TruForPredictor:
             ok.append(i)
         groups = group_batches([tuple(batch["pixels"][i].shape[:2]) for i in ok], self.cfg.batch_size,
                                self.cfg.batch_max_pixels)
-        for g in groups:
-            self._run_group([ok[j] for j in g], batch["pixels"], base, extra)
+        forward_s = sum(self._run_group([ok[j] for j in g], batch["pixels"], extra) for g in groups)
         now = dt.datetime.now(dt.timezone.utc)
         common = self._common()
-        rows = []
+        rows, payloads = [], []
         for i in range(n):
             fields = {k: base[i].get(k) for k in _PASSED_THROUGH}
             fields.update(common)
-            fields.update(extra[i])
             fields["scanned_at"] = now
+            payloads.append(extra[i].pop(PAYLOAD_COLUMN, None))
+            fields.update(extra[i])
             rows.append(ScanRow(**fields))
-        return rows_to_table(rows)
+        table = rows_to_table(rows).append_column(PAYLOAD_COLUMN, pa.array(payloads, pa.binary()))
+        if self.cfg.timings_dir:
+            self._log_timing(started, forward_s, len(ok))
+        return table
+
+    def _log_timing(self, started: float, forward_s: float, images: int) -> None:
+        """One JSON line per call, for measuring how much of an actor's time the model gets (bench_scan)."""
+        line = {"pid": os.getpid(), "ready": self.ready_at, "start": started, "end": time.time(),
+                "forward_s": forward_s, "images": images}
+        with open(os.path.join(self.cfg.timings_dir, f"actor-{os.getpid()}.jsonl"), "a") as f:
+            f.write(json.dumps(line) + "\n")

@@ -24,6 +24,7 @@ from trufor_core.model import PRECISION_HELP, PRECISIONS, min_image_side
 from trufor_core.weights import resolve_weights
 
 from .dedup import DedupResolver
+from .maps import store_maps
 from .options import opt
 from .output import RESULTS_DIR, RUNS_DIR, STATE_COMPLETE, STATE_FAILED, ResultWriter, RunFailed, RunManifest
 from .plan import Plan, plan_run
@@ -34,7 +35,11 @@ from .query import parts_dataset
 from .schema import ERROR_TRANSIENT, STATUS_ERROR, ScanRow, rows_to_table
 from .storage import StorageConfig, is_remote, local_copy, one_line, redact
 
-DECODE_CPUS = 0.25  # per decode task: reading, hashing and decoding are light next to TruFor
+# CPUs per task of the stages around the model: reading, hashing and decoding before it, map
+# encoding and storing after it. Both are light next to TruFor; half a CPU stays free for them.
+DECODE_CPUS = 0.25
+MAP_CPUS = 0.25
+SIDE_CPUS = DECODE_CPUS + MAP_CPUS
 
 # Quiet, local-friendly Ray defaults; a user's own environment wins.
 RAY_ENV_DEFAULTS = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
@@ -83,6 +88,7 @@ class ScanConfig:
     progress_every_s: float = field(default=10.0, metadata=opt("seconds between progress lines off a terminal",
                                                                flag="--progress-every"))
     object_store_bytes: int | None = None  # local Ray only (tests, benchmarks)
+    actor_timings_dir: str | None = None  # benchmarks: each actor call's timings (PredictorConfig.timings_dir)
     ray_temp_dir: str | None = None  # local Ray only (tests, benchmarks)
 
 
@@ -167,12 +173,12 @@ def _actor_resources(cfg: ScanConfig) -> tuple[float, float, int]:
     if gpus > 0:
         return (cfg.cpus_per_actor or 1.0), gpus, int(cfg.cpus_per_actor or 2)
     total = res.get("CPU", os.cpu_count() or 1)
-    # Leave half a CPU for the decode tasks; torch in each actor uses its share of cores.
-    cpus = cfg.cpus_per_actor or max(0.25, (total - 0.5) / cfg.actors)
-    if cpus * cfg.actors > total - DECODE_CPUS:
-        raise ValueError(f"{cfg.actors} actors x {cpus:g} CPUs leave no CPU for the decode tasks "
-                         f"({DECODE_CPUS} CPU each) on a cluster of {total:g} CPUs: lower --cpus-per-actor or --actors")
-    return cpus, 0.0, max(1, round(cpus + 0.5 / cfg.actors))
+    # Leave a task's worth of CPU to the decode and map stages; torch in each actor uses its share of cores.
+    cpus = cfg.cpus_per_actor or max(0.25, (total - SIDE_CPUS) / cfg.actors)
+    if cpus * cfg.actors > total - SIDE_CPUS:
+        raise ValueError(f"{cfg.actors} actors x {cpus:g} CPUs leave no CPU for the decode and map tasks "
+                         f"({SIDE_CPUS:g} CPU) on a cluster of {total:g} CPUs: lower --cpus-per-actor or --actors")
+    return cpus, 0.0, max(1, round(cpus + SIDE_CPUS / cfg.actors))
 
 
 
@@ -207,6 +213,10 @@ def _pipeline(cfg: ScanConfig, plan: Plan, pcfg: PredictorConfig, predictor_cls,
                         batch_size=cfg.batch_size,
                         compute=ray.data.ActorPoolStrategy(size=cfg.actors, max_tasks_in_flight_per_actor=2),
                         num_cpus=cpus, num_gpus=gpus)
+    # Maps are compressed and stored by CPU tasks of their own, so the model's actor never waits for
+    # them; rows reach the driver (and the results) only after this stage has stored their maps.
+    ds = ds.map_batches(store_maps, batch_size=None, batch_format="pyarrow", num_cpus=MAP_CPUS,
+                        fn_kwargs={"maps_root": pcfg.maps_root, "storage": pcfg.storage})
     log(f"{pcfg.run_id}: {cfg.actors} actor(s) x ({cpus:g} CPU, {gpus:g} GPU, {threads} torch threads)")
     yield from ds.iter_batches(batch_format="pyarrow", batch_size=None)
 
@@ -291,7 +301,7 @@ def run_scan(cfg: ScanConfig, log: Callable[[str], None] = lambda m: print(m, fi
                                    code_version=manifest.code_version, noiseprint_weights=cfg.noiseprint_weights,
                                    variant=cfg.variant, batch_size=cfg.batch_size,
                                    batch_max_pixels=cfg.batch_max_pixels, storage=storage, dedup=cfg.incremental,
-                                   precision=cfg.precision)
+                                   precision=cfg.precision, timings_dir=cfg.actor_timings_dir)
             bar = progress(plan.to_scan, command, cfg.progress_every_s)
             started_ray = _init_ray(cfg)
             try:

@@ -97,6 +97,10 @@ def _arrow_field(f: dataclasses.Field, hints: dict) -> pa.Field:
 
 ROW_SCHEMA: pa.Schema = pa.schema([_arrow_field(f, typing.get_type_hints(ScanRow)) for f in dataclasses.fields(ScanRow)])
 COLUMNS: tuple[str, ...] = tuple(ROW_SCHEMA.names)
+# What the model gives an ok row, and where its maps went: all of them NULL on an error row.
+MODEL_OUTPUT_COLUMNS: tuple[str, ...] = ("score", *POOLED_FEATURE_NAMES, "det_logit", "frac_anom", "frac_anom_conf",
+                                         "max_anom_conf")
+MAP_COLUMNS: tuple[str, ...] = ("map_uri", "preview_uri", "map_codec")
 PARTITION_COLUMN = "scan_date"  # hive partition directory, not stored inside the files
 
 

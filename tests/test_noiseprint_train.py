@@ -317,6 +317,7 @@ def test_train_two_workers_export_and_eval(shared, corpus_dir, tmp_path):
     # ... and its sha256 shows in the scan rows (the scanner's predictor on a hand-built batch).
     import hashlib
 
+    from pipeline.maps import store_maps
     from pipeline.predictor import PredictorConfig, TruForPredictor
     from pipeline.schema import table_to_rows
 
@@ -328,7 +329,7 @@ def test_train_two_workers_export_and_eval(shared, corpus_dir, tmp_path):
              "size_bytes": np.array([1]), "pixels": pix}
     pred = TruForPredictor(PredictorConfig(checkpoint=str(ckpt), maps_root=str(tmp_path / "maps"), run_id="np",
                                            code_version="test", noiseprint_weights=str(export)))
-    row = table_to_rows(pred(batch))[0]
+    row = table_to_rows(store_maps(pred(batch), str(tmp_path / "maps")))[0]
     assert row.status == "ok", row.error
     assert row.noiseprint_sha256 == hashlib.sha256(export.read_bytes()).hexdigest()
 

@@ -226,7 +226,19 @@ def test_predictor_hand_built_batch(shared, synth_ckpt, model, tmp_path):
     cfg = PredictorConfig(checkpoint=str(synth_ckpt), maps_root=str(tmp_path / "maps"), run_id="r1",
                           code_version="test", batch_size=2, torch_threads=2)
     pred = TruForPredictor(cfg)
-    table = pred(batch)
+    raw = pred(batch)
+    # The model stage stores nothing: it hands each scored image's logits to the map stage.
+    assert raw.schema.names == [*ROW_SCHEMA.names, maps.PAYLOAD_COLUMN]
+    assert raw.column(maps.PAYLOAD_COLUMN).null_count == 1 and not (tmp_path / "maps").exists()
+    assert raw.column("map_uri").null_count == 4
+    # A map store that fails: those rows become transient errors with no score (never a row
+    # pointing to a map that is not there); then the real map stage.
+    (tmp_path / "not-a-dir").write_text("x")
+    failed = table_to_rows(maps.store_maps(raw, str(tmp_path / "not-a-dir")))
+    assert [(r.status, r.error_kind) for r in failed] == [("error", "transient")] * 2 + [("error", None), ("error", "transient")]
+    assert all(r.score is None and r.map_uri is None for r in failed)
+    assert failed[0].error.startswith("writing the map failed: ") and "\n" not in failed[0].error
+    table = maps.store_maps(raw, cfg.maps_root)
     assert table.schema == ROW_SCHEMA
     rows = table_to_rows(table)
     assert [r.status for r in rows] == ["ok", "ok", "error", "ok"]

@@ -7,8 +7,9 @@ import re
 import warnings
 from dataclasses import dataclass
 
+import typing
+
 import numpy as np
-import torch
 from PIL import Image
 
 from .config import ALLOWED_FORMATS, DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS  # noqa: F401 - re-exported
@@ -115,8 +116,16 @@ def decode_rgb(source: str | os.PathLike | bytes, max_pixels: int = DEFAULT_MAX_
     return img.rgb, img.format
 
 
-def to_model_input(rgb: np.ndarray, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """(H, W, 3) uint8 -> (1, 3, H, W) ``dtype`` divided by 256 (exact in float32 and float64, as the official code)."""
+if typing.TYPE_CHECKING:
+    import torch
+
+
+def to_model_input(rgb: np.ndarray, dtype: "torch.dtype | None" = None) -> "torch.Tensor":
+    """(H, W, 3) uint8 -> (1, 3, H, W) ``dtype`` (default float32) divided by 256 (exact in float32 and
+    float64, as the official code). torch is imported here: decoding alone (the scan's decode stage) needs none."""
+    import torch
+
+    dtype = torch.float32 if dtype is None else dtype
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"expected an (H, W, 3) uint8 array, got {rgb.dtype} {rgb.shape}")
     chw = torch.from_numpy(np.ascontiguousarray(rgb).transpose(2, 0, 1).copy())  # (H, W, 3) -> (3, H, W)
