@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install scan predict test bench bench-scan bench-float bench-sweep bench-precision bench-gpu
+.PHONY: install scan predict test bench bench-scan bench-float bench-sweep bench-precision bench-gpu bench-flops
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -67,3 +67,6 @@ bench-precision: $(STAMP)
 # project's venv when there is one, else the machine's python3.
 bench-gpu:
 	PYTHONPATH=. $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON)) bench/bench_gpu.py $(ARGS)
+
+bench-flops: $(STAMP)
+	$(BIN)/python bench/flops.py $(ARGS)
