@@ -1,4 +1,4 @@
-"""The callable predictor: loads TruFor once per actor, scores a batch, returns rows (maps go to ``maps.store_maps``)."""
+"""The callable predictor: loads TruFor once per actor, scores a batch, returns rows (maps: ``maps.store_maps``)."""
 from __future__ import annotations
 
 import datetime as dt
@@ -17,7 +17,6 @@ from trufor_core.config import POOLED_FEATURE_NAMES
 from trufor_core.model import autocast, describe_device, resolve_device
 
 from . import maps
-from .maps import PAYLOAD_COLUMN
 from .dedup import CopyMarker
 from .schema import ERROR_TRANSIENT, STATUS_ERROR, STATUS_OK, ScanRow, coerce, rows_to_table
 from .storage import StorageConfig, local_copy, one_line, redact
@@ -141,7 +140,7 @@ class TruForPredictor:
         return [{"score": scores[i], "det_logit": dets[i].item(),
                  **{k: float(v) for k, v in zip(POOLED_FEATURE_NAMES, pooled[i])},
                  "frac_anom": stats[i][0] / n_pix, "frac_anom_conf": stats[i][1] / n_pix, "max_anom_conf": peak[i],
-                 PAYLOAD_COLUMN: maps.pack(margin[i], conf[i], size)} for i in range(len(pixels))]
+                 maps.PAYLOAD_COLUMN: maps.pack(margin[i], conf[i], size)} for i in range(len(pixels))]
 
     def _run_group(self, idx: list[int], pixels, extra: list[dict]) -> float:
         """Score one same-shape group; a failing group is retried image by image to isolate the culprit.
@@ -165,7 +164,7 @@ class TruForPredictor:
         return forward_s
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        """Rows for a decoded batch: ``ROW_SCHEMA`` plus the maps' payload (``PAYLOAD_COLUMN``), which
+        """Rows for a decoded batch: ``ROW_SCHEMA`` plus the maps' payload (``maps.PAYLOAD_COLUMN``), which
         ``maps.store_maps`` turns into stored maps: in the scan, a CPU stage after this one."""
         started = time.time()
         n = len(batch["uri"])
@@ -189,10 +188,10 @@ class TruForPredictor:
             fields = {k: base[i].get(k) for k in _PASSED_THROUGH}
             fields.update(common)
             fields["scanned_at"] = now
-            payloads.append(extra[i].pop(PAYLOAD_COLUMN, None))
+            payloads.append(extra[i].pop(maps.PAYLOAD_COLUMN, None))
             fields.update(extra[i])
             rows.append(ScanRow(**fields))
-        table = rows_to_table(rows).append_column(PAYLOAD_COLUMN, pa.array(payloads, pa.binary()))
+        table = rows_to_table(rows).append_column(maps.PAYLOAD_COLUMN, pa.array(payloads, pa.binary()))
         if self.cfg.timings_dir:
             self._log_timing(started, forward_s, len(ok))
         return table

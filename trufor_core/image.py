@@ -4,10 +4,9 @@ from __future__ import annotations
 import io
 import os
 import re
+import typing
 import warnings
 from dataclasses import dataclass
-
-import typing
 
 import numpy as np
 from PIL import Image
