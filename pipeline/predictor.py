@@ -125,9 +125,7 @@ class TruForPredictor:
         with torch.inference_mode():
             with autocast(self.device, self.cfg.precision):
                 out = self.model(x, self.ev)
-            # The maps exactly as TruForOutput.results makes them (the model dtype: no autocast).
-            a = torch.softmax(out.anomaly_logits, dim=1)[:, 1]  # (B, H, W)
-            c = torch.sigmoid(out.conf_logits)[:, 0]  # (B, H, W)
+            a, c = out.maps()  # (B, H, W) each, in the model dtype (outside autocast), on the device
             hot = a > 0.5
             stats = torch.stack([hot.sum((1, 2)), (hot & (c > 0.5)).sum((1, 2))], 1).cpu().tolist()
             peak = (a * c).amax((1, 2)).cpu().tolist()

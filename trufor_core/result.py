@@ -57,10 +57,13 @@ class TruForOutput:
     det_logit: torch.Tensor  # (B,)
     noiseprint: torch.Tensor  # (B, H, W)
 
+    def maps(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(anomaly, confidence) maps, each (B, H, W) on the outputs' device: softmax(logits)[1], sigmoid."""
+        return torch.softmax(self.anomaly_logits, dim=1)[:, 1], torch.sigmoid(self.conf_logits)[:, 0]
+
     def results(self) -> list[TruForResult]:
         """Per-image results: map = softmax(logits)[1], conf = sigmoid, score = sigmoid(det)."""
-        maps = torch.softmax(self.anomaly_logits, dim=1)[:, 1].cpu().numpy()
-        confs = torch.sigmoid(self.conf_logits)[:, 0].cpu().numpy()
+        maps, confs = (m.cpu().numpy() for m in self.maps())
         scores = torch.sigmoid(self.det_logit).cpu()
         dets = self.det_logit.cpu()
         pooled = self.pooled.cpu().numpy()
