@@ -56,6 +56,41 @@ def _cmd_top(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from pipeline.options import from_args
+    from pipeline.report import ReportConfig, build_report
+
+    res = build_report(from_args(ReportConfig, args, "report"))
+    print(res.text(), file=sys.stderr)
+    return EXIT_OK
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    from pipeline.evidence import ShowConfig, show
+    from pipeline.options import from_args
+
+    cfg = from_args(ShowConfig, args, "show")
+    row = show(cfg)
+    print(f"{row['uri']}: score {row['score']:.4f}; figure: {cfg.png}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from pipeline.evidence import ExportConfig, export
+    from pipeline.options import from_args
+
+    res = export(from_args(ExportConfig, args, "export"))
+    for folder in res.folders:
+        print(folder)
+    for folder, why in res.incomplete:
+        print(f"written without its original: {folder}: {why}", file=sys.stderr)
+    for key, why in res.failed:
+        print(f"not exported: {key}: {why}", file=sys.stderr)
+    print(f"export: {len(res.folders)} bundles written ({len(res.incomplete)} without their original), "
+          f"{len(res.failed)} not exported", file=sys.stderr)
+    return EXIT_ERROR_ROWS if res.failed or res.incomplete else EXIT_OK
+
+
 def _cmd_train_noiseprint(args: argparse.Namespace) -> int:
     import json
 
@@ -173,6 +208,26 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     t.add_argument("--s3-endpoint")
     t.set_defaults(func=_cmd_top)
 
+    rp = sub.add_parser("report", help="a review page of the top candidates (static HTML that opens from disk)")
+    if full("report"):
+        from pipeline.options import add_options
+        from pipeline.report import ReportConfig
+
+        add_options(rp, ReportConfig, "report")
+    rp.set_defaults(func=_cmd_report)
+
+    for name, text, cls in (("show", "the four-panel figure of one scanned image (image | anomaly | confidence | ...)",
+                             "ShowConfig"),
+                            ("export", "evidence bundles: original, figure, maps, row, versions, how to reproduce",
+                             "ExportConfig")):
+        ev = sub.add_parser(name, help=text)
+        if full(name):
+            from pipeline import evidence
+            from pipeline.options import add_options
+
+            add_options(ev, getattr(evidence, cls), name)
+        ev.set_defaults(func=_cmd_show if name == "show" else _cmd_export)
+
     tn = sub.add_parser("train-noiseprint", help="retrain Noiseprint++ on a camera corpus with Ray Train")
     if full("train-noiseprint"):
         from .noiseprint_train import add_arguments as add_train_arguments
@@ -223,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(command if command in COMMANDS else None).parse_args(argv)
     try:
         return args.func(args)
-    except (WeightsError, FileNotFoundError, ValueError, RuntimeError) as e:
+    except (WeightsError, FileNotFoundError, FileExistsError, ValueError, RuntimeError) as e:
         from pipeline.output import RunFailed
         from pipeline.storage import one_line, redact
 
@@ -233,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED if isinstance(e, RunFailed) else EXIT_USAGE
 
 
-COMMANDS = ("predict", "scan", "sweep", "query", "top", "train-noiseprint", "eval-noiseprint", "make-camera-corpus",
+COMMANDS = ("predict", "scan", "sweep", "query", "top", "report", "show", "export", "train-noiseprint", "eval-noiseprint", "make-camera-corpus",
             "make-demo-archive", "weights")
 
 

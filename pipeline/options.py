@@ -52,15 +52,19 @@ def add_options(parser: argparse.ArgumentParser, cls, command: str, defaults: di
         flags = m["flag"] or "--" + f.name.replace("_", "-")
         flags = (flags,) if isinstance(flags, str) else tuple(flags)
         required = default is dataclasses.MISSING
+        nargs = None
+        if typing.get_origin(typ) is tuple:  # tuple[str, ...]: one option taking one or more values
+            typ, nargs = typing.get_args(typ)[0], "+"
         if typ is bool:
             parser.add_argument(*flags, dest=f.name, action="store_false" if default else "store_true", help=m["help"])
             continue
         shown = "" if required or default is None else f" (default: {default})"
         metavar = m["metavar"] or (None if m["choices"] else flags[0].lstrip("-").upper().replace("-", "_"))
         parser.add_argument(*flags, dest=f.name, type=typ, required=required, choices=m["choices"], metavar=metavar,
-                            default=None if required else default, help=m["help"] + shown)
+                            nargs=nargs, default=None if required else default, help=m["help"] + shown)
 
 
 def from_args(cls, args: argparse.Namespace, command: str, **fixed):
     """The config ``cls`` from parsed arguments (fields not on this command keep their defaults)."""
-    return cls(**{f.name: getattr(args, f.name) for f in cli_fields(cls, command)}, **fixed)
+    values = {f.name: getattr(args, f.name) for f in cli_fields(cls, command)}
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}, **fixed)
