@@ -142,10 +142,6 @@ def _reproduce_sh(row: dict, original: str) -> str:
 
 def write_bundle(row: dict, out_dir: Path, storage: StorageConfig, max_original_bytes: int) -> tuple[Path, str | None]:
     """Write one image's bundle; returns (folder, a problem to report or None)."""
-    folder = out_dir / bundle_name(row)
-    folder.mkdir(parents=True, exist_ok=True)
-    for old in folder.iterdir():  # a re-export replaces the folder's contents, it never mixes two
-        old.unlink()
     original = read_original(row, storage)
     files: dict[str, bytes] = {}
     described: list[tuple[str, str]] = []
@@ -187,6 +183,10 @@ def write_bundle(row: dict, out_dir: Path, storage: StorageConfig, max_original_
     files["reproduce.sh"] = _reproduce_sh(row, original_name).encode()
     files["SHA256SUMS"] = "".join(f"{hashlib.sha256(data).hexdigest()}  {name}\n"
                                   for name, data in sorted(files.items())).encode()
+    folder = out_dir / bundle_name(row)  # written only once everything is made: no half bundles
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.iterdir():  # a re-export replaces the folder's contents, it never mixes two
+        old.unlink()
     for name, data in files.items():
         (folder / name).write_bytes(data)
     return folder, problem

@@ -68,7 +68,10 @@ class ReportConfig:
             raise ValueError(f"--thumb-side must be >= 16 and --detail-max-side >= 0, got {self.thumb_side} "
                              f"and {self.detail_max_side}")
         if self.since:
-            dt.date.fromisoformat(self.since)  # ValueError with the offending value
+            try:
+                dt.date.fromisoformat(self.since)
+            except ValueError as e:
+                raise ValueError(f"--since {self.since!r} is not a date YYYY-MM-DD: {e}") from None
 
 
 def scope_filter(cfg: ReportConfig) -> tuple[str, list]:
