@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import io
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -13,13 +15,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import IMAGES, S3_KEY, S3_SECRET
+from conftest import IMAGES, REPO, S3_KEY, S3_SECRET
+from page_check import browser_missing, check_report
 from tolerances import F32_ATOL, MAP_CODEC_ATOL, assert_close, assert_f32_close
 from pipeline import maps
 from pipeline.query import run_sql, top
 from pipeline.scan import RAY_ENV_DEFAULTS, ScanConfig, run_scan
 from pipeline.storage import StorageConfig
 
+sys.path.insert(0, str(REPO / "bench"))
 pytestmark = pytest.mark.slow
 
 
@@ -216,24 +220,66 @@ def test_scan_on_two_node_cluster(ray_env, reference_scores, synth_ckpt, tmp_pat
 
 
 def test_scan_command_line(shared, synth_ckpt, tmp_path):
-    """`trufor-scan scan` starts its own local Ray; `query` and `top` read what it wrote."""
+    """`trufor-scan scan` starts its own local Ray; `query`, `top`, `report`, `show` and `export` read what it
+    wrote, as a person would use them (the page in headless Chromium; the bundle's reproduce.sh run)."""
+    from report_data import jpeg_with_exif
+
     root = tmp_path / "archive"
     root.mkdir()
     shutil.copy(IMAGES / "tampered2.png", root / "a.png")
+    shutil.copy(IMAGES / "pristine1.jpg", root / "c.jpg")
     (root / "b.jpg").write_bytes(b"")
+    # Data that must stay text on the page: a file name and an EXIF field holding HTML.
+    rgb = np.asarray(Image.open(IMAGES / "pristine1.jpg").convert("RGB"))[:128, :160]
+    (root / 'd "<b>bold<b>" & co.jpg').write_bytes(jpeg_with_exif(np.ascontiguousarray(rgb), "<script>", "M",
+                                                                     "<script>window.__pwned = 3</script>"))
     exe = str(Path(sys.executable).with_name("trufor-scan"))
     env = dict(os.environ, TRUFOR_WEIGHTS=str(synth_ckpt))
-    p = subprocess.run([exe, "scan", str(root), "--output", str(tmp_path / "out"), "--no-download",
+    out = tmp_path / "out"
+    p = subprocess.run([exe, "scan", str(root), "--output", str(out), "--no-download",
                         "--run-id", "cli1", "--progress-every", "1"], capture_output=True, text=True, env=env,
                        timeout=600)
     assert p.returncode == 3, p.stderr[-3000:]  # finished, every input has its row, one is an error row
-    assert "listed 2, scanned 2 (1 ok, 1 errors, 0 copies of bytes already scored), skipped 0" in p.stderr
-    assert "scan: 100%" in p.stderr and "2/2" in p.stderr and "run:     " + str(tmp_path / "out" / "_runs" / "cli1.json") in p.stderr
-    q = subprocess.run([exe, "query", str(tmp_path / "out"), "SELECT uri, status, error FROM results ORDER BY uri",
+    assert "listed 4, scanned 4 (3 ok, 1 errors, 0 copies of bytes already scored), skipped 0" in p.stderr
+    assert "scan: 100%" in p.stderr and "4/4" in p.stderr and "run:     " + str(out / "_runs" / "cli1.json") in p.stderr
+    q = subprocess.run([exe, "query", str(out), "SELECT uri, status, error FROM results ORDER BY uri",
                         "--format", "csv"], capture_output=True, text=True, timeout=120)
     assert q.returncode == 0, q.stderr
     lines = q.stdout.strip().splitlines()
     assert lines[0] == "uri,status,error" and lines[1].endswith("a.png,ok,") and "empty file" in lines[2]
-    t = subprocess.run([exe, "top", str(tmp_path / "out"), "--min-score", "0", "--format", "json"],
+    t = subprocess.run([exe, "top", str(out), "--min-score", "0", "--format", "json"],
                        capture_output=True, text=True, timeout=120)
     assert t.returncode == 0 and '"map_uri"' in t.stdout and "a.png" in t.stdout
+    best = json.loads(t.stdout)[0]
+
+    # The review page, in a real browser.
+    r = subprocess.run([exe, "report", str(out), "--out", str(tmp_path / "page")], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0 and "report: 3 candidates shown of 3" in r.stderr, r.stderr[-2000:]
+    page = (tmp_path / "page" / "index.html").read_text()
+    assert "&lt;script&gt;window.__pwned = 3&lt;/script&gt;" in page and "&lt;b&gt;bold&lt;b&gt;" in page
+    why = browser_missing()
+    if why and os.environ.get("TRUFOR_REQUIRE_BROWSER"):
+        pytest.fail(f"TRUFOR_REQUIRE_BROWSER is set but {why}")
+    if not why:
+        facts = check_report(tmp_path / "page", expected_cards=3)
+        assert facts["order"][0] == best["uri"] and facts["detail_panels"] == 4 and facts["pwned"] is None
+
+    # The figure of the best candidate, named by a sha256 prefix.
+    sha = run_sql(str(out), "SELECT sha256 FROM results WHERE uri = ?", [best["uri"]])[1][0][0]
+    s = subprocess.run([exe, "show", sha[:12], "--output", str(out), "--png", str(tmp_path / "fig.png")],
+                       capture_output=True, text=True, timeout=300)
+    assert s.returncode == 0, s.stderr[-2000:]
+    with Image.open(tmp_path / "fig.png") as im:
+        assert im.format == "PNG" and im.size[0] == 1600 and im.size[1] > 300
+
+    # An evidence bundle, and its reproduce.sh re-scores the original with `predict`: the same score.
+    e = subprocess.run([exe, "export", str(out), "--uri", best["uri"], "--out", str(tmp_path / "ev")],
+                       capture_output=True, text=True, timeout=300)
+    assert e.returncode == 0, e.stderr[-2000:]
+    folder = Path(e.stdout.strip())
+    rep = subprocess.run(["sh", str(folder / "reproduce.sh")], capture_output=True, text=True, timeout=300,
+                         env=dict(env, PATH=f"{Path(exe).parent}:{os.environ['PATH']}"))
+    assert rep.returncode == 0, rep.stderr[-2000:]
+    recorded, reproduced = (float(v) for v in re.findall(r"(?:recorded|reproduced) score ([0-9.]+)", rep.stdout))
+    assert abs(recorded - best["score"]) < 1e-6 and abs(reproduced - recorded) <= F32_ATOL["score"], rep.stdout
