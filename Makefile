@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install scan predict test bench bench-scan bench-float bench-sweep bench-precision bench-gpu bench-flops
+.PHONY: install browser scan predict test bench bench-scan bench-float bench-sweep bench-precision bench-gpu bench-flops bench-report
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,14 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $@
 
 install: $(STAMP)
+
+# The review page's tests drive a real Chromium: Debian's package (Playwright downloads no browser
+# here). Installed when missing and this machine can (root with apt-get); elsewhere those tests skip
+# and say why (CI sets TRUFOR_REQUIRE_BROWSER=1, so there a missing browser fails).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	  echo "note: Chromium not installed (needs root and apt-get): the browser tests will skip"
 
 # The embedded default: photographs from scikit-image plus a splice, a repost and bad files,
 # generated offline. The main job is the nightly command: run it twice and the second scans nothing.
@@ -44,7 +52,7 @@ predict: $(STAMP)
 # under 15 minutes on 2 cores.
 OTHER_KERNELS := ONEDNN_MAX_CPU_ISA=SSE41 ATEN_CPU_CAPABILITY=default
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 	$(OTHER_KERNELS) $(BIN)/python -m pytest -q -m "parity and not slow" -k "synthetic_odd or recipe" $(PYTEST_ARGS)
 
@@ -70,3 +78,6 @@ bench-gpu:
 
 bench-flops: $(STAMP)
 	$(BIN)/python bench/flops.py $(ARGS)
+
+bench-report: $(STAMP)
+	$(BIN)/python bench/bench_report.py $(ARGS)

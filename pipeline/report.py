@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import datetime as dt
+import io
 import json
 import os
 import shutil
@@ -208,7 +209,6 @@ def histogram_png(counts: list[int], min_score: float) -> bytes:
     """The score histogram of the rows in scope (matplotlib)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    import io
 
     fig = Figure(figsize=(6.0, 3.0), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)

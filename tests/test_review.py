@@ -11,7 +11,6 @@ import json
 import os
 import re
 import sys
-from pathlib import Path
 
 import markupsafe
 import numpy as np
@@ -25,7 +24,6 @@ from tolerances import FIGURE_PANEL_MEAN_ABS
 sys.path.insert(0, str(REPO / "bench"))
 from report_data import make_results  # noqa: E402
 
-from pipeline import maps  # noqa: E402
 from pipeline.evidence import ExportConfig, ShowConfig, export, render_figure, show  # noqa: E402
 from pipeline.report import ReportConfig, build_report, query_report  # noqa: E402
 from pipeline.review import colorize, find_row, load_maps, map_to_gray8, read_original, resize_map  # noqa: E402
