@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .options import opt
-from .review import (HOW_TO_READ, encode_png, figure_png, find_row, four_panel_figure, load_maps, map_to_gray8,
+from .review import (HOW_TO_READ, SHA256_RE, encode_png, figure_png, find_row, four_panel_figure, load_maps, map_to_gray8,
                      plain_row, read_original)
 from .storage import StorageConfig, one_line, redact
 
@@ -78,6 +78,8 @@ def show(cfg: ShowConfig) -> dict:
 
 
 def bundle_name(row: dict) -> str:
+    if not SHA256_RE.match(row.get("sha256") or ""):  # it names a folder: never a path from the data
+        raise ValueError(f"no valid sha256 in the row of {row.get('uri')!r}: {str(row.get('sha256'))[:80]!r}")
     base = re.sub(r"[^A-Za-z0-9._-]+", "_", row["uri"].rstrip("/").rsplit("/", 1)[-1]).strip("._") or "image"
     return f"{row['sha256'][:12]}-{base[:60]}"
 
@@ -142,6 +144,7 @@ def _reproduce_sh(row: dict, original: str) -> str:
 
 def write_bundle(row: dict, out_dir: Path, storage: StorageConfig, max_original_bytes: int) -> tuple[Path, str | None]:
     """Write one image's bundle; returns (folder, a problem to report or None)."""
+    folder = out_dir / bundle_name(row)
     original = read_original(row, storage)
     files: dict[str, bytes] = {}
     described: list[tuple[str, str]] = []
@@ -183,7 +186,7 @@ def write_bundle(row: dict, out_dir: Path, storage: StorageConfig, max_original_
     files["reproduce.sh"] = _reproduce_sh(row, original_name).encode()
     files["SHA256SUMS"] = "".join(f"{hashlib.sha256(data).hexdigest()}  {name}\n"
                                   for name, data in sorted(files.items())).encode()
-    folder = out_dir / bundle_name(row)  # written only once everything is made: no half bundles
+    # The folder is written only once everything is made: no half bundles.
     folder.mkdir(parents=True, exist_ok=True)
     for old in folder.iterdir():  # a re-export replaces the folder's contents, it never mixes two
         old.unlink()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import datetime as dt
 import io
-import json
 import os
 import shutil
 import time
@@ -23,7 +22,7 @@ import numpy as np
 
 from .options import opt
 from .query import connect
-from .review import (HOW_TO_READ, SCALES, colorize, css_gradient, encode_jpeg, encode_png, fit_size, load_maps,
+from .review import (HOW_TO_READ, SCALES, SHA256_RE, colorize, css_gradient, encode_jpeg, encode_png, fit_size, load_maps,
                      overlay, read_original, resize_map, resize_rgb)
 from .schema import COLUMNS, STATUS_ERROR, STATUS_OK, STATUS_SKIPPED
 from .storage import StorageConfig, one_line, redact
@@ -75,23 +74,29 @@ class ReportConfig:
                 raise ValueError(f"--since {self.since!r} is not a date YYYY-MM-DD: {e}") from None
 
 
-def scope_filter(cfg: ReportConfig) -> tuple[str, list]:
-    """The WHERE clause (values bound as parameters) choosing the rows a report covers."""
-    conds, params = ["TRUE"], []
+def scope_filter(cfg: ReportConfig) -> tuple[str, list, list[str]]:
+    """The WHERE clause choosing the rows a report covers, its values (bound as parameters) and
+    how a person reads each condition."""
+    conds, params, said = ["TRUE"], [], []
     if cfg.since:
         conds.append("scan_date >= ?")
         params.append(cfg.since)
+        said.append(f"scanned on or after {cfg.since}")
     if cfg.uri_glob:
         conds.append("uri GLOB ?")
         params.append(cfg.uri_glob)
-    for col, value in (("exif_make", cfg.make), ("exif_model", cfg.camera_model), ("exif_software", cfg.software)):
+        said.append(f"uri matches {cfg.uri_glob}")
+    for col, what, value in (("exif_make", "EXIF make", cfg.make), ("exif_model", "EXIF model", cfg.camera_model),
+                             ("exif_software", "EXIF software", cfg.software)):
         if value:
             conds.append(f"contains(lower({col}), lower(?))")
             params.append(value)
+            said.append(f"{what} contains {value!r}")
     if cfg.run_id:
         conds.append("run_id = ?")
         params.append(cfg.run_id)
-    return " AND ".join(conds), params
+        said.append(f"written by run {cfg.run_id}")
+    return " AND ".join(conds), params, said
 
 
 @dataclass
@@ -109,7 +114,7 @@ class Summary:
 
 def query_report(cfg: ReportConfig, storage: StorageConfig) -> tuple[list[dict], Summary]:
     """The candidates (one query, LIMIT k) and the summary of the rows in scope."""
-    where, params = scope_filter(cfg)
+    where, params, _ = scope_filter(cfg)
     con = connect(cfg.output, storage)
     try:
         con.execute(f"CREATE TEMP TABLE scope AS SELECT * FROM latest WHERE {where}", params)
@@ -152,13 +157,14 @@ class Drawn:
     panels: dict = field(default_factory=dict)  # image / anomaly / confidence / product -> path
     detail_size: tuple[int, int] | None = None
     problems: list = field(default_factory=list)
-    seconds: float = 0.0
 
 
 def draw_candidate(row: dict, out: Path, cfg: ReportConfig, storage: StorageConfig) -> Drawn:
     """Read one candidate's original and maps and write its card and detail pictures (never raises)."""
-    t0 = time.monotonic()
     d = Drawn()
+    if not SHA256_RE.match(row.get("sha256") or ""):  # it names a folder: never a path from the data
+        d.problems.append(f"no valid sha256 in the row ({str(row.get('sha256'))[:80]!r}): nothing drawn")
+        return d
     rel = f"c/{row['sha256'][:2]}/{row['sha256']}"
     (out / rel).mkdir(parents=True, exist_ok=True)
     try:
@@ -201,7 +207,6 @@ def draw_candidate(row: dict, out: Path, cfg: ReportConfig, storage: StorageConf
                                                         ("product", "png")) if f"{k}.{ext}" in files}
     except Exception as e:  # noqa: BLE001 - one bad image must not stop the page
         d.problems.append(one_line(redact(f"could not draw: {type(e).__name__}: {e}"), 300))
-    d.seconds = time.monotonic() - t0
     return d
 
 
@@ -278,15 +283,13 @@ def build_report(cfg: ReportConfig, log=None) -> ReportResult:
     for name in ASSETS:
         shutil.copyfile(TEMPLATES / name, out / "assets" / name)
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, undefined=jinja2.StrictUndefined)
-    where, params = scope_filter(cfg)
     cards = [{"i": i, "row": r, "drawn": drawn[r["sha256"]]} for i, r in enumerate(candidates)]
     html = env.get_template("report.html.j2").render(
         cfg=cfg, cards=cards, summary=summary, stats=STATS, how_to_read=HOW_TO_READ,
         scales={k: (css_gradient(k), v[1]) for k, v in SCALES.items()},
-        filters=[f"{c} [{p}]" for c, p in zip(where.split(" AND ")[1:], params)],
+        filters=scope_filter(cfg)[2],
         generated=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), code_version=code_version(),
-        statuses=(STATUS_OK, STATUS_ERROR, STATUS_SKIPPED), hist_bins=HIST_BINS,
-        data_json=json.dumps({"shown": len(cards), "candidates_total": summary.candidates_total}).replace("<", "\\u003c"))
+        statuses=(STATUS_OK, STATUS_ERROR, STATUS_SKIPPED), hist_bins=HIST_BINS)
     (out / "index.html").write_text(html, encoding="utf-8")
     t3 = time.monotonic()
     res = ReportResult(index=out / "index.html", shown=len(cards), candidates_total=summary.candidates_total,

@@ -42,7 +42,8 @@ HOW_TO_READ = (
     "shows as a compact red region where the confidence is high.",
 )
 READ_TIMEOUT_S = 120.0
-SHA_RE = re.compile(r"^[0-9a-f]{8,64}$")
+SHA_RE = re.compile(r"^[0-9a-f]{8,64}$")  # a sha256 or a prefix of one, as a person types it
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 class NotScanned(ValueError):

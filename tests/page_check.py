@@ -109,10 +109,10 @@ def check_report(report_dir: Path, expected_cards: int | None = None, screenshot
                     page.screenshot(path=str(detail_screenshot), full_page=False)
                 page.keyboard.press("Escape")
                 dialog.wait_for(state="hidden")
-            # Nothing from the data ran: only the page's own two scripts exist, no inline handlers.
+            # Nothing from the data ran: only the page's own script exists, no inline handlers.
             facts["pwned"] = page.evaluate("() => window.__pwned ?? null")
             scripts = page.evaluate("() => Array.from(document.scripts).map(s => s.src ? 'src' : s.type)")
-            assert scripts == ["application/json", "src"], f"unexpected scripts in the page: {scripts}"
+            assert scripts == ["src"], f"unexpected scripts in the page: {scripts}"
             handlers = page.evaluate("() => Array.from(document.querySelectorAll('*')).filter(e => "
                                      "Array.from(e.attributes).some(a => a.name.startsWith('on'))).length")
             assert handlers == 0, f"{handlers} elements with inline event handlers"

@@ -45,6 +45,8 @@ def generated(tmp_path_factory) -> dict:
     scanned_sha = hashlib.sha256(changed.read_bytes()).hexdigest()
     extra = [dict(uri=URI_ATTACK, status="ok", sha256="ab" * 32, score=0.999, width=64, height=48, format="JPEG",
                   exif_software=EXIF_ATTACK, exif_make="O'Brien & Sons", map_uri=str(out / "maps/none.npz")),
+             dict(uri="s3://bucket/traversal.jpg", status="ok", sha256="../../../escaped", score=0.998, width=64,
+                  height=48, format="JPEG", map_uri=str(out / "maps/none3.npz")),
              dict(uri=str(changed), status="ok", sha256=scanned_sha, score=0.001, width=64, height=48, format="JPEG",
                   map_uri=str(out / "maps/none2.npz"))]
     info = make_results(out, N_ROWS, N_IMAGES, seed=3, size=(96, 128), extra=extra)
@@ -62,7 +64,7 @@ def test_report_page_escapes_data_and_counts(generated, tmp_path):
     assert "<script>window.__pwned" not in text and "onerror=\"window" not in text
     assert str(markupsafe.escape(URI_ATTACK)) in text and "&lt;img src=x onerror=" in text
     assert "O&#39;Brien &amp; Sons" in text
-    assert text.count("<script") == 2  # the page's JSON and its own report.js, nothing from the data
+    assert text.count("<script") == 1  # its own report.js, nothing from the data
     # The first card is the highest score (the attack row, 0.999) and the banner says the weights are untrained.
     assert cards[0] == "0" and 'id="untrained-banner"' in text
     # Every picture the page names exists; the 6 real images got their card pictures and detail panels.
@@ -75,6 +77,8 @@ def test_report_page_escapes_data_and_counts(generated, tmp_path):
         assert im.size[0] > 300
     # The rows the page could not draw say why (the attack row's original and map do not exist).
     assert "original not readable" in text and "maps not readable" in text
+    assert "no valid sha256 in the row" in text and not (tmp_path.parent / "escaped").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["page"]
 
 
 def test_report_summary_matches_sql(generated, tmp_path):
@@ -90,14 +94,14 @@ def test_report_summary_matches_sql(generated, tmp_path):
     errors = con.execute("SELECT count(*) FROM latest WHERE status = 'error'").fetchone()[0]
     con.close()
     assert isinstance(con, duckdb.DuckDBPyConnection)
-    assert s.by_status == by_status and s.images == N_ROWS + 2 and s.candidates_total == n_ok_above
+    assert s.by_status == by_status and s.images == N_ROWS + 3 and s.candidates_total == n_ok_above
     assert [c["score"] for c in candidates] == sorted((c["score"] for c in candidates), reverse=True)
     assert len(candidates) == 5 and all(c["score"] >= 0.5 for c in candidates)
     assert sum(s.hist) == by_status["ok"]
     # Error rows grouped by message with the uri taken out: a few causes, counts adding up.
     assert sum(n for _, _, n, _ in s.errors) == errors and len(s.errors) <= 3
     assert all("<file>" in msg or "timed out" in msg for _, msg, _, _ in s.errors)
-    assert len(s.runs) == 1 and s.runs[0]["rows"] == N_ROWS + 2 and s.untrained == N_ROWS + 2
+    assert len(s.runs) == 1 and s.runs[0]["rows"] == N_ROWS + 3 and s.untrained == N_ROWS + 3
 
 
 def test_report_filters_are_bound_parameters(generated, tmp_path):
@@ -182,6 +186,8 @@ def test_export_large_missing_and_unknown(generated, tmp_path):
     top = generated["top"][0]
     res = export(ExportConfig(output=str(generated["out"]), uri=(top, generated["changed"], "s3://nope/x.jpg"),
                               out=str(tmp_path), max_original_mb=1e-4))
+    res_bad = export(ExportConfig(output=str(generated["out"]), uri=("s3://bucket/traversal.jpg",), out=str(tmp_path)))
+    assert "no valid sha256" in res_bad.failed[0][1] and not res_bad.folders
     assert [k for k, _ in res.failed] == [generated["changed"], "s3://nope/x.jpg"]
     assert "no scanned image" in res.failed[1][1]
     big = res.folders[0]
