@@ -61,10 +61,13 @@ def generated_logits(rng: np.random.Generator, h: int, w: int, forged: bool) -> 
 
 
 def make_results(output: str | Path, n_rows: int, n_images: int, seed: int = 0, size: tuple[int, int] = (192, 256),
-                 run_id: str = "generated", rows_per_part: int = 25_000, extra: list[dict] | None = None) -> dict:
+                 run_id: str = "generated", rows_per_part: int = 25_000, extra: list[dict] | None = None,
+                 uri_prefix: str | None = None) -> dict:
     """Write a generated results set; returns {"images": [paths], "rows": n, "top": [uris by score]}.
 
     ``extra``: more rows (ScanRow fields) appended as they are, after the generated ones, for tests.
+    ``uri_prefix``: the image rows' uris are ``<uri_prefix>/<file name>`` (e.g. an s3:// prefix the
+    caller uploads ``<output>-images/`` to) instead of the local paths.
     """
     rng = np.random.default_rng(seed)
     out = Path(output)
@@ -93,14 +96,14 @@ def make_results(output: str | Path, n_rows: int, n_images: int, seed: int = 0, 
             margin, conf = generated_logits(rng, h, w, forged=i % 2 == 0)
             uri = maps.save(maps_root, sha, margin, conf, (h, w))
             score = float(top_scores[i])
-            row = ScanRow(uri=str(path), status=STATUS_OK, size_bytes=len(data), etag_or_mtime="g", sha256=sha,
+            row = ScanRow(uri=f"{uri_prefix}/{path.name}" if uri_prefix else str(path), status=STATUS_OK, size_bytes=len(data), etag_or_mtime="g", sha256=sha,
                           format="JPEG", width=w, height=h, exif_make=("Canon", "NIKON", "Apple")[i % 3],
                           exif_model=f"Model {i % 7}", exif_software=("", "Adobe Photoshop 25.0", "GIMP 2.10")[i % 3] or None,
                           score=score, det_logit=float(np.log(score / (1 - score))), frac_anom=0.1, frac_anom_conf=0.05 + 0.01 * (i % 5),
                           max_anom_conf=0.5 + 0.001 * i, conf_mean=0.7, map_uri=uri, preview_uri=maps.preview_uri(uri),
                           map_codec=maps.MAP_CODEC, scanned_at=t, elapsed_ms=1.0, **common)
             images.append(str(path))
-            top.append(str(path))
+            top.append(row.uri)
         else:
             uri = f"s3://generated-archive/day{i % 30:02d}/{i:07d}.jpg"
             kind = rng.random()
