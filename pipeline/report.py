@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .options import opt
+from .progress import progress
 from .query import connect
 from .review import (HOW_TO_READ, SCALES, SHA256_RE, colorize, css_gradient, encode_jpeg, encode_png, fit_size, load_maps,
                      overlay, read_original, resize_map, resize_rgb)
@@ -276,8 +277,13 @@ def build_report(cfg: ReportConfig, log=None) -> ReportResult:
     _prepare_out(out)
     distinct = {r["sha256"]: r for r in reversed(candidates)}  # one drawing per image bytes, by its best row
     workers = cfg.workers or os.cpu_count() or 1
+    bar = progress(len(distinct), "report pictures")
     with cf.ThreadPoolExecutor(max_workers=workers) as pool:
-        drawn = dict(zip(distinct, pool.map(lambda r: draw_candidate(r, out, cfg, storage), distinct.values())))
+        futures = {sha: pool.submit(draw_candidate, r, out, cfg, storage) for sha, r in distinct.items()}
+        for _ in cf.as_completed(futures.values()):
+            bar.update(1)
+    bar.close()
+    drawn = {sha: f.result() for sha, f in futures.items()}
     t2 = time.monotonic()
     (out / "assets" / "histogram.png").write_bytes(histogram_png(summary.hist, cfg.min_score))
     for name in ASSETS:
