@@ -55,10 +55,11 @@
   });
   filter.addEventListener("input", applyFilter);
   grid.addEventListener("click", (e) => {
-    const b = e.target.closest("button.open");
-    if (b) {
-      open(b.closest("article.card"));
-      history.replaceState(null, "", "#" + b.closest("article.card").id);
+    const b = e.target.closest("button.open, .pics");  // the button, or a click on the card's pictures
+    const card = b && !e.target.closest("dialog") ? b.closest("article.card") : null;
+    if (card) {
+      open(card);
+      history.replaceState(null, "", "#" + card.id);
     }
   });
   document.querySelectorAll("dialog.detail").forEach((d) =>
