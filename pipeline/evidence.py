@@ -104,7 +104,7 @@ def _readme(row: dict, original_note: str, files: list[tuple[str, str]]) -> str:
     lines += ["", f"Result:   integrity score {w['score']:.6f} ({'at or above' if w['score'] >= 0.5 else 'below'} "
               f"the paper's 0.5 threshold)",
               f"          anomalous and trusted pixels {w['frac_anom_conf']:.4f}, anomalous pixels {w['frac_anom']:.4f}, "
-              f"max anomaly x confidence {w['max_anom_conf']:.4f}, mean confidence {w['conf_mean']:.4f}",
+              f"max anomaly x confidence {w['max_anom_conf']:.4f}",
               "", "How to read it (TruFor, CVPR 2023):"] + [f"  - {t}" for t in HOW_TO_READ]
     lines += ["", "Files:"] + [f"  {name:<24} {what}" for name, what in files]
     lines += ["", "To check and reproduce:",

@@ -36,8 +36,9 @@ HIST_BINS = 20
 STATS = (("score", "score", "integrity score (high = likely manipulated)"),
          ("frac_anom_conf", "anomalous & trusted", "fraction of pixels with anomaly > 0.5 and confidence > 0.5"),
          ("max_anom_conf", "max anomaly x conf.", "largest anomaly x confidence"),
-         ("frac_anom", "anomalous", "fraction of pixels with anomaly > 0.5"),
-         ("conf_mean", "mean confidence", "mean of the confidence map (low: the model has little to stand on)"))
+         ("frac_anom", "anomalous", "fraction of pixels with anomaly > 0.5"))
+# (The pooled features conf_mean, anom_mean, ... are statistics of logits, not of the maps: they are
+# in the detail view's full row, not shown as if they were probabilities.)
 
 
 @dataclass(frozen=True)
@@ -215,6 +216,7 @@ def histogram_png(counts: list[int], min_score: float) -> bytes:
     """The score histogram of the rows in scope (matplotlib)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=(6.0, 3.0), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
@@ -227,6 +229,7 @@ def histogram_png(counts: list[int], min_score: float) -> bytes:
     ax.set_xlim(0, 1)
     ax.set_xlabel("integrity score (latest scan of each image)")
     ax.set_ylabel("images")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     if max(counts, default=0) > 50 * max(1, min((c for c in counts if c), default=1)):
         ax.set_yscale("symlog")
     ax.legend(fontsize=8, frameon=False)
