@@ -164,9 +164,10 @@ def overlay(rgb: np.ndarray, anomaly: np.ndarray, alpha: float = 0.55) -> np.nda
     return np.rint((1 - alpha) * rgb.astype(np.float32) + alpha * heat).astype(np.uint8)
 
 
-def encode_jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
+def encode_jpeg(rgb: np.ndarray, quality: int = 90, subsampling: int = 2) -> bytes:
+    """JPEG bytes; ``subsampling=0`` (4:4:4) keeps colour edges of maps sharp."""
     buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="JPEG", quality=quality, optimize=True)
+    Image.fromarray(rgb).save(buf, format="JPEG", quality=quality, optimize=True, subsampling=subsampling)
     return buf.getvalue()
 
 

@@ -73,7 +73,7 @@ def test_report_page_escapes_data_and_counts(generated, tmp_path):
     assert srcs and all((page / s).is_file() for s in srcs), [s for s in srcs if not (page / s).is_file()]
     thumbs = [s for s in srcs if s.endswith("thumb.jpg") and "conf" not in s]
     assert len(thumbs) == N_IMAGES
-    assert len([s for s in srcs if s.endswith(("anomaly.png", "confidence.png", "product.png"))]) == 3 * N_IMAGES
+    assert len([s for s in srcs if s.endswith(("anomaly.jpg", "confidence.jpg", "product.jpg"))]) == 3 * N_IMAGES
     with Image.open(page / "assets" / "histogram.png") as im:
         assert im.size[0] > 300
     # The rows the page could not draw say why (the attack row's original and map do not exist).
