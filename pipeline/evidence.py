@@ -27,7 +27,7 @@ from pathlib import Path
 from .options import opt
 from .review import (HOW_TO_READ, SHA256_RE, encode_png, figure_png, find_row, four_panel_figure, load_maps, map_to_gray8,
                      plain_row, read_original)
-from .storage import StorageConfig, one_line, redact
+from .storage import StorageConfig, StorageOptions, one_line, redact
 
 FORMAT_EXT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "TIFF": "tif", "BMP": "bmp", "GIF": "gif", "MPO": "jpg"}
 # Expected agreement of a re-run with the row's score (measured: tests/tolerances.py, BENCHMARKS.md).
@@ -36,7 +36,7 @@ AGREEMENT = ("fp32: ~1e-4 on another CPU (kernels sum in another order), ~1e-6 o
 
 
 @dataclass(frozen=True)
-class ExportConfig:
+class ExportConfig(StorageOptions):
     """Settings of one `export`; the command line is derived from these fields."""
 
     output: str = field(metadata=opt("the scan's --output (local directory or s3:// prefix)", positional=True))
@@ -44,20 +44,16 @@ class ExportConfig:
     out: str = field(metadata=opt("directory to write the bundles into (one folder per image)"))
     max_original_mb: float = field(default=100.0, metadata=opt(
         "originals larger than this are not copied: the bundle points to them (uri, size, sha256)"))
-    s3_endpoint: str | None = field(default=None, metadata=opt("S3-compatible endpoint URL (default: $AWS_ENDPOINT_URL)"))
-    anon: bool = field(default=False, metadata=opt("unsigned object-store requests (public buckets)"))
 
 
 @dataclass(frozen=True)
-class ShowConfig:
+class ShowConfig(StorageOptions):
     """Settings of one `show`; the command line is derived from these fields."""
 
     uri: str = field(metadata=opt("the image's uri or sha256 (a prefix of 8+ digits)", positional=True,
                                   metavar="URI_OR_SHA256"))
     output: str = field(metadata=opt("the scan's --output (local directory or s3:// prefix)"))
     png: str = field(metadata=opt("where to write the figure (PNG)"))
-    s3_endpoint: str | None = field(default=None, metadata=opt("S3-compatible endpoint URL (default: $AWS_ENDPOINT_URL)"))
-    anon: bool = field(default=False, metadata=opt("unsigned object-store requests (public buckets)"))
 
 
 def render_figure(row: dict, storage: StorageConfig, original=None) -> tuple[bytes, dict]:
@@ -69,7 +65,7 @@ def render_figure(row: dict, storage: StorageConfig, original=None) -> tuple[byt
 
 def show(cfg: ShowConfig) -> dict:
     """Write the figure of one scanned image; returns its row."""
-    storage = StorageConfig.from_env(cfg.s3_endpoint, cfg.anon)
+    storage = cfg.storage()
     row = find_row(cfg.output, cfg.uri, storage)
     png, _ = render_figure(row, storage)
     Path(cfg.png).parent.mkdir(parents=True, exist_ok=True)
@@ -204,7 +200,7 @@ class ExportResult:
 
 def export(cfg: ExportConfig) -> ExportResult:
     """Write one bundle per chosen image; an image that cannot be exported is reported, the others still are."""
-    storage = StorageConfig.from_env(cfg.s3_endpoint, cfg.anon)
+    storage = cfg.storage()
     out = Path(cfg.out)
     res = ExportResult()
     for key in cfg.uri:

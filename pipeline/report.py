@@ -26,7 +26,7 @@ from .query import connect
 from .review import (HOW_TO_READ, SCALES, SHA256_RE, colorize, css_gradient, encode_jpeg, encode_png, fit_size, load_maps,
                      overlay, read_original, resize_map, resize_rgb)
 from .schema import COLUMNS, STATUS_ERROR, STATUS_OK, STATUS_SKIPPED
-from .storage import StorageConfig, one_line, redact
+from .storage import StorageConfig, StorageOptions, one_line, redact
 
 TEMPLATES = Path(__file__).with_name("templates")
 ASSETS = ("report.css", "report.js")
@@ -42,7 +42,7 @@ STATS = (("score", "score", "integrity score (high = likely manipulated)"),
 
 
 @dataclass(frozen=True)
-class ReportConfig:
+class ReportConfig(StorageOptions):
     """Settings of one `report`; the command line is derived from these fields."""
 
     output: str = field(metadata=opt("the scan's --output (local directory or s3:// prefix)", positional=True))
@@ -60,8 +60,6 @@ class ReportConfig:
     detail_max_side: int = field(default=1536, metadata=opt(
         "longer side of the detail view's panels, pixels (0: the full map resolution)"))
     workers: int = field(default=0, metadata=opt("threads drawing pictures (0: one per CPU)"))
-    s3_endpoint: str | None = field(default=None, metadata=opt("S3-compatible endpoint URL (default: $AWS_ENDPOINT_URL)"))
-    anon: bool = field(default=False, metadata=opt("unsigned object-store requests (public buckets)"))
 
     def __post_init__(self):
         if self.k < 1:
@@ -267,14 +265,14 @@ class ReportResult:
                                                  if self.problems else "") + f"\npage: {self.index}")
 
 
-def build_report(cfg: ReportConfig, log=None) -> ReportResult:
+def build_report(cfg: ReportConfig) -> ReportResult:
     """Write the review page for ``cfg`` and return where it is and what it took."""
     import jinja2
 
     from .scan import code_version
 
     t0 = time.monotonic()
-    storage = StorageConfig.from_env(cfg.s3_endpoint, cfg.anon)
+    storage = cfg.storage()
     candidates, summary = query_report(cfg, storage)
     t1 = time.monotonic()
     out = Path(cfg.out)
@@ -305,6 +303,4 @@ def build_report(cfg: ReportConfig, log=None) -> ReportResult:
     res = ReportResult(index=out / "index.html", shown=len(cards), candidates_total=summary.candidates_total,
                        images=summary.images, query_s=t1 - t0, draw_s=t2 - t1, total_s=t3 - t0,
                        problems=sum(bool(d.problems) for d in drawn.values()))
-    if log:
-        log(res.text())
     return res

@@ -33,7 +33,7 @@ from .preprocess import load_batch
 from .progress import note_slow, progress
 from .query import parts_dataset
 from .schema import ERROR_TRANSIENT, STATUS_ERROR, ScanRow, rows_to_table
-from .storage import StorageConfig, is_remote, local_copy, one_line, redact
+from .storage import StorageConfig, StorageOptions, is_remote, local_copy, one_line, redact
 
 # CPUs per task of the stages around the model: reading, hashing and decoding before it, map
 # encoding and storing after it. Both are light next to TruFor; half a CPU stays free for them.
@@ -47,7 +47,7 @@ RAY_ENV_DEFAULTS = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
 
 
 @dataclass(frozen=True)
-class ScanConfig:
+class ScanConfig(StorageOptions):
     """Settings of one `scan` or `sweep` run; the command line is derived from these fields."""
 
     input: str = field(metadata=opt("local directory, s3://bucket/prefix (any fsspec URI), single file, or a manifest "
@@ -78,8 +78,6 @@ class ScanConfig:
     run_id: str | None = field(default=None, metadata=opt("identifier written into every row (default: timestamp + random)"))
     ray_address: str | None = field(default=None, metadata=opt(
         "an existing Ray cluster (default: $RAY_ADDRESS, else a local Ray)"))
-    s3_endpoint: str | None = field(default=None, metadata=opt("S3-compatible endpoint URL (default: $AWS_ENDPOINT_URL)"))
-    anon: bool = field(default=False, metadata=opt("unsigned object-store requests (public buckets)"))
     variant: str = field(default="test_docker", metadata=opt(
         "train_test: confidence-head BN eps 1e-3 as in TruFor_train_test", choices=("test_docker", "train_test")))
     precision: str = field(default="fp32", metadata=opt(PRECISION_HELP, choices=tuple(PRECISIONS)))
@@ -269,7 +267,7 @@ def run_scan(cfg: ScanConfig, log: Callable[[str], None] = lambda m: print(m, fi
     t0 = time.monotonic()
     command = "sweep" if cfg.incremental else "scan"
     run_id = cfg.run_id or dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
-    storage = StorageConfig.from_env(cfg.s3_endpoint, cfg.anon)
+    storage = cfg.storage()
     # Local OUTPUT made absolute: map_uri/preview_uri in the rows then work from any directory.
     out_root = cfg.output.rstrip("/") if is_remote(cfg.output) else os.path.abspath(cfg.output)
     summary = ScanSummary(run_id=run_id, command=command, results_uri=f"{out_root}/{RESULTS_DIR}",

@@ -6,7 +6,9 @@ import re
 import tempfile
 import urllib.parse
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from .options import opt
 
 
 _SECRET_RE = re.compile(r"(?i)(aws_secret_access_key|aws_access_key_id|secret|signature|credential|"
@@ -46,6 +48,18 @@ class StorageConfig:
 
         protocol = uri.split("://", 1)[0] if "://" in uri else "file"
         return fsspec.core.url_to_fs(uri, **self.options(protocol))
+
+
+@dataclass(frozen=True, kw_only=True)
+class StorageOptions:
+    """The object-store options of every command config that reads or writes storage, declared once
+    (keyword-only: they come after each config's own fields)."""
+
+    s3_endpoint: str | None = field(default=None, metadata=opt("S3-compatible endpoint URL (default: $AWS_ENDPOINT_URL)"))
+    anon: bool = field(default=False, metadata=opt("unsigned object-store requests (public buckets)"))
+
+    def storage(self) -> StorageConfig:
+        return StorageConfig.from_env(self.s3_endpoint, self.anon)
 
 
 def local_copy(uri: str, storage: StorageConfig) -> str:
