@@ -35,8 +35,9 @@ def _base(t) -> tuple[type, bool]:
 
 
 def cli_fields(cls, command: str) -> list[dataclasses.Field]:
-    return [f for f in dataclasses.fields(cls) if f.metadata.get("cli")
-            and (f.metadata["commands"] is None or command in f.metadata["commands"])]
+    fields = [f for f in dataclasses.fields(cls) if f.metadata.get("cli")
+              and (f.metadata["commands"] is None or command in f.metadata["commands"])]
+    return sorted(fields, key=lambda f: f.kw_only is True)  # shared keyword-only options (storage) last
 
 
 def add_options(parser: argparse.ArgumentParser, cls, command: str, defaults: dict | None = None) -> None:
