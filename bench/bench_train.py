@@ -20,7 +20,8 @@ def main() -> None:
     ap.add_argument("--init", default="scratch")
     ap.add_argument("--batch-groups", type=int, default=16)
     args = ap.parse_args()
-    from jobs.noiseprint_train import TrainConfig, run_training
+    from jobs.noiseprint_train import run_training
+    from noiseprint_lab.training import TrainConfig
 
     rows = []
     for workers in (1, 2):

@@ -22,11 +22,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jobs.noiseprint_data import load_corpus, sample_batch  # noqa: E402
-from jobs.noiseprint_eval import evaluate  # noqa: E402
-from jobs.noiseprint_train import (_clone_state, _steps, add_arguments, build_dncnn, config_from_args,  # noqa: E402
-                                   export_noiseprint, final_weights, infonce_loss, start_step, to_input,
-                                   update_average)
+from jobs.noiseprint_train import add_arguments, config_from_args  # noqa: E402
+from noiseprint_lab.data import load_corpus, sample_batch  # noqa: E402
+from noiseprint_lab.metrics import evaluate  # noqa: E402
+from noiseprint_lab.training import (build_dncnn, clone_state, export_noiseprint, final_weights,  # noqa: E402
+                                     infonce_loss, start_step, steps_for, to_input, update_average)
 
 
 def main() -> None:
@@ -41,11 +41,11 @@ def main() -> None:
     torch.set_num_threads(cfg.threads_per_worker)
     corpus = load_corpus(cfg.corpus, "train")
     layout = cfg.layout(len(corpus.cameras))
-    steps = _steps(cfg, sum(corpus.report.cameras.values()))
+    steps = steps_for(cfg, sum(corpus.report.cameras.values()))
     model = build_dncnn(cfg.init)
     reference = None if cfg.init == "scratch" else build_dncnn(cfg.init)  # the export's residual scale
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    average = _clone_state(model) if cfg.ema_decay else None
+    average = clone_state(model) if cfg.ema_decay else None
     out = Path(cfg.output)
     t0, curve = time.perf_counter(), []
     for step in range(steps):

@@ -106,7 +106,7 @@ def _cmd_eval_noiseprint(args: argparse.Namespace) -> int:
 
     from pipeline.storage import StorageConfig
 
-    from .noiseprint_eval import evaluate
+    from noiseprint_lab.metrics import evaluate
 
     res = evaluate(args.weights, args.corpus, baseline=args.baseline, storage=StorageConfig.from_env(args.s3_endpoint),
                    n_pairs=args.pairs, seed=args.seed)
@@ -115,13 +115,47 @@ def _cmd_eval_noiseprint(args: argparse.Namespace) -> int:
 
 
 def _cmd_make_camera_corpus(args: argparse.Namespace) -> int:
-    from .camera_corpus import make_camera_corpus
+    from noiseprint_lab.cameras import make_camera_corpus
 
     desc = make_camera_corpus(args.out, args.cameras, args.images, size=args.size, eval_images=args.eval_images,
-                              seed=args.seed)
+                              seed=args.seed, held_out_cameras=args.held_out_cameras)
     print(f"wrote {len(desc['cameras'])} simulated cameras x {desc['images_per_camera']} training + "
           f"{desc['eval_images_per_camera']} held-out images to {args.out} (held-out photos: "
           f"{', '.join(desc['eval_photos'])})", file=sys.stderr)
+    return 0
+
+
+def _cmd_make_splice_benchmark(args: argparse.Namespace) -> int:
+    from noiseprint_lab.splices import BenchmarkConfig, make_splice_benchmark
+    from pipeline.options import from_args
+
+    cfg = from_args(BenchmarkConfig, args, "make-splice-benchmark")
+    desc = make_splice_benchmark(cfg.corpus, cfg.out, cfg.per_subset, cfg.seed)
+    print(f"wrote {len(desc['items'])} images ({cfg.per_subset} spliced + {cfg.per_subset} pristine per subset) to "
+          f"{cfg.out}; cameras seen {desc['cameras_seen']}, unseen {desc['cameras_unseen']}", file=sys.stderr)
+    return 0
+
+
+def _cmd_fit_noise_anomaly(args: argparse.Namespace) -> int:
+    from noiseprint_lab.localizers import FitConfig, fit_from_corpus
+    from pipeline.options import from_args
+
+    cfg = from_args(FitConfig, args, "fit-noise-anomaly")
+    model = fit_from_corpus(cfg, log=lambda m: print(m, file=sys.stderr))
+    print(f"fitted on {model.images} pristine images: {cfg.out} (fixed threshold {model.threshold:.4g})",
+          file=sys.stderr)
+    return 0
+
+
+def _cmd_eval_splices(args: argparse.Namespace) -> int:
+    import json
+
+    from noiseprint_lab.splice_eval import EvalConfig, evaluate_splices
+    from pipeline.options import from_args
+
+    cfg = from_args(EvalConfig, args, "eval-splices")
+    print(json.dumps(evaluate_splices(cfg.benchmark, cfg.weights, cfg.noise_anomaly,
+                                      log=lambda m: print(m, file=sys.stderr)), indent=1))
     return 0
 
 
@@ -251,7 +285,25 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     mc.add_argument("--eval-images", type=int, default=None, help="held-out images per camera (default images/2)")
     mc.add_argument("--size", type=int, default=192)
     mc.add_argument("--seed", type=int, default=0)
+    mc.add_argument("--held-out-cameras", type=int, default=0,
+                    help="the last N cameras get no training images (for the splice benchmark's unseen subsets)")
     mc.set_defaults(func=_cmd_make_camera_corpus)
+
+    for name, text, module, cls, func in (
+            ("make-splice-benchmark", "spliced and pristine images from a camera corpus (seen/unseen cameras)",
+             "noiseprint_lab.splices", "BenchmarkConfig", _cmd_make_splice_benchmark),
+            ("fit-noise-anomaly", "fit the noise-anomaly localiser (PaDiM on DnCNN activations) on pristine images",
+             "noiseprint_lab.localizers", "FitConfig", _cmd_fit_noise_anomaly),
+            ("eval-splices", "localisation metrics of Noiseprint++ localisers on a splice benchmark (JSON)",
+             "noiseprint_lab.splice_eval", "EvalConfig", _cmd_eval_splices)):
+        sp = sub.add_parser(name, help=text)
+        if full(name):
+            import importlib
+
+            from pipeline.options import add_options
+
+            add_options(sp, getattr(importlib.import_module(module), cls), name)
+        sp.set_defaults(func=func)
 
     dm = sub.add_parser("make-demo-archive", help="a small archive to try a scan on (the default input of `make scan`)")
     dm.add_argument("--out", required=True)
@@ -289,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 COMMANDS = ("predict", "scan", "sweep", "query", "top", "report", "show", "export", "train-noiseprint", "eval-noiseprint", "make-camera-corpus",
+            "make-splice-benchmark", "fit-noise-anomaly", "eval-splices",
             "make-demo-archive", "weights")
 
 

@@ -67,6 +67,9 @@ def test_cluster_launcher_config():
 def test_dockerfile_installs_the_project_with_pinned_torch():
     text = (INFRA / "Dockerfile").read_text()
     assert "-c constraints.txt torch==2.13.0" in text and "pip install -c constraints.txt ." in text
-    for pkg in ("trufor_core", "pipeline", "jobs"):
-        assert f"COPY {pkg}" in text
+    import tomllib
+
+    packages = tomllib.loads((INFRA.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    for pkg in packages:  # every package the project installs is in the image
+        assert f"COPY {pkg}" in text, pkg
     assert "trufor-scan --help" in text

@@ -18,12 +18,12 @@ import torch
 from PIL import Image
 
 from conftest import kill_ray_processes
-from jobs.camera_corpus import make_camera_corpus
-from jobs.noiseprint_data import (EVAL_HISTORIES, HISTORIES, RESIZE_FACTORS, TRAIN_HISTORIES, BatchLayout,
-                                  Corpus, CorpusReport, apply_history, load_corpus, sample_batch, sample_patch)
-from jobs.noiseprint_eval import roc_auc
-from jobs.noiseprint_train import (TrainConfig, build_dncnn, calibration_patches, export_noiseprint, infonce_loss,
-                                   load_dncnn_weights, match_residual_scale, to_input, update_average)
+from noiseprint_lab.cameras import make_camera_corpus
+from noiseprint_lab.data import (EVAL_HISTORIES, HISTORIES, RESIZE_FACTORS, TRAIN_HISTORIES, BatchLayout,
+                                 Corpus, CorpusReport, apply_history, load_corpus, sample_batch, sample_patch)
+from noiseprint_lab.metrics import roc_auc
+from noiseprint_lab.training import (TrainConfig, build_dncnn, calibration_patches, export_noiseprint, infonce_loss,
+                                     load_dncnn_weights, match_residual_scale, to_input, update_average)
 
 
 @pytest.fixture(scope="module")
@@ -184,7 +184,7 @@ def test_training_step_learns_a_fixed_batch(shared, corpus_dir):
 
     Measured: 0.83 -> 0.001 in 6 steps with AVX-512 kernels, 0.83 -> 0.011 with SSE4.1 ones."""
     from conftest import NOISEPRINT
-    from jobs.noiseprint_train import start_step
+    from noiseprint_lab.training import start_step
 
     cfg = TrainConfig(corpus=str(corpus_dir), output="unused", init=str(NOISEPRINT), steps=6, batch_groups=4,
                       batch_cameras=1, batch_positions=4, per_group=2, patch=48, lr=5e-4)

@@ -18,22 +18,20 @@ import torch
 
 from pipeline.storage import StorageConfig
 
-from .noiseprint_data import EVAL_HISTORIES, Corpus, load_corpus, sample_patch
-from .noiseprint_train import build_dncnn, to_input
+from .data import EVAL_HISTORIES, Corpus, load_corpus, sample_patch
+from .training import build_dncnn, to_input
 
 DIFFERS = ("camera", "position", "history")
 
 
 def roc_auc(pos: np.ndarray, neg: np.ndarray) -> float:
     """P(score of a positive > score of a negative), ties counted half (Mann-Whitney U)."""
-    scores = np.concatenate([pos, neg])
-    order = scores.argsort(kind="mergesort")
-    ranks = np.empty(len(scores))
-    ranks[order] = np.arange(1, len(scores) + 1)
-    for v in np.unique(scores):  # average ranks over ties
-        m = scores == v
-        if m.sum() > 1:
-            ranks[m] = ranks[m].mean()
+    from scipy.stats import rankdata
+
+    pos, neg = np.asarray(pos, np.float64).ravel(), np.asarray(neg, np.float64).ravel()
+    if not len(pos) or not len(neg):
+        raise ValueError(f"ROC AUC needs positives and negatives, got {len(pos)} and {len(neg)}")
+    ranks = rankdata(np.concatenate([pos, neg]))  # average ranks over ties
     return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
 
 

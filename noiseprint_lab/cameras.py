@@ -145,7 +145,7 @@ def scenes(rng: np.random.Generator, photo: np.ndarray, n: int, size: int) -> li
 
 
 def make_camera_corpus(out: str | Path, cameras: int, images: int, size: int = 192, eval_images: int | None = None,
-                       seed: int = 0) -> dict:
+                       seed: int = 0, held_out_cameras: int = 0) -> dict:
     """Write ``out/<camera>/{train,eval}/*.jpg`` and ``out/cameras.json``; returns the description.
 
     Args:
@@ -155,17 +155,23 @@ def make_camera_corpus(out: str | Path, cameras: int, images: int, size: int = 1
         size: side of each (square) image.
         eval_images: held-out images per camera (scenes from held-out photos); default images // 2.
         seed: everything is deterministic given the seed.
+        held_out_cameras: the last this many cameras get no training images at all (only eval/):
+            whole camera models the network never sees, for the splice benchmark's unseen subsets.
     """
-    if cameras < 2 or images < 2:
-        raise ValueError(f"need at least 2 cameras and 2 images per camera, got {cameras} and {images}")
+    if cameras - held_out_cameras < 2 or images < 2 or held_out_cameras < 0:
+        raise ValueError(f"need at least 2 training cameras and 2 images per camera, got {cameras} cameras "
+                         f"({held_out_cameras} held out) and {images} images")
     eval_images = max(2, images // 2) if eval_images is None else eval_images
     rng = np.random.default_rng(seed)
     photos = source_photos()
     train_photos, eval_photos = photos[:-EVAL_SOURCES], photos[-EVAL_SOURCES:]
     out = Path(out)
     cams = [random_pipeline(rng, i) for i in range(cameras)]
-    for cam in cams:
+    for i, cam in enumerate(cams):
+        held_out = i >= cameras - held_out_cameras
         for split, pool, n in (("train", train_photos, images), ("eval", eval_photos, eval_images)):
+            if held_out and split == "train":
+                continue
             d = out / cam.name / split
             d.mkdir(parents=True, exist_ok=True)
             for k in range(n):
@@ -175,6 +181,7 @@ def make_camera_corpus(out: str | Path, cameras: int, images: int, size: int = 1
                                               subsampling=cam.subsampling)
     desc = {"cameras": [asdict(c) for c in cams], "train_photos": [n for n, _ in train_photos],
             "eval_photos": [n for n, _ in eval_photos], "images_per_camera": images,
-            "eval_images_per_camera": eval_images, "size": size, "seed": seed}
+            "eval_images_per_camera": eval_images, "size": size, "seed": seed,
+            "held_out_cameras": [c.name for c in cams[cameras - held_out_cameras:]] if held_out_cameras else []}
     (out / "cameras.json").write_text(json.dumps(desc, indent=1))
     return desc

@@ -1,0 +1,1 @@
+"""Noiseprint++ retraining and splice localisation: the library (no Ray). `jobs/` wires it into Ray and the CLI."""
