@@ -17,6 +17,7 @@ Both give (H, W) float32 maps where high = spliced, at the image's resolution.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,19 +43,33 @@ def noiseprint(net: DnCNN, rgb: np.ndarray) -> np.ndarray:
         return net(to_input(rgb))[0, 0].numpy()
 
 
+def dncnn_digest(state: dict[str, torch.Tensor]) -> str:
+    """sha256 of a DnCNN's floating-point weights and statistics (keys as ``DnCNN().state_dict()``), in
+    float32: the same network whatever file it came from (noiseprint++.th or a trufor.pth.tar)."""
+    h = hashlib.sha256()
+    for k in sorted(state):
+        v = state[k]
+        if v.is_floating_point():
+            h.update(k.encode())
+            h.update(v.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def activations(net: DnCNN, rgb: np.ndarray, blocks: tuple[int, ...]) -> list[torch.Tensor]:
     """The outputs of the DnCNN's ReLUs numbered ``blocks`` (0 = after the first conv, 15 = the last
-    ReLU of a 17-layer net), each (64, H, W), for one image."""
+    ReLU of a 17-layer net), each (64, H, W) on the CPU in float32, for one image (the net may be on
+    any device)."""
     net.eval()
     wanted, out, k = set(blocks), {}, -1
+    p = next(net.parameters())
     with torch.inference_mode():
-        y = to_input(rgb)
+        y = to_input(rgb).to(p.device, p.dtype)
         for layer in net:
             y = layer(y)
             if isinstance(layer, nn.ReLU):
                 k += 1
                 if k in wanted:
-                    out[k] = y[0].clone()
+                    out[k] = y[0].to("cpu", torch.float32, copy=True)
                 if k >= max(wanted):
                     break
     missing = wanted - set(out)
@@ -82,7 +97,7 @@ class NoiseAnomalyModel:
     cov_inv: np.ndarray  # (P, P, d, d)
     window: int  # heat-map smoothing window, pixels
     threshold: float  # the fit images' 99th percentile of the heat map: the fixed decision threshold
-    weights_sha256: str  # the Noiseprint++ weights the features come from
+    dncnn_sha256: str  # the Noiseprint++ network whose features these are (``dncnn_digest``)
     images: int  # pristine images fitted on
 
     def features(self, net: DnCNN, rgb: np.ndarray) -> torch.Tensor:
@@ -132,7 +147,7 @@ class NoiseAnomalyModel:
         return cls(**raw)
 
 
-def fit_noise_anomaly(net: DnCNN, images, weights_sha256: str, blocks: tuple[int, ...] = (1, 5, 9),
+def fit_noise_anomaly(net: DnCNN, images, blocks: tuple[int, ...] = (1, 5, 9),
                       dims: int = 64, period: int = 8, eps: float = 0.01, window: int = 16,
                       seed: int = 0) -> NoiseAnomalyModel:
     """Fit the per-position Gaussians on pristine ``images`` (an iterable of (H, W, 3) uint8 arrays,
@@ -147,8 +162,9 @@ def fit_noise_anomaly(net: DnCNN, images, weights_sha256: str, blocks: tuple[int
     s1 = np.zeros((p, p, dims))
     s2 = np.zeros((p, p, dims, dims))
     n = np.zeros((p, p))
+    digest = dncnn_digest(net.state_dict())
     probe = NoiseAnomalyModel(blocks, channels, p, np.zeros((p, p, dims)), np.zeros((p, p, dims, dims)), window, 0.0,
-                              weights_sha256, 0)
+                              digest, 0)
     kept = []
     for rgb in images:
         f = probe.features(net, rgb).double().numpy()
@@ -164,7 +180,7 @@ def fit_noise_anomaly(net: DnCNN, images, weights_sha256: str, blocks: tuple[int
     mean = s1 / n[..., None]
     cov = s2 / n[..., None, None] - mean[..., :, None] * mean[..., None, :]
     cov_inv = np.linalg.inv(cov + eps * np.eye(dims))
-    model = NoiseAnomalyModel(blocks, channels, p, mean, cov_inv, window, 0.0, weights_sha256, len(kept))
+    model = NoiseAnomalyModel(blocks, channels, p, mean, cov_inv, window, 0.0, digest, len(kept))
     # The fixed threshold: what pristine images reach (99th percentile of the fit images' heat maps).
     model.threshold = float(np.percentile(np.concatenate([model.heatmap(net, rgb).ravel() for rgb in kept[:32]]), 99))
     return model
@@ -219,8 +235,6 @@ class FitConfig:
 
 def fit_from_corpus(cfg: FitConfig, log=None) -> NoiseAnomalyModel:
     """Fit on the corpus's training images, each through ``cfg.histories`` training histories; writes ``cfg.out``."""
-    from trufor_core.checkpoint import sha256_file
-
     from .data import HISTORIES, TRAIN_HISTORIES, apply_history, load_corpus
     from .training import build_dncnn
 
@@ -237,7 +251,15 @@ def fit_from_corpus(cfg: FitConfig, log=None) -> NoiseAnomalyModel:
                     yield apply_history(rgb, h)
 
     net = build_dncnn(cfg.weights).eval()
-    model = fit_noise_anomaly(net, pristine(), sha256_file(cfg.weights), blocks=tuple(cfg.blocks), dims=cfg.dims,
+    model = fit_noise_anomaly(net, pristine(), blocks=tuple(cfg.blocks), dims=cfg.dims,
                               period=cfg.period, window=cfg.window, seed=cfg.seed)
     model.save(cfg.out)
     return model
+
+
+def check_fitted_on(model: NoiseAnomalyModel, state: dict[str, torch.Tensor], what: str, model_path: str) -> None:
+    """Refuse a model fitted on another network's features (one line with both digests)."""
+    digest = dncnn_digest(state)
+    if model.dncnn_sha256 != digest:
+        raise ValueError(f"{model_path} was fitted on the features of another Noiseprint++ network "
+                         f"({model.dncnn_sha256[:12]}) than {what} ({digest[:12]}): fit it again with these weights")

@@ -16,9 +16,8 @@ import numpy as np
 from PIL import Image
 
 from pipeline.options import opt
-from trufor_core.checkpoint import sha256_file
 
-from .localizers import NoiseAnomalyModel, em_heatmap, noiseprint
+from .localizers import NoiseAnomalyModel, check_fitted_on, em_heatmap, noiseprint
 from .metrics import roc_auc
 from .splices import SUBSETS, load_benchmark
 from .training import build_dncnn
@@ -71,11 +70,10 @@ def evaluate_splices(benchmark: str | Path, weights: str, noise_anomaly: str | N
     """Run the localisers over every benchmark image and summarise per subset (see the module docstring)."""
     t0 = time.monotonic()
     desc, items = load_benchmark(benchmark)
-    model = NoiseAnomalyModel.load(noise_anomaly) if noise_anomaly else None
-    if model is not None and model.weights_sha256 != (digest := sha256_file(weights)):
-        raise ValueError(f"{noise_anomaly} was fitted on the features of weights {model.weights_sha256[:12]}, "
-                         f"not of {weights} ({digest[:12]}): fit it again with these weights")
     net = build_dncnn(weights).eval()
+    model = NoiseAnomalyModel.load(noise_anomaly) if noise_anomaly else None
+    if model is not None:
+        check_fitted_on(model, net.state_dict(), weights, noise_anomaly)
     localizers = {"em": (lambda rgb: em_heatmap(noiseprint(net, rgb)), EM_THRESHOLD)}
     if model is not None:
         localizers["noise_anomaly"] = (lambda rgb: model.heatmap(net, rgb), model.threshold)

@@ -102,16 +102,55 @@ def preview_uri(map_uri: str) -> str:
     return map_uri[: -len("npz")] + "png"
 
 
-def pack(margin_lowres: np.ndarray, conf_lowres: np.ndarray, size: tuple[int, int]) -> bytes:
-    """The model stage's hand-over: the logits as computed (uncompressed: compressing is the map stage's work)."""
+def pack(margin_lowres: np.ndarray, conf_lowres: np.ndarray, size: tuple[int, int],
+         noise_lowres: np.ndarray | None = None) -> bytes:
+    """The model stage's hand-over: the logits as computed (uncompressed: compressing is the map stage's
+    work), and the noise-anomaly heat map at stride 4 when the scan computes one."""
     buf = io.BytesIO()
-    np.savez(buf, margin=margin_lowres, conf=conf_lowres, size=np.asarray(size, np.int64))
+    extra = {} if noise_lowres is None else {"noise": noise_lowres}
+    np.savez(buf, margin=margin_lowres, conf=conf_lowres, size=np.asarray(size, np.int64), **extra)
     return buf.getvalue()
 
 
-def unpack(data: bytes) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+def unpack(data: bytes) -> tuple[np.ndarray, np.ndarray, tuple[int, int], np.ndarray | None]:
     with np.load(io.BytesIO(data), allow_pickle=False) as z:
-        return z["margin"], z["conf"], (int(z["size"][0]), int(z["size"][1]))
+        noise = z["noise"] if "noise" in z.files else None
+        return z["margin"], z["conf"], (int(z["size"][0]), int(z["size"][1])), noise
+
+
+def noise_anomaly_path(maps_root: str, sha256: str, model_sha256: str) -> str:
+    """Beside the image's TruFor map; one per (image, fitted model)."""
+    return map_path(maps_root, sha256, f"na-{model_sha256[:16]}.npz")
+
+
+def save_noise_anomaly(maps_root: str, sha256: str, model_sha256: str, noise_lowres: np.ndarray,
+                       size: tuple[int, int], storage: StorageConfig | None = None) -> str:
+    """Store a noise-anomaly heat map (stride 4, float16) once per image and model; returns its URI."""
+    uri = noise_anomaly_path(maps_root, sha256, model_sha256)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, noise=noise_lowres.astype(np.float16), size=np.asarray(size, np.int64))
+    if not is_remote(uri):
+        if not os.path.exists(uri):
+            os.makedirs(os.path.dirname(uri), exist_ok=True)
+            write_local_atomic(uri, buf.getvalue())
+        return uri
+    fs, path = (storage or StorageConfig()).filesystem(uri)
+    if not fs.exists(path):
+        with fs.open(path, "wb") as f:
+            f.write(buf.getvalue())
+    return uri
+
+
+def load_noise_anomaly(uri: str, storage: StorageConfig | None = None) -> np.ndarray:
+    """A stored noise-anomaly heat map at the image's resolution (bilinear from stride 4), float32 (H, W)."""
+    import torch  # here only, as in decode
+    import torch.nn.functional as F
+
+    fs, path = (storage or StorageConfig()).filesystem(uri)
+    with fs.open(path, "rb") as f, np.load(io.BytesIO(f.read()), allow_pickle=False) as z:
+        low = torch.from_numpy(z["noise"].astype(np.float32))[None, None]  # (h, w) -> (1, 1, h, w)
+        h, w = (int(v) for v in z["size"])
+    return F.interpolate(low, size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
 def store_maps(table: pa.Table, maps_root: str, storage: StorageConfig | None = None) -> pa.Table:
@@ -129,8 +168,12 @@ def store_maps(table: pa.Table, maps_root: str, storage: StorageConfig | None = 
         if payload is None:
             continue
         try:
-            uri = save(maps_root, row["sha256"], *unpack(payload), storage)
+            margin, conf, size, noise = unpack(payload)
+            uri = save(maps_root, row["sha256"], margin, conf, size, storage)
             row.update(map_uri=uri, preview_uri=preview_uri(uri), map_codec=MAP_CODEC)
+            if noise is not None:
+                row["noise_anomaly_map_uri"] = save_noise_anomaly(maps_root, row["sha256"], row["noise_anomaly_model"],
+                                                                  noise, size, storage)
         except Exception as e:  # noqa: BLE001 - becomes an error row, the stage lives on
             row.update(dict.fromkeys((*MODEL_OUTPUT_COLUMNS, *MAP_COLUMNS)), status=STATUS_ERROR,
                        error_kind=ERROR_TRANSIENT,

@@ -48,6 +48,8 @@ class PredictorConfig:
         dedup: do not score bytes (sha256) already scored with these weights, in earlier runs
             (``known_hashes``) or earlier in this actor: such rows are marked ``dedup.pending`` and
             completed from the original's row on the driver (``pipeline.dedup.DedupResolver``).
+        noise_anomaly: a model from `fit-noise-anomaly` (fitted on this checkpoint's Noiseprint++):
+            each scored image also gets its noise-anomaly heat map and score (a second opinion).
     """
 
     checkpoint: str
@@ -64,6 +66,7 @@ class PredictorConfig:
     precision: str = "fp32"
     dedup: bool = False
     timings_dir: str | None = None
+    noise_anomaly: str | None = None
 
 
 def _node_id() -> str | None:
@@ -102,6 +105,14 @@ class TruForPredictor:
         self.device_desc = describe_device(self.device)
         self.node_id = _node_id()
         self.copies = CopyMarker(cfg.dedup, known_hashes)
+        self.noise_anomaly = self.noise_anomaly_sha = None
+        if cfg.noise_anomaly:
+            from noiseprint_lab.localizers import NoiseAnomalyModel, check_fitted_on
+            from trufor_core.checkpoint import sha256_file
+
+            path = local_copy(cfg.noise_anomaly, cfg.storage)
+            self.noise_anomaly, self.noise_anomaly_sha = NoiseAnomalyModel.load(path), sha256_file(path)
+            check_fitted_on(self.noise_anomaly, self.model.dncnn.state_dict(), "the scan's weights", cfg.noise_anomaly)
         self.ready_at = time.time()
 
     def _common(self) -> dict:
@@ -135,10 +146,20 @@ class TruForPredictor:
             margin = (out.anomaly_logits_lowres[:, 1] - out.anomaly_logits_lowres[:, 0]).cpu().numpy()
             conf = out.conf_logits_lowres[:, 0].cpu().numpy()
         size, n_pix = tuple(x.shape[-2:]), x.shape[-2] * x.shape[-1]
+        noise = [self._noise_anomaly(p) for p in pixels] if self.noise_anomaly else [(None, None)] * len(pixels)
         return [{"score": scores[i], "det_logit": dets[i].item(),
                  **{k: float(v) for k, v in zip(POOLED_FEATURE_NAMES, pooled[i])},
                  "frac_anom": stats[i][0] / n_pix, "frac_anom_conf": stats[i][1] / n_pix, "max_anom_conf": peak[i],
-                 maps.PAYLOAD_COLUMN: maps.pack(margin[i], conf[i], size)} for i in range(len(pixels))]
+                 "noise_anomaly_score": noise[i][0], "noise_anomaly_model": self.noise_anomaly_sha,
+                 maps.PAYLOAD_COLUMN: maps.pack(margin[i], conf[i], size, noise[i][1])} for i in range(len(pixels))]
+
+    def _noise_anomaly(self, rgb: np.ndarray) -> tuple[float, np.ndarray]:
+        """(score = the heat map's largest value, the heat map averaged over 4 x 4 cells) of one image."""
+        heat = self.noise_anomaly.heatmap(self.model.dncnn, rgb)  # (H, W) float32
+        h, w = heat.shape
+        pad = np.pad(heat, ((0, -h % 4), (0, -w % 4)), mode="edge")
+        low = pad.reshape(pad.shape[0] // 4, 4, pad.shape[1] // 4, 4).mean((1, 3))  # (ceil(H/4), ceil(W/4))
+        return float(heat.max()), low
 
     def _run_group(self, idx: list[int], pixels, extra: list[dict]) -> float:
         """Score one same-shape group; a failing group is retried image by image to isolate the culprit.

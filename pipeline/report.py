@@ -36,7 +36,9 @@ HIST_BINS = 20
 STATS = (("score", "score", "integrity score (high = likely manipulated)"),
          ("frac_anom_conf", "anomalous & trusted", "fraction of pixels with anomaly > 0.5 and confidence > 0.5"),
          ("max_anom_conf", "max anomaly x conf.", "largest anomaly x confidence"),
-         ("frac_anom", "anomalous", "fraction of pixels with anomaly > 0.5"))
+         ("frac_anom", "anomalous", "fraction of pixels with anomaly > 0.5"),
+         ("noise_anomaly_score", "noise anomaly", "second opinion: Noiseprint++ noise anomaly, max of its map "
+          "(scan --noise-anomaly)"))
 # (The pooled features conf_mean, anom_mean, ... are statistics of logits, not of the maps: they are
 # in the detail view's full row, not shown as if they were probabilities.)
 

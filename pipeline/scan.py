@@ -61,6 +61,9 @@ class ScanConfig(StorageOptions):
         "trufor.pth.tar (default: $TRUFOR_WEIGHTS, then the cache, then download)"))
     noiseprint_weights: str | None = field(default=None, metadata=opt(
         "a noiseprint++.th-format file replacing the Noiseprint++ weights"))
+    noise_anomaly: str | None = field(default=None, metadata=opt(
+        "a model from fit-noise-anomaly (fitted on these weights' Noiseprint++): a second opinion per image, "
+        "noise_anomaly_score and its map (off by default)"))
     actors: int = field(default=1, metadata=opt("size of the TruFor actor pool"))
     gpus_per_actor: float | None = field(default=None, metadata=opt("default: 1 when a GPU exists, else 0"))
     cpus_per_actor: float | None = field(default=None, metadata=opt("default: the CPUs shared among actors"))
@@ -281,6 +284,12 @@ def run_scan(cfg: ScanConfig, log: Callable[[str], None] = lambda m: print(m, fi
     noiseprint = local_copy(cfg.noiseprint_weights, storage) if cfg.noiseprint_weights else None
     check_checkpoint(ckpt_local, noiseprint, cfg.variant)
     weights_sha, np_sha = sha256_file(ckpt_local), (sha256_file(noiseprint) if noiseprint else None)
+    if cfg.noise_anomaly:  # a model fitted on another Noiseprint++ fails here, not in every actor
+        from noiseprint_lab.localizers import NoiseAnomalyModel, check_fitted_on
+        from noiseprint_lab.training import load_dncnn_weights
+
+        check_fitted_on(NoiseAnomalyModel.load(local_copy(cfg.noise_anomaly, storage)),
+                        load_dncnn_weights(noiseprint or ckpt_local), "the scan's weights", cfg.noise_anomaly)
 
     with tempfile.TemporaryDirectory(prefix="trufor-plan-") as work:
         plan = plan_run(cfg.input, out_root, storage, work, incremental=cfg.incremental, rescore=cfg.rescore,
@@ -299,7 +308,8 @@ def run_scan(cfg: ScanConfig, log: Callable[[str], None] = lambda m: print(m, fi
                                    code_version=manifest.code_version, noiseprint_weights=cfg.noiseprint_weights,
                                    variant=cfg.variant, batch_size=cfg.batch_size,
                                    batch_max_pixels=cfg.batch_max_pixels, storage=storage, dedup=cfg.incremental,
-                                   precision=cfg.precision, timings_dir=cfg.actor_timings_dir)
+                                   precision=cfg.precision, timings_dir=cfg.actor_timings_dir,
+                                   noise_anomaly=cfg.noise_anomaly)
             bar = progress(plan.to_scan, command, cfg.progress_every_s)
             started_ray = _init_ray(cfg)
             try:

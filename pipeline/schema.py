@@ -35,6 +35,10 @@ class ScanRow:
     Run: model_name, weights_sha256, noiseprint_sha256 (when replaced), weights_untrained,
     code_version, torch_version, device, precision (fp32 / bf16 / fp16 autocast), ray_node_id, run_id,
     scanned_at, elapsed_ms.
+    Second opinion (``scan --noise-anomaly MODEL``, else NULL): noise_anomaly_score = the largest value
+    of the Noiseprint++ noise-anomaly heat map (``noiseprint_lab.localizers``), its map
+    (noise_anomaly_map_uri, ``pipeline.maps.load_noise_anomaly``) and the sha256 of the fitted model
+    file (noise_anomaly_model). Kept apart from TruFor's score.
     """
 
     uri: str
@@ -80,6 +84,9 @@ class ScanRow:
     run_id: str | None = None
     scanned_at: dt.datetime | None = None
     elapsed_ms: float | None = None
+    noise_anomaly_score: float | None = None
+    noise_anomaly_map_uri: str | None = None
+    noise_anomaly_model: str | None = None
 
 
 if tuple(f"{k}" for k in POOLED_FEATURE_NAMES) != tuple(f.name for f in dataclasses.fields(ScanRow)[15:23]):
@@ -99,8 +106,8 @@ ROW_SCHEMA: pa.Schema = pa.schema([_arrow_field(f, typing.get_type_hints(ScanRow
 COLUMNS: tuple[str, ...] = tuple(ROW_SCHEMA.names)
 # What the model gives an ok row, and where its maps went: all of them NULL on an error row.
 MODEL_OUTPUT_COLUMNS: tuple[str, ...] = ("score", *POOLED_FEATURE_NAMES, "det_logit", "frac_anom", "frac_anom_conf",
-                                         "max_anom_conf")
-MAP_COLUMNS: tuple[str, ...] = ("map_uri", "preview_uri", "map_codec")
+                                         "max_anom_conf", "noise_anomaly_score", "noise_anomaly_model")
+MAP_COLUMNS: tuple[str, ...] = ("map_uri", "preview_uri", "map_codec", "noise_anomaly_map_uri")
 PARTITION_COLUMN = "scan_date"  # hive partition directory, not stored inside the files
 
 

@@ -337,3 +337,55 @@ def test_query_and_top(results_dir):
     with pytest.raises(QueryError, match=r"^SQL failed: .*nosuchcolumn") as e:
         run_sql(results_dir, "SELECT nosuchcolumn FROM results")
     assert "\n" not in str(e.value)
+
+
+def test_predictor_noise_anomaly_second_opinion(shared, synth_ckpt, model, tmp_path):
+    """`scan --noise-anomaly`: a fitted model on the checkpoint's own Noiseprint++ adds a score and a
+    stored map per image; one fitted on another network is refused."""
+    from conftest import IMAGES
+    from noiseprint_lab.localizers import fit_noise_anomaly
+    from trufor_core.checkpoint import sha256_file
+    from trufor_core.image import decode_rgb
+
+    rgb, _ = decode_rgb(IMAGES / "tampered2.png")  # 256x256
+    odd, _ = decode_rgb(IMAGES / "synthetic_odd_333x517.png")
+    fitted = fit_noise_anomaly(model.dncnn, [rgb[:128, :128], rgb[128:, 128:]], dims=8, window=8)
+    path = fitted.save(tmp_path / "na.pt")
+    pix = np.empty(2, dtype=object)
+    pix[:] = [rgb, odd]
+    batch = {"uri": np.array(["a.png", "odd.png"], dtype=object), "status": np.array(["ok", "ok"], dtype=object),
+             "error": np.array([None, None], dtype=object), "sha256": np.array(["a" * 64, "c" * 64], dtype=object),
+             "size_bytes": np.array([1, 2]), "pixels": pix}
+    cfg = PredictorConfig(checkpoint=str(synth_ckpt), maps_root=str(tmp_path / "maps"), run_id="na",
+                          code_version="test", noise_anomaly=str(path))
+    rows = table_to_rows(maps.store_maps(TruForPredictor(cfg)(batch), cfg.maps_root))
+    for r, img in zip(rows, (rgb, odd)):
+        heat = fitted.heatmap(model.dncnn, img)
+        assert r.noise_anomaly_score == pytest.approx(float(heat.max()), rel=1e-5)
+        assert r.noise_anomaly_model == sha256_file(path) and r.score is not None  # TruFor's own score unchanged
+        stored = maps.load_noise_anomaly(r.noise_anomaly_map_uri)
+        assert stored.shape == img.shape[:2] and r.noise_anomaly_map_uri.endswith(f".na-{r.noise_anomaly_model[:16]}.npz")
+        # Stored as the heat map's 4 x 4 cell means in float16 (rounding ~5e-4 relative).
+        with np.load(r.noise_anomaly_map_uri) as z:
+            low = z["noise"].astype(np.float32)
+        h, w = heat.shape
+        pad = np.pad(heat, ((0, -h % 4), (0, -w % 4)), mode="edge")
+        want = pad.reshape(pad.shape[0] // 4, 4, pad.shape[1] // 4, 4).mean((1, 3))
+        np.testing.assert_allclose(low, want, rtol=2e-3)
+    # Off by default: no score, no map.
+    plain = table_to_rows(maps.store_maps(TruForPredictor(PredictorConfig(
+        checkpoint=str(synth_ckpt), maps_root=str(tmp_path / "maps2"), run_id="p", code_version="test"))(batch),
+        str(tmp_path / "maps2")))
+    assert all(r.noise_anomaly_score is None and r.noise_anomaly_map_uri is None for r in plain)
+    # Fitted on another network's features: refused before any image is scored.
+    import copy
+
+    import torch
+
+    other = copy.deepcopy(model.dncnn)
+    with torch.no_grad():
+        other[0].weight.add_(1e-3)
+    fit_noise_anomaly(other, [rgb[:64, :64]], dims=4).save(tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="fitted on the features of another Noiseprint"):
+        TruForPredictor(PredictorConfig(checkpoint=str(synth_ckpt), maps_root=str(tmp_path / "m3"), run_id="x",
+                                        code_version="t", noise_anomaly=str(tmp_path / "other.pt")))
