@@ -26,21 +26,17 @@ import torch
 from torch import nn
 
 from pipeline.options import opt
+from trufor_core.image import to_model_input
 from trufor_core.noiseprint import DnCNN
 
 NOISE_ANOMALY_VERSION = 1
-
-
-def to_input(rgb: np.ndarray) -> torch.Tensor:
-    """(H, W, 3) uint8 -> (1, 3, H, W) float32 / 256: TruFor's preprocessing."""
-    return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))).float()[None] / 256.0
 
 
 def noiseprint(net: DnCNN, rgb: np.ndarray) -> np.ndarray:
     """The Noiseprint++ residual (H, W) float32 of one image."""
     net.eval()
     with torch.inference_mode():
-        return net(to_input(rgb))[0, 0].numpy()
+        return net(to_model_input(rgb))[0, 0].numpy()
 
 
 def dncnn_digest(state: dict[str, torch.Tensor]) -> str:
@@ -63,7 +59,7 @@ def activations(net: DnCNN, rgb: np.ndarray, blocks: tuple[int, ...]) -> list[to
     wanted, out, k = set(blocks), {}, -1
     p = next(net.parameters())
     with torch.inference_mode():
-        y = to_input(rgb).to(p.device, p.dtype)
+        y = to_model_input(rgb, p.dtype).to(p.device)
         for layer in net:
             y = layer(y)
             if isinstance(layer, nn.ReLU):
