@@ -26,7 +26,7 @@ from jobs.noiseprint_train import add_arguments, config_from_args  # noqa: E402
 from noiseprint_lab.data import load_corpus, sample_batch  # noqa: E402
 from noiseprint_lab.metrics import evaluate  # noqa: E402
 from noiseprint_lab.training import (build_dncnn, clone_state, export_noiseprint, final_weights,  # noqa: E402
-                                     infonce_loss, start_step, steps_for, to_input, update_average)
+                                     start_step, steps_for, to_input, training_loss, update_average)
 
 
 def main() -> None:
@@ -55,7 +55,7 @@ def main() -> None:
         for rank in range(cfg.workers):
             x, labels = sample_batch(np.random.default_rng([cfg.seed, step, rank]), corpus, layout, cfg.patch,
                                      unedited_share=cfg.unedited_share)
-            loss = infonce_loss(model(to_input(x)), torch.from_numpy(labels), cfg.temperature) / cfg.workers
+            loss = training_loss(model, to_input(x), torch.from_numpy(labels), cfg, reference) / cfg.workers
             loss.backward()  # gradients add up over the ranks' batches: DDP's average
             loss_sum += float(loss.detach())
         opt.step()
@@ -73,11 +73,11 @@ def main() -> None:
     weights, scale = final_weights(model.state_dict(), average, cfg, corpus, layout, reference)
     export = export_noiseprint(weights, out / "noiseprint++.th", steps)
     baseline = None if a.skip_baseline or cfg.init == "scratch" else cfg.init
-    ev = evaluate(str(export), cfg.corpus, baseline=baseline, n_pairs=cfg.eval_pairs, patch=cfg.patch,
-                  seed=cfg.eval_seed)
+    ev = None if cfg.eval_pairs == 0 else evaluate(str(export), cfg.corpus, baseline=baseline, n_pairs=cfg.eval_pairs,
+                                                    patch=cfg.patch, seed=cfg.eval_seed)
     loss_10 = [round(float(np.mean(curve[k:k + 10])), 3) for k in range(0, steps, 10)]
     summary = {"seed": cfg.seed, "lr": cfg.lr, "lr_schedule": cfg.lr_schedule, "warmup_steps": cfg.warmup_steps,
-               "ema_decay": cfg.ema_decay, "temperature": cfg.temperature, "residual_scale_factor": scale,
+               "ema_decay": cfg.ema_decay, "temperature": cfg.temperature, "anchor": cfg.anchor, "residual_scale_factor": scale,
                "steps": steps, "train_s": round(train_s, 1),
                "loss_by_10_steps": loss_10, "evaluation": ev}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))

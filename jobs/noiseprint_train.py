@@ -22,7 +22,7 @@ import torch
 
 from noiseprint_lab.data import load_corpus, sample_batch
 from noiseprint_lab.training import (TrainConfig, build_dncnn, clone_state, export_noiseprint, final_weights,
-                                     infonce_loss, start_step, steps_for, to_input, update_average)
+                                     start_step, steps_for, to_input, training_loss, update_average)
 from pipeline.options import add_options, from_args
 from pipeline.storage import StorageConfig
 
@@ -45,6 +45,8 @@ def train_loop_per_worker(config: dict) -> None:
     steps = config["steps"]
     model = ray.train.torch.prepare_model(build_dncnn(cfg.init, storage))
     device = ray.train.torch.get_device()
+    # The frozen starting network of the --anchor term (not wrapped by DDP: it is never trained).
+    anchor_net = build_dncnn(cfg.init, storage).to(device) if cfg.anchor > 0 else None
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     net = model.module if hasattr(model, "module") else model
     start, history, saved_average = 0, [], None
@@ -67,7 +69,7 @@ def train_loop_per_worker(config: dict) -> None:
         x, labels = sample_batch(rng, corpus, layout, cfg.patch, unedited_share=cfg.unedited_share)
         t0 = time.perf_counter()
         start_step(model, opt, cfg, step, steps)
-        loss = infonce_loss(model(to_input(x).to(device)), torch.from_numpy(labels).to(device), cfg.temperature)
+        loss = training_loss(model, to_input(x).to(device), torch.from_numpy(labels).to(device), cfg, anchor_net)
         opt.zero_grad()
         loss.backward()
         opt.step()

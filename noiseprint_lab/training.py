@@ -49,6 +49,10 @@ class TrainConfig:
         "> 0: export the exponential moving average of the weights (e.g. 0.95), not the last step's"))
     temperature: float = field(default=0.005, metadata=opt(
         "divides the mean squared residual distances (eq. 1); TRAINING.md compares values"))
+    anchor: float = field(default=0.0, metadata=opt(
+        "> 0 (fine-tuning only): adds this weight x the mean squared difference between the residual and the "
+        "starting weights' residual, relative to the latter's mean square, to the loss (keeps what the "
+        "released network already does; TRAINING.md 'Splice localisation')"))
     match_scale: bool = field(default=True, metadata=opt(
         "export the trained residual scale as it is (default when fine-tuning: scale the last layer to the starting "
         "weights' residual RMS, which no metric depends on but TruFor's detector does)", flag="--no-match-scale"))
@@ -71,6 +75,9 @@ class TrainConfig:
                              f"{self.batch_groups} x {self.per_group}")
         if not 0.0 <= self.unedited_share <= 1.0:
             raise ValueError(f"--unedited-share must be in [0, 1], got {self.unedited_share}")
+        if self.anchor < 0 or (self.anchor > 0 and self.init == "scratch"):
+            raise ValueError(f"--anchor needs a value >= 0 and fine-tuning weights (--init), got {self.anchor} "
+                             f"with --init {self.init!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"--lr-schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.warmup_steps < 0 or not 0.0 <= self.ema_decay < 1.0:
@@ -142,6 +149,21 @@ def infonce_loss(residuals: torch.Tensor, labels: torch.Tensor, temperature: flo
         raise ValueError("every patch needs at least one positive in its batch")
     logits = logits.masked_fill(eye, float("-inf"))
     return (torch.logsumexp(logits, 1) - torch.logsumexp(logits.masked_fill(~pos, float("-inf")), 1)).mean()
+
+
+def training_loss(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig,
+                  anchor_net: torch.nn.Module | None = None) -> torch.Tensor:
+    """The step's loss: InfoNCE (eq. 1), plus ``cfg.anchor`` x the residual's relative squared
+    distance to ``anchor_net``'s (the frozen starting weights; needed when ``cfg.anchor`` > 0)."""
+    residuals = model(x)
+    loss = infonce_loss(residuals, labels, cfg.temperature)
+    if cfg.anchor > 0:
+        if anchor_net is None:
+            raise ValueError(f"--anchor {cfg.anchor} needs the starting network, none was given")
+        with torch.no_grad():
+            ref = anchor_net.eval()(x)
+        loss = loss + cfg.anchor * (residuals - ref).pow(2).mean() / ref.pow(2).mean().clamp_min(1e-12)
+    return loss
 
 
 def start_step(model: torch.nn.Module, opt: torch.optim.Optimizer, cfg: TrainConfig, step: int, steps: int) -> None:

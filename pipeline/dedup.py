@@ -1,4 +1,5 @@
-"""Reposts and copies scored once: rows whose bytes (sha256) were already scored with the same weights.
+"""Reposts and copies scored once: rows whose bytes (sha256) were already scored the same way (the
+same weights, Noiseprint++ and noise-anomaly model: ``Scoring``).
 
 The actors mark such a row ``dedup_of = "sha256:<hex>"`` (``pending_marker``) instead of running
 the model; the driver completes it from the original's row (score, features, map) before the
@@ -21,6 +22,21 @@ PENDING_PREFIX = "sha256:"
 FROM_ORIGINAL = (*MODEL_OUTPUT_COLUMNS, *MAP_COLUMNS, "model_name", "weights_sha256", "noiseprint_sha256",
                  "weights_untrained")
 _HASH_CHUNK = 1 << 16
+# What makes two rows' results interchangeable: a copy repeats only a result it would have computed
+# itself (a run with --noise-anomaly does not copy a row scored without it, nor the reverse).
+SCORING_COLUMNS = ("weights_sha256", "noiseprint_sha256", "noise_anomaly_model")
+Scoring = tuple  # (weights_sha256, noiseprint_sha256 or None, noise_anomaly_model or None), SCORING_COLUMNS' order
+
+
+def same_scoring_sql(alias: str = "") -> str:
+    """SQL true for rows scored the way of ``scoring_params`` (named parameters $weights_sha256, ...)."""
+    return " AND ".join(f"{alias}{c} IS NOT DISTINCT FROM ${c}" for c in SCORING_COLUMNS)
+
+
+def scoring_params(scoring: Scoring) -> dict:
+    if len(scoring) != len(SCORING_COLUMNS):
+        raise ValueError(f"a scoring is {SCORING_COLUMNS}, got {scoring!r}")
+    return dict(zip(SCORING_COLUMNS, scoring))
 
 
 def pending_marker(sha256: str) -> str:
@@ -82,17 +98,18 @@ class CopyMarker:
 
 
 def known_hashes_sql() -> str:
-    """Distinct bytes scored (not copied) with given weights, in digest order (parameters: weights, noiseprint)."""
+    """Distinct bytes scored (not copied) a given way, in digest order (parameters: ``scoring_params``)."""
     return ("SELECT DISTINCT sha256 FROM results WHERE status = 'ok' AND dedup_of IS NULL AND sha256 IS NOT NULL "
-            "AND weights_sha256 = ? AND noiseprint_sha256 IS NOT DISTINCT FROM ? ORDER BY sha256")
+            f"AND {same_scoring_sql()} ORDER BY sha256")
 
 
 class DedupResolver:
     """Holds marked rows until their original is found; see the module docstring."""
 
-    def __init__(self, output: str, storage: StorageConfig, weights_sha256: str, noiseprint_sha256: str | None):
+    def __init__(self, output: str, storage: StorageConfig, scoring: Scoring):
+        self.params = scoring_params(scoring)
         self.output, self.storage = output, storage
-        self.weights = (weights_sha256, noiseprint_sha256)
+        self.scoring = tuple(scoring)
         self.held: list[dict] = []
 
     def take(self, table: pa.Table) -> pa.Table:
@@ -110,11 +127,10 @@ class DedupResolver:
 
     def _originals(self, shas: set[str], uncommitted: list[pa.Table]) -> dict[str, dict]:
         found: dict[str, dict] = {}
-        w, npr = self.weights
         for t in uncommitted:
             for r in t.filter(pc.is_in(t.column("sha256"), pa.array(sorted(shas)))).to_pylist():
                 if (r["sha256"] not in found and r["status"] == STATUS_OK and r["dedup_of"] is None
-                        and r["weights_sha256"] == w and r["noiseprint_sha256"] == npr):
+                        and tuple(r[c] for c in SCORING_COLUMNS) == self.scoring):
                     found[r["sha256"]] = r
         rest = sorted(shas - found.keys())
         if rest:
@@ -124,9 +140,9 @@ class DedupResolver:
             try:
                 cur = con.execute(
                     f"SELECT {', '.join(('sha256', 'uri') + FROM_ORIGINAL)} FROM results WHERE status = 'ok' "
-                    "AND dedup_of IS NULL AND weights_sha256 = ? AND noiseprint_sha256 IS NOT DISTINCT FROM ? "
-                    "AND sha256 IN (SELECT unnest(?::VARCHAR[])) "
-                    "QUALIFY row_number() OVER (PARTITION BY sha256 ORDER BY scanned_at, uri) = 1", [w, npr, rest])
+                    f"AND dedup_of IS NULL AND {same_scoring_sql()} AND sha256 IN (SELECT unnest($shas::VARCHAR[])) "
+                    "QUALIFY row_number() OVER (PARTITION BY sha256 ORDER BY scanned_at, uri) = 1",
+                    {**self.params, "shas": rest})
                 cols = [d[0] for d in cur.description]
                 for row in cur.fetchall():
                     found[row[0]] = dict(zip(cols, row))

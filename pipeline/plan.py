@@ -20,7 +20,7 @@ import duckdb
 import numpy as np
 import pyarrow.parquet as pq
 
-from .dedup import HashSet, known_hashes_sql
+from .dedup import HashSet, Scoring, known_hashes_sql, same_scoring_sql, scoring_params
 from .listing import LISTING_SCHEMA, iter_listing, listing_batches
 from .output import RUNS_DIR
 from .query import LATEST_SQL, results_dataset
@@ -46,8 +46,7 @@ _DONE = """
     AND (l.etag_or_mtime IS NULL OR last.etag_or_mtime IS NOT DISTINCT FROM l.etag_or_mtime)
     AND (last.status = 'skipped'
          OR (last.status = 'error' AND last.error_kind = 'input')
-         OR (last.status = 'ok' AND (NOT $rescore OR (last.weights_sha256 = $weights
-                                     AND last.noiseprint_sha256 IS NOT DISTINCT FROM $noiseprint))))"""
+         OR (last.status = 'ok' AND (NOT $rescore OR (""" + same_scoring_sql("last.") + "))))"
 
 
 def _sql_str(path: str) -> str:
@@ -56,7 +55,7 @@ def _sql_str(path: str) -> str:
 
 
 def plan_run(spec: str, output: str, storage: StorageConfig, workdir: str, *, incremental: bool, rescore: bool,
-             max_bytes: int | None, weights_sha256: str, noiseprint_sha256: str | None) -> Plan:
+             max_bytes: int | None, scoring: Scoring) -> Plan:
     """List ``spec`` and decide what to scan; the files go under ``workdir`` (a local temporary folder)."""
     listing_path, todo_path = os.path.join(workdir, "listing.parquet"), os.path.join(workdir, "to_scan.parquet")
     listed = 0
@@ -78,13 +77,13 @@ def plan_run(spec: str, output: str, storage: StorageConfig, workdir: str, *, in
             con.register("results", results_dataset(output, storage))
             con.execute(f"CREATE VIEW latest AS {LATEST_SQL}")
             query = f"SELECT l.* FROM listing l LEFT JOIN latest last ON l.uri = last.uri WHERE NOT ({_DONE})"
-            params = {"rescore": rescore, "weights": weights_sha256, "noiseprint": noiseprint_sha256}
+            params = {"rescore": rescore, **scoring_params(scoring)}
         else:
             query = "SELECT * FROM listing"
         con.execute(f"COPY ({query} ORDER BY uri) TO {_sql_str(todo_path)} (FORMAT parquet)", params)
         chunks = []
         if history:
-            reader = con.sql(known_hashes_sql(), params=[weights_sha256, noiseprint_sha256]).to_arrow_reader(1 << 16)
+            reader = con.sql(known_hashes_sql(), params=scoring_params(scoring)).to_arrow_reader(1 << 16)
             chunks = HashSet.chunks_from_hex(reader)
     finally:
         con.close()

@@ -33,7 +33,7 @@ from .preprocess import load_batch
 from .progress import note_slow, progress
 from .query import parts_dataset
 from .schema import ERROR_TRANSIENT, STATUS_ERROR, ScanRow, rows_to_table
-from .storage import StorageConfig, StorageOptions, is_remote, local_copy, one_line, redact
+from .storage import StorageOptions, is_remote, local_copy, one_line, redact
 
 # CPUs per task of the stages around the model: reading, hashing and decoding before it, map
 # encoding and storing after it. Both are light next to TruFor; half a CPU stays free for them.
@@ -284,22 +284,26 @@ def run_scan(cfg: ScanConfig, log: Callable[[str], None] = lambda m: print(m, fi
     noiseprint = local_copy(cfg.noiseprint_weights, storage) if cfg.noiseprint_weights else None
     check_checkpoint(ckpt_local, noiseprint, cfg.variant)
     weights_sha, np_sha = sha256_file(ckpt_local), (sha256_file(noiseprint) if noiseprint else None)
+    na_sha = None
     if cfg.noise_anomaly:  # a model fitted on another Noiseprint++ fails here, not in every actor
         from noiseprint_lab.localizers import NoiseAnomalyModel, check_fitted_on
         from noiseprint_lab.training import load_dncnn_weights
 
-        check_fitted_on(NoiseAnomalyModel.load(local_copy(cfg.noise_anomaly, storage)),
-                        load_dncnn_weights(noiseprint or ckpt_local), "the scan's weights", cfg.noise_anomaly)
+        na_local = local_copy(cfg.noise_anomaly, storage)
+        check_fitted_on(NoiseAnomalyModel.load(na_local), load_dncnn_weights(noiseprint or ckpt_local),
+                        "the scan's weights", cfg.noise_anomaly)
+        na_sha = sha256_file(na_local)
+    scoring = (weights_sha, np_sha, na_sha)  # what --incremental's copies and --rescore compare (pipeline.dedup)
 
     with tempfile.TemporaryDirectory(prefix="trufor-plan-") as work:
         plan = plan_run(cfg.input, out_root, storage, work, incremental=cfg.incremental, rescore=cfg.rescore,
-                        max_bytes=cfg.max_bytes, weights_sha256=weights_sha, noiseprint_sha256=np_sha)
+                        max_bytes=cfg.max_bytes, scoring=scoring)
         summary.listed, summary.to_scan = plan.listed, plan.to_scan
         log(f"{command} {run_id}: {plan.listed} files listed under {redact(cfg.input)}, {plan.to_scan} to scan")
         manifest = RunManifest(run_id=run_id, command=command, input=redact(cfg.input), code_version=code_version(),
                                weights_sha256=weights_sha, noiseprint_sha256=np_sha)
         manifest.counts.update(listed=plan.listed, to_scan=plan.to_scan)
-        resolver = DedupResolver(out_root, storage, weights_sha, np_sha) if cfg.incremental else None
+        resolver = DedupResolver(out_root, storage, scoring) if cfg.incremental else None
         writer = ResultWriter(out_root, manifest, dt.datetime.now(dt.timezone.utc).date().isoformat(), storage,
                               cfg.rows_per_part, cfg.commit_every_s, resolver)
         failure: Exception | None = None

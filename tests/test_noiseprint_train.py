@@ -23,7 +23,7 @@ from noiseprint_lab.data import (EVAL_HISTORIES, HISTORIES, RESIZE_FACTORS, TRAI
                                  Corpus, CorpusReport, apply_history, load_corpus, sample_batch, sample_patch)
 from noiseprint_lab.metrics import roc_auc
 from noiseprint_lab.training import (TrainConfig, build_dncnn, calibration_patches, export_noiseprint, infonce_loss,
-                                     load_dncnn_weights, match_residual_scale, to_input, update_average)
+                                     load_dncnn_weights, match_residual_scale, to_input, training_loss, update_average)
 
 
 @pytest.fixture(scope="module")
@@ -133,6 +133,26 @@ def test_infonce_loss():
     assert torch.isfinite(good) and torch.isfinite(bad) and good < 0.01 < bad
     with pytest.raises(ValueError, match="positive"):
         infonce_loss(base, torch.tensor([0, 1, 2]), 0.05)
+
+
+def test_anchor_term_keeps_the_residual_near_the_starting_network():
+    """--anchor adds w x relative squared residual distance to the frozen start: zero at the start,
+    positive once the weights moved; refused from scratch (nothing to anchor to)."""
+    torch.manual_seed(0)
+    start = torch.nn.Conv2d(3, 1, 3, padding=1)
+    moved = torch.nn.Conv2d(3, 1, 3, padding=1)
+    x, labels = torch.rand(6, 3, 8, 8), torch.tensor([0, 0, 1, 1, 2, 2])
+    cfg = TrainConfig(corpus="c", output="o", steps=1, init="w.th", anchor=2.0)
+    plain = infonce_loss(start(x), labels, cfg.temperature)
+    assert torch.allclose(training_loss(start, x, labels, cfg, start), plain)
+    with torch.no_grad():
+        ref = start(x)
+        want = infonce_loss(moved(x), labels, cfg.temperature) + 2.0 * (moved(x) - ref).pow(2).mean() / ref.pow(2).mean()
+    assert torch.allclose(training_loss(moved, x, labels, cfg, start), want)
+    with pytest.raises(ValueError, match="needs the starting network"):
+        training_loss(moved, x, labels, cfg)
+    with pytest.raises(ValueError, match="--anchor"):
+        TrainConfig(corpus="c", output="o", steps=1, anchor=1.0)  # init scratch
 
 
 def test_learning_rate_schedule_and_weight_average():

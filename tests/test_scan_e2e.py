@@ -282,3 +282,55 @@ def test_scan_command_line(shared, synth_ckpt, tmp_path, capsys):
     assert rep.returncode == 0, rep.stderr[-2000:]
     recorded, reproduced = (float(v) for v in re.findall(r"(?:recorded|reproduced) score ([0-9.]+)", rep.stdout))
     assert abs(recorded - best["score"]) < 1e-6 and abs(reproduced - recorded) <= F32_ATOL["score"], rep.stdout
+
+
+def test_sweep_with_noise_anomaly_through_ray(ray_env, synth_ckpt, model, tmp_path):
+    """`sweep --noise-anomaly` through real Ray actors and the real predictor: ok rows get the second
+    opinion and its stored map; a copy of bytes scored earlier WITHOUT it is scored again (its
+    result would lack the columns), a copy of bytes scored with it repeats them (dedup)."""
+    from noiseprint_lab.localizers import fit_noise_anomaly
+    from trufor_core.checkpoint import sha256_file
+
+    rng = np.random.default_rng(7)
+    fitted = fit_noise_anomaly(model.dncnn, [rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)], dims=8, window=8)
+    na = fitted.save(tmp_path / "na.pt")
+    root, out = tmp_path / "crawl", tmp_path / "out"
+    root.mkdir()
+    (root / "a.png").write_bytes(_img(64, 96, 11))
+    (root / "b.png").write_bytes(_img(64, 96, 12))
+    (root / "bad.png").write_bytes(b"not an image")
+    _local_ray(ray_env)
+
+    def sweep(run_id, noise_anomaly):
+        return run_scan(ScanConfig(input=str(root), output=str(out), checkpoint=str(synth_ckpt), run_id=run_id,
+                                   incremental=True, batch_size=2, allow_download=False,
+                                   noise_anomaly=noise_anomaly), log=lambda m: None)
+
+    def rows(run_id):
+        cols, rs = run_sql(str(out), "SELECT * FROM results WHERE run_id = ? ORDER BY uri", [run_id])
+        return {Path(r[cols.index("uri")]).name: dict(zip(cols, r)) for r in rs}
+
+    s1 = sweep("plain", None)
+    assert (s1.ok, s1.errors) == (2, 1)
+    assert all(r["noise_anomaly_score"] is None for r in rows("plain").values())
+
+    shutil.copy(root / "a.png", root / "a_repost.png")  # bytes scored by "plain", without the second opinion
+    (root / "c.png").write_bytes(_img(80, 72, 13))
+    s2 = sweep("na1", str(na))
+    assert (s2.to_scan, s2.ok, s2.dedup) == (2, 2, 0)  # a.png and b.png are not rescored
+    r2 = rows("na1")
+    assert set(r2) == {"a_repost.png", "c.png"}
+    for name, r in r2.items():
+        assert r["dedup_of"] is None and r["noise_anomaly_model"] == sha256_file(na), name
+        heat = maps.load_noise_anomaly(r["noise_anomaly_map_uri"])
+        assert heat.shape == (r["height"], r["width"]) and np.isfinite(heat).all()
+        # The score is the map's largest value (stored as float16 4x4 cell means, so below or at it).
+        assert np.isfinite(r["noise_anomaly_score"]) and heat.max() <= r["noise_anomaly_score"] * (1 + 2e-3)
+
+    shutil.copy(root / "c.png", root / "c_repost.png")
+    s3 = sweep("na2", str(na))
+    assert (s3.to_scan, s3.ok, s3.dedup) == (1, 1, 1)
+    copy, orig = rows("na2")["c_repost.png"], r2["c.png"]
+    assert copy["dedup_of"] == orig["uri"]
+    assert [copy[k] for k in ("score", "noise_anomaly_score", "noise_anomaly_map_uri", "noise_anomaly_model")] == \
+        [orig[k] for k in ("score", "noise_anomaly_score", "noise_anomaly_map_uri", "noise_anomaly_model")]
