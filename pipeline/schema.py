@@ -30,8 +30,9 @@ class ScanRow:
     frac_anom = fraction with anomaly > 0.5; max_anom_conf = max of anomaly * confidence.
     Maps: map_uri (content-addressed by sha256, shared by identical files; ``pipeline.maps.load``),
     preview_uri (a PNG a person can open), map_codec.
-    dedup_of: set when this file's bytes (sha256) had already been scored with the same weights: the
-    uri of that row, whose outcome and map this row repeats (the file was not scored again).
+    dedup_of: set when this file's bytes (sha256) had already been scored the same way (weights,
+    Noiseprint++, noise-anomaly model: ``pipeline.dedup.SCORING_COLUMNS``): the uri of that row,
+    whose outcome and maps this row repeats (the file was not scored again).
     Run: model_name, weights_sha256, noiseprint_sha256 (when replaced), weights_untrained,
     code_version, torch_version, device, precision (fp32 / bf16 / fp16 autocast), ray_node_id, run_id,
     scanned_at, elapsed_ms.
