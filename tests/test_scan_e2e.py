@@ -316,21 +316,22 @@ def test_sweep_with_noise_anomaly_through_ray(ray_env, synth_ckpt, model, tmp_pa
 
     shutil.copy(root / "a.png", root / "a_repost.png")  # bytes scored by "plain", without the second opinion
     (root / "c.png").write_bytes(_img(80, 72, 13))
-    s2 = sweep("na1", str(na))
-    assert (s2.to_scan, s2.ok, s2.dedup) == (2, 2, 0)  # a.png and b.png are not rescored
-    r2 = rows("na1")
-    assert set(r2) == {"a_repost.png", "c.png"}
-    for name, r in r2.items():
-        assert r["dedup_of"] is None and r["noise_anomaly_model"] == sha256_file(na), name
+    shutil.copy(root / "c.png", root / "c_repost.png")  # new bytes twice in one sweep: scored once
+    s2 = sweep("na", str(na))
+    assert (s2.to_scan, s2.ok, s2.dedup) == (3, 3, 1)  # a.png and b.png are not rescored
+    r2 = rows("na")
+    assert set(r2) == {"a_repost.png", "c.png", "c_repost.png"}
+    copies = [n for n, r in r2.items() if r["dedup_of"] is not None]
+    assert len(copies) == 1 and copies[0] in ("c.png", "c_repost.png")
+    copy = r2[copies[0]]
+    orig = r2[({"c.png", "c_repost.png"} - set(copies)).pop()]
+    assert copy["dedup_of"] == orig["uri"]
+    for name in ("a_repost.png", Path(orig["uri"]).name):
+        r = r2[name]
+        assert r["noise_anomaly_model"] == sha256_file(na), name
         heat = maps.load_noise_anomaly(r["noise_anomaly_map_uri"])
         assert heat.shape == (r["height"], r["width"]) and np.isfinite(heat).all()
         # The score is the map's largest value (stored as float16 4x4 cell means, so below or at it).
         assert np.isfinite(r["noise_anomaly_score"]) and heat.max() <= r["noise_anomaly_score"] * (1 + 2e-3)
-
-    shutil.copy(root / "c.png", root / "c_repost.png")
-    s3 = sweep("na2", str(na))
-    assert (s3.to_scan, s3.ok, s3.dedup) == (1, 1, 1)
-    copy, orig = rows("na2")["c_repost.png"], r2["c.png"]
-    assert copy["dedup_of"] == orig["uri"]
-    assert [copy[k] for k in ("score", "noise_anomaly_score", "noise_anomaly_map_uri", "noise_anomaly_model")] == \
-        [orig[k] for k in ("score", "noise_anomaly_score", "noise_anomaly_map_uri", "noise_anomaly_model")]
+    keys = ("score", "map_uri", "noise_anomaly_score", "noise_anomaly_map_uri", "noise_anomaly_model")
+    assert [copy[k] for k in keys] == [orig[k] for k in keys]
