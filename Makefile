@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install browser scan predict test bench bench-scan bench-float bench-sweep bench-precision bench-gpu bench-flops bench-report
+.PHONY: install browser scan predict test bench bench-scan bench-float bench-sweep bench-precision bench-gpu bench-flops bench-report bench-duplicates bench-calibration
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -53,7 +53,7 @@ predict: $(STAMP)
 OTHER_KERNELS := ONEDNN_MAX_CPU_ISA=SSE41 ATEN_CPU_CAPABILITY=default
 
 test: $(STAMP) browser
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q --durations=15 $(PYTEST_ARGS)
 	$(OTHER_KERNELS) $(BIN)/python -m pytest -q -m "parity and not slow" -k "synthetic_odd or recipe" $(PYTEST_ARGS)
 
 bench: $(STAMP)
@@ -81,3 +81,11 @@ bench-flops: $(STAMP)
 
 bench-report: $(STAMP)
 	$(BIN)/python bench/bench_report.py $(ARGS)
+
+bench-calibration: $(STAMP)
+	$(BIN)/python bench/bench_calibration.py $(ARGS)
+
+# faiss only for the baselines (our index is numpy): installed by this target, not by `make install`.
+bench-duplicates: $(STAMP)
+	$(BIN)/pip install -q -c constraints.txt 'faiss-cpu>=1.8'
+	$(BIN)/python bench/bench_duplicates.py $(ARGS)

@@ -34,11 +34,27 @@ def _cmd_scan(args: argparse.Namespace) -> int:
     return EXIT_ERROR_ROWS if summary.errors else EXIT_OK
 
 
+def _calibration(args: argparse.Namespace, storage):
+    """The calibration named by --calibration (a file), or the newest under OUTPUT for --calibrated."""
+    spec = getattr(args, "calibration", None) or ("latest" if getattr(args, "calibrated", False) else None)
+    if spec is None:
+        return None
+    from pipeline.calibration import load_calibration
+
+    return load_calibration(spec, args.output, storage)
+
+
 def _cmd_query(args: argparse.Namespace) -> int:
     from pipeline.query import format_rows, run_sql
     from pipeline.storage import StorageConfig
 
-    cols, rows = run_sql(args.output, args.sql, storage=StorageConfig.from_env(args.s3_endpoint))
+    storage = StorageConfig.from_env(args.s3_endpoint)
+    cal, calibrated = _calibration(args, storage), None
+    if cal:
+        from pipeline.calibration import connector
+
+        calibrated = connector(cal)
+    cols, rows = run_sql(args.output, args.sql, storage=storage, connector=calibrated)
     print(format_rows(cols, rows, args.format))
     return 0
 
@@ -50,10 +66,53 @@ def _cmd_top(args: argparse.Namespace) -> int:
     from pipeline.storage import StorageConfig
 
     since = dt.date.fromisoformat(args.since) if args.since else None
-    cols, rows = top(args.output, k=args.k, min_score=args.min_score, since=since,
-                     storage=StorageConfig.from_env(args.s3_endpoint))
+    storage = StorageConfig.from_env(args.s3_endpoint)
+    cal = _calibration(args, storage)
+    if cal:
+        from pipeline.calibration import top_calibrated
+
+        cols, rows = top_calibrated(args.output, cal, k=args.k, min_score=args.min_score or 0.0, since=since,
+                                    storage=storage)
+    else:
+        cols, rows = top(args.output, k=args.k, min_score=0.5 if args.min_score is None else args.min_score,
+                         since=since, storage=storage)
     print(format_rows(cols, rows, args.format))
     return 0
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from pipeline.calibration import CalibrateConfig, calibrate
+    from pipeline.options import from_args
+    from pipeline.query import format_rows
+
+    cal = calibrate(from_args(CalibrateConfig, args, "calibrate"))
+    cols = ["source", "n", "threshold", "false_positives", "fpr", "fpr_ci95", "too_small_for_target", "forged_n", "tpr"]
+    print(format_rows(cols, [tuple(str(s.get(c)) if c == "fpr_ci95" else s.get(c) for c in cols)
+                             for s in cal["sources"]], "table"))
+    for w in cal["warnings"]:
+        print(f"warning: {w}", file=sys.stderr)
+    print(f"calibration {cal['id']} (target FPR {cal['target_fpr']:g}, weights {cal['weights_sha256'][:12]}) "
+          f"written to {cal['path']}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _cmd_duplicates(args: argparse.Namespace) -> int:
+    from pipeline.neardup import DuplicatesConfig, cluster_summary, find_duplicates, member_lines, write_members
+    from pipeline.options import from_args
+    from pipeline.query import format_rows
+
+    cfg = from_args(DuplicatesConfig, args, "duplicates")
+    members = find_duplicates(cfg)
+    if cfg.out:
+        write_members(members, cfg.out, cfg.storage())
+    cols, lines = cluster_summary(members)
+    shown = lines[:cfg.k]
+    if cfg.members:
+        cols, shown = member_lines(members, [r[0] for r in shown])
+    print(format_rows(cols, shown, cfg.format))
+    print(f"{len(lines)} clusters of near-copies ({members.num_rows} images, distance <= {cfg.max_distance}); "
+          f"{min(cfg.k, len(lines))} shown" + (f"; all members written to {cfg.out}" if cfg.out else ""), file=sys.stderr)
+    return EXIT_OK
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -230,17 +289,40 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     q.add_argument("output", help="the scan's --output")
     q.add_argument("sql", help='e.g. "SELECT uri, score FROM results ORDER BY score DESC LIMIT 10"')
     q.add_argument("--format", default="table", choices=["table", "csv", "json"])
+    q.add_argument("--calibration", help="a calibration file, or 'latest' (the newest under OUTPUT): the views get "
+                                         "source, threshold, verdict, verdict_reason")
     q.add_argument("--s3-endpoint")
     q.set_defaults(func=_cmd_query)
 
     t = sub.add_parser("top", help="the highest-scoring images with their map URIs")
     t.add_argument("output", help="the scan's --output")
     t.add_argument("--k", type=int, default=50)
-    t.add_argument("--min-score", type=float, default=0.5)
+    t.add_argument("--min-score", type=float, default=None, help="(default: 0.5; 0 with a calibration)")
     t.add_argument("--since", help="only scans on or after this date (YYYY-MM-DD)")
     t.add_argument("--format", default="table", choices=["table", "csv", "json"])
+    t.add_argument("--calibrated", action="store_true",
+                   help="only images the newest calibration under OUTPUT flags, by their margin over its threshold")
+    t.add_argument("--calibration", help="the same with this calibration file")
     t.add_argument("--s3-endpoint")
     t.set_defaults(func=_cmd_top)
+
+    ca = sub.add_parser("calibrate", help="per-source thresholds for a target false-positive rate, from known-pristine "
+                                          "images scanned into OUTPUT")
+    if full("calibrate"):
+        from pipeline.calibration import CalibrateConfig
+        from pipeline.options import add_options
+
+        add_options(ca, CalibrateConfig, "calibrate")
+    ca.set_defaults(func=_cmd_calibrate)
+
+    du = sub.add_parser("duplicates", help="near-copies (resized, recompressed, lightly cropped) grouped into clusters, "
+                                           "with the best copy and the score spread")
+    if full("duplicates"):
+        from pipeline.neardup import DuplicatesConfig
+        from pipeline.options import add_options
+
+        add_options(du, DuplicatesConfig, "duplicates")
+    du.set_defaults(func=_cmd_duplicates)
 
     rp = sub.add_parser("report", help="a review page of the top candidates (static HTML that opens from disk)")
     if full("report"):
@@ -340,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED if isinstance(e, RunFailed) else EXIT_USAGE
 
 
-COMMANDS = ("predict", "scan", "sweep", "query", "top", "report", "show", "export", "train-noiseprint", "eval-noiseprint", "make-camera-corpus",
+COMMANDS = ("predict", "scan", "sweep", "query", "top", "calibrate", "duplicates", "report", "show", "export", "train-noiseprint", "eval-noiseprint", "make-camera-corpus",
             "make-splice-benchmark", "fit-noise-anomaly", "eval-splices",
             "make-demo-archive", "weights")
 

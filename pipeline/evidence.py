@@ -29,7 +29,7 @@ from .review import (HOW_TO_READ, SHA256_RE, encode_png, figure_png, find_row, f
                      plain_row, read_original)
 from .storage import StorageConfig, StorageOptions, one_line, redact
 
-FORMAT_EXT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "TIFF": "tif", "BMP": "bmp", "GIF": "gif", "MPO": "jpg"}
+FORMAT_EXT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "TIFF": "tif", "BMP": "bmp", "GIF": "gif", "MPO": "jpg", "HEIF": "heic"}
 # Expected agreement of a re-run with the row's score (measured: tests/tolerances.py, BENCHMARKS.md).
 AGREEMENT = ("fp32: ~1e-4 on another CPU (kernels sum in another order), ~1e-6 on the same machine; "
              "bf16/fp16: ~5e-3")

@@ -23,7 +23,7 @@ from .storage import StorageConfig, local_copy, one_line, redact
 
 MODEL_NAME = "trufor-detconfcmx-mit_b2"
 # Columns the pre-processing stage fills and the predictor passes through unchanged.
-_PASSED_THROUGH = ("uri", "status", "size_bytes", "etag_or_mtime", "sha256", "format", "width", "height",
+_PASSED_THROUGH = ("uri", "status", "size_bytes", "etag_or_mtime", "sha256", "phash", "format", "width", "height",
                    "exif_make", "exif_model", "exif_software", "exif_orientation", "error", "error_kind")
 
 

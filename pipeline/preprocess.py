@@ -12,6 +12,7 @@ import numpy as np
 from trufor_core.image import ImageDecodeError, decode_image
 
 from .listing import local_version_tag, special_file_error, too_big, version_tag
+from .neardup import phash_hex
 from .schema import ERROR_INPUT, ERROR_TRANSIENT, STATUS_ERROR, STATUS_OK, STATUS_SKIPPED, coerce, py_value
 from .storage import StorageConfig, is_remote, local_path, one_line, redact
 
@@ -90,7 +91,7 @@ def load_one(uri: str, size_bytes, etag_or_mtime, skip_reason, storage: StorageC
              read_timeout_s: float | None = None, error_kind: str | None = None) -> dict:
     """Read and decode one file; never raises: failures become an error row with the reason."""
     row = {"uri": uri, "size_bytes": size_bytes, "etag_or_mtime": etag_or_mtime, "status": STATUS_OK,
-           "error": None, "error_kind": None, "sha256": None, "format": None, "width": None, "height": None, "exif_make": None,
+           "error": None, "error_kind": None, "sha256": None, "phash": None, "format": None, "width": None, "height": None, "exif_make": None,
            "exif_model": None, "exif_software": None, "exif_orientation": None, "pixels": EMPTY_PIXELS}
     if skip_reason:
         row.update(status=STATUS_SKIPPED, error=skip_reason)
@@ -113,12 +114,13 @@ def load_one(uri: str, size_bytes, etag_or_mtime, skip_reason, storage: StorageC
             raise ImageDecodeError(f"{uri}: image of {h}x{w} px is too small: TruFor needs at least "
                                    f"{min_side} px on each side")
         row["pixels"] = img.rgb
+        row["phash"] = phash_hex(img.rgb)
     except Exception as e:  # noqa: BLE001 - any failure of one file is that file's error row
         # The file's own fault is final for this version of it; anything else is retried by the next sweep.
         kind = e.kind if isinstance(e, ReadError) else ERROR_INPUT if isinstance(e, ImageDecodeError) else ERROR_TRANSIENT
         msg = str(e) if isinstance(e, (ImageDecodeError, ReadError)) else f"{type(e).__name__}: {e}"
         row.update(status=STATUS_ERROR, error=one_line(redact(msg.replace("<bytes>", uri))), error_kind=kind,
-                   pixels=EMPTY_PIXELS)
+                   pixels=EMPTY_PIXELS, phash=None)
     return row
 
 

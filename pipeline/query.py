@@ -42,39 +42,59 @@ def parts_dataset(paths: list[str], fs, base_dir: str) -> pads.Dataset:
 
 # One answer per image: its most recent row of any status, so a file whose latest scan failed
 # never shows an older score.
-LATEST_SQL = ("SELECT * FROM results QUALIFY row_number() OVER "
-              "(PARTITION BY uri ORDER BY scanned_at DESC NULLS LAST, run_id DESC) = 1")
+def latest_sql(table: str = "results") -> str:
+    return (f"SELECT * FROM {table} QUALIFY row_number() OVER "
+            "(PARTITION BY uri ORDER BY scanned_at DESC NULLS LAST, run_id DESC) = 1")
+
+
+LATEST_SQL = latest_sql()
 
 
 class QueryError(ValueError):
     """User SQL that DuckDB refused or could not run (one line, with DuckDB's reason)."""
 
 
-def connect(output: str, storage: StorageConfig | None = None) -> duckdb.DuckDBPyConnection:
+def connect(output: str, storage: StorageConfig | None = None, tables: dict[str, pa.Table | None] | None = None,
+            views=None, rows_name: str = "results") -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection that sees the views ``results`` and ``latest`` and nothing else.
 
     ``results`` holds every row ever written; ``latest`` one row per uri (its most recent scan).
+    ``tables``: more Arrow tables to see (e.g. a manifest to join). ``views(con)``, when given,
+    defines the views instead, over the dataset registered as ``rows_name``
+    (``pipeline.calibration`` adds verdicts this way).
 
-    The dataset is registered from Python (pyarrow reads it), then external access is switched off
-    and the configuration locked: user SQL cannot read or write files (read_csv, COPY ... TO,
-    glob), ATTACH databases, or INSTALL/LOAD extensions, nor switch this back on.
+    The data is registered from Python (pyarrow reads it), then external access is switched off
+    and the configuration locked, and only then are the views defined (so any SQL in them runs
+    sandboxed too): user SQL cannot read or write files (read_csv, COPY ... TO, glob), ATTACH
+    databases, or INSTALL/LOAD extensions, nor switch this back on.
     """
     con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
-    con.register("results", results_dataset(output, storage))
-    con.execute(f"CREATE VIEW latest AS {LATEST_SQL}")
+    con.register(rows_name, results_dataset(output, storage))
+    for name, table in (tables or {}).items():
+        if table is not None:
+            con.register(name, table)
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
+    try:
+        if views is None:
+            con.execute(f"CREATE VIEW latest AS {LATEST_SQL}")
+        else:
+            views(con)
+    except Exception:
+        con.close()
+        raise
     return con
 
 
-def run_sql(output: str, sql: str, params: list | None = None,
-            storage: StorageConfig | None = None) -> tuple[list[str], list[tuple]]:
-    """Run SQL against ``results`` (sandboxed, see ``connect``); returns (column names, rows).
+def run_sql(output: str, sql: str, params: list | None = None, storage: StorageConfig | None = None,
+            connector=None) -> tuple[list[str], list[tuple]]:
+    """Run SQL against ``results`` (sandboxed, see ``connect``; ``connector(output, storage)`` in its
+    place, e.g. ``pipeline.calibration.connector``); returns (column names, rows).
 
     Raises:
         QueryError: DuckDB refused or failed the statement.
     """
-    con = connect(output, storage)
+    con = (connector or connect)(output, storage)
     try:
         cur = con.execute(sql, params or [])
         cols = [d[0] for d in cur.description] if cur.description else []
@@ -87,18 +107,21 @@ def run_sql(output: str, sql: str, params: list | None = None,
 
 
 def top(output: str, k: int = 50, min_score: float = 0.5, since: dt.date | None = None,
-        storage: StorageConfig | None = None) -> tuple[list[str], list[tuple]]:
+        storage: StorageConfig | None = None, columns: tuple[str, ...] = TOP_COLUMNS, where: str = "",
+        order: str = "score DESC", connector=None) -> tuple[list[str], list[tuple]]:
     """The highest-scoring images by their latest scan (view ``latest``), values bound as parameters.
 
-    An image whose latest scan failed is left out, whatever an earlier scan scored.
+    An image whose latest scan failed is left out, whatever an earlier scan scored. ``columns``,
+    ``where`` (more conditions: fixed SQL, never values), ``order`` and ``connector`` serve views
+    with more columns (``pipeline.calibration.top_calibrated``).
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    sql = (f"SELECT {', '.join(TOP_COLUMNS)} FROM latest WHERE status = 'ok' AND score >= ? "
+    sql = (f"SELECT {', '.join(columns)} FROM latest WHERE status = 'ok' AND score >= ? {where} "
            + ("AND scan_date >= ? " if since else "")
-           + "ORDER BY score DESC, uri LIMIT ?")
+           + f"ORDER BY {order}, uri LIMIT ?")
     params: list = [min_score] + ([since.isoformat()] if since else []) + [k]
-    return run_sql(output, sql, params, storage)
+    return run_sql(output, sql, params, storage, connector)
 
 
 def _plain(v):

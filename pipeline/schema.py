@@ -19,7 +19,9 @@ ERROR_INPUT, ERROR_TRANSIENT = "input", "transient"
 class ScanRow:
     """One row per input file. ``None`` means "not applicable" (e.g. no score on an error row).
 
-    Provenance: uri, size_bytes, etag_or_mtime, sha256 (of the file bytes).
+    Provenance: uri, size_bytes, etag_or_mtime, sha256 (of the file bytes); phash (ok rows: the 64-bit
+    perceptual hash of the decoded pixels, 16 hex digits, ``pipeline.neardup``; near-copies, resized or
+    recompressed, have close hashes: `trufor-scan duplicates`).
     Image: format, width, height, exif_* (as stored, orientation not applied: neither does TruFor).
     Outcome: status (ok / error / skipped), error (one-line message), error_kind: "input" when the file
     itself is at fault (cannot decode, unsupported, too small or too big, not a regular file, a
@@ -47,6 +49,7 @@ class ScanRow:
     size_bytes: int | None = None
     etag_or_mtime: str | None = None
     sha256: str | None = None
+    phash: str | None = None
     format: str | None = None
     width: int | None = None
     height: int | None = None
@@ -90,7 +93,8 @@ class ScanRow:
     noise_anomaly_model: str | None = None
 
 
-if tuple(f"{k}" for k in POOLED_FEATURE_NAMES) != tuple(f.name for f in dataclasses.fields(ScanRow)[15:23]):
+_NAMES = [f.name for f in dataclasses.fields(ScanRow)]
+if tuple(POOLED_FEATURE_NAMES) != tuple(_NAMES[_NAMES.index(POOLED_FEATURE_NAMES[0]):][:len(POOLED_FEATURE_NAMES)]):
     raise ImportError("ScanRow's pooled-feature columns are out of step with trufor_core.POOLED_FEATURE_NAMES")
 
 _ARROW_TYPES = {str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_(),

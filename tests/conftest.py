@@ -55,6 +55,40 @@ def pytest_report_header(config) -> list[str]:
             f"{torch.get_num_threads()} threads, oneDNN {torch.backends.mkldnn.is_available()}, env {env or 'default'}"]
 
 
+def heic_bytes(rgb: np.ndarray, bits: int = 8, quality: int = 95) -> bytes:
+    """An HEIC file made with pillow-heif itself (``bits`` 10 or 12: a phone's HDR capture)."""
+    import io
+
+    import pillow_heif
+
+    h, w = rgb.shape[:2]
+    if bits == 8:
+        heif = pillow_heif.from_bytes(mode="RGB", size=(w, h), data=np.ascontiguousarray(rgb, np.uint8).tobytes())
+    else:  # pillow-heif takes 16-bit samples and keeps the top ``bits`` bits
+        heif = pillow_heif.from_bytes(mode="RGB;16", size=(w, h), data=(rgb.astype(np.uint16) << 8).tobytes())
+    buf = io.BytesIO()
+    saved, pillow_heif.options.SAVE_HDR_TO_12_BIT = pillow_heif.options.SAVE_HDR_TO_12_BIT, bits == 12
+    try:
+        heif.save(buf, quality=quality)
+    finally:
+        pillow_heif.options.SAVE_HDR_TO_12_BIT = saved
+    return buf.getvalue()
+
+
+def write_parts(output, run_id: str, date: str, tables: list, state: str = "complete"):
+    """Commit ``tables`` as one run's parts, through the scan's own writer."""
+    from pipeline.output import ResultWriter, RunManifest
+    from pipeline.storage import StorageConfig
+
+    w = ResultWriter(str(output), RunManifest(run_id=run_id, command="test", input="-", code_version="test"),
+                     date, StorageConfig(), rows_per_part=10**6, commit_every_s=3600)
+    for t in tables:
+        w.add(t)
+        w.commit()
+    w.close(state)
+    return w
+
+
 def fixture_npz(name: str, f64: bool = False) -> dict[str, np.ndarray]:
     """The official outputs for one input: float32 (AVX-512 machine) or float64 (any CPU) references."""
     with np.load((FIXTURES_F64 if f64 else FIXTURES) / f"{name}.npz") as z:

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from conftest import heic_bytes
 from tolerances import F64_PATHS_ATOL
 from trufor_core import CheckpointError, EvalConfig, ImageTooSmallError, TruFor, TruForConfig
 from trufor_core.checkpoint import (
@@ -246,7 +247,7 @@ def test_high_bit_depth_is_refused_not_truncated(kind):
         arr = rng.integers(0, 1024, (40, 48, 3)).astype(np.uint16) if kind == "tiff16-rgb" else rng.random((40, 48), np.float32)
         tifffile.imwrite(buf, arr, photometric="rgb" if arr.ndim == 3 else "minisblack")
         data = buf.getvalue()
-    with pytest.raises(ImageDecodeError, match=r"\(16-bit or float\) is not supported"):
+    with pytest.raises(ImageDecodeError, match=r"\(more than 8 bits per sample, or float\) is not supported"):
         decode_rgb(data)
     # The same pictures at 8 bits decode.
     buf = io.BytesIO()
@@ -264,7 +265,7 @@ def test_decode_errors_are_clear(tmp_path):
     Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(jpg, format="JPEG")
     with pytest.raises(ImageDecodeError, match="cannot decode"):
         decode_rgb(jpg.getvalue()[:300])
-    with pytest.raises(ImageDecodeError, match="16-bit or float"):
+    with pytest.raises(ImageDecodeError, match="more than 8 bits per sample"):
         decode_rgb(_png(np.full((8, 8), 40000, np.uint16)))
     with pytest.raises(ImageDecodeError, match="exceeds the limit"):
         decode_rgb(_png(np.zeros((10, 10, 3), np.uint8)), max_pixels=99)
@@ -272,6 +273,30 @@ def test_decode_errors_are_clear(tmp_path):
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(ico, format="ICO")
     with pytest.raises(ImageDecodeError, match="allowed format"):
         decode_rgb(ico.getvalue())
+
+
+def test_heic_decodes_to_the_8_bit_rgb_that_libheif_gives():
+    """A phone's HEIC goes through pillow-heif's opener (registered on import) to the same 8-bit RGB
+    that libheif decodes directly, close to the pixels that were encoded (lossy HEVC)."""
+    import pillow_heif
+
+    from trufor_core.image import decode_image
+
+    y, x = np.mgrid[0:48, 0:64]
+    rgb = np.stack([x * 4, y * 5, (x + y) * 2], -1).astype(np.uint8)  # smooth: HEVC keeps it closely
+    data = heic_bytes(rgb)
+    img = decode_image(data)
+    direct = np.asarray(pillow_heif.open_heif(io.BytesIO(data), convert_hdr_to_8bit=False))
+    assert img.format == "HEIF" and img.rgb.shape == (48, 64, 3) and img.rgb.dtype == np.uint8
+    np.testing.assert_array_equal(img.rgb, direct)
+    assert np.abs(img.rgb.astype(int) - rgb).mean() < 3.0
+
+
+@pytest.mark.parametrize("bits", [10, 12])
+def test_high_bit_depth_heic_is_refused(bits):
+    rgb = np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    with pytest.raises(ImageDecodeError, match=rf"{bits}-bit HEIF samples \(more than 8 bits per sample"):
+        decode_rgb(heic_bytes(rgb, bits=bits))
 
 
 _KERNEL_PROBE = """

@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from conftest import heic_bytes, write_parts
 from pipeline import maps
 from pipeline.listing import list_input, read_manifest
 from pipeline.predictor import PredictorConfig, TruForPredictor, group_batches
@@ -149,12 +150,23 @@ def test_listing_recursive_with_skips_and_manifests(tmp_path):
         list_input(str(tmp_path / "nope"), ST)
 
 
+def test_heic_is_listed_and_decoded(tmp_path):
+    rgb = np.random.default_rng(3).integers(0, 256, (48, 40, 3), dtype=np.uint8)
+    (tmp_path / "IMG_0001.HEIC").write_bytes(heic_bytes(rgb))
+    (tmp_path / "hdr.heif").write_bytes(heic_bytes(rgb, bits=10))
+    files = sorted(list_input(str(tmp_path), ST), key=lambda f: f.uri)
+    assert [f.skip_reason for f in files] == [None, None]
+    ok, hdr = (load_one(f.uri, f.size_bytes, f.etag_or_mtime, None, ST, 10**8, 29) for f in files)
+    assert ok["status"] == "ok" and ok["format"] == "HEIF" and ok["pixels"].shape == (48, 40, 3)
+    assert hdr["status"] == "error" and hdr["error_kind"] == "input" and "10-bit HEIF" in hdr["error"]
+
+
 @pytest.mark.parametrize("name,data,msg", [
     ("zero.jpg", b"", "empty file"),
     ("text.jpg", b"hello, I am text", "not an image in an allowed format"),
     ("trunc.jpg", None, "cannot decode"),
     ("tiny.jpg", "tiny", "too small"),
-    ("deep.png", "16bit", "16-bit or float"),
+    ("deep.png", "16bit", "more than 8 bits per sample"),
     ("missing.jpg", "missing", "FileNotFoundError"),
 ])
 def test_bad_files_become_error_rows(tmp_path, name, data, msg):
@@ -299,19 +311,6 @@ def results_dir(tmp_path):
     for run, date, sel in (("r", "2026-11-20", [0, 1, 4, 6]), ("r2", "2026-11-21", [2, 3, 5, 7])):
         write_parts(tmp_path, run, date, [rows_to_table([rows[i] for i in sel])])
     return str(tmp_path)
-
-
-def write_parts(output, run_id: str, date: str, tables: list, state: str = "complete"):
-    """Commit ``tables`` as one run's parts, through the scan's own writer."""
-    from pipeline.output import ResultWriter, RunManifest
-
-    w = ResultWriter(str(output), RunManifest(run_id=run_id, command="test", input="-", code_version="test"),
-                     date, StorageConfig(), rows_per_part=10**6, commit_every_s=3600)
-    for t in tables:
-        w.add(t)
-        w.commit()
-    w.close(state)
-    return w
 
 
 def test_query_and_top(results_dir):

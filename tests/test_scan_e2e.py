@@ -12,10 +12,11 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from conftest import IMAGES, REPO, S3_KEY, S3_SECRET
+from conftest import IMAGES, REPO, S3_KEY, S3_SECRET, heic_bytes
 from page_check import browser_missing, check_report
 from tolerances import F32_ATOL, MAP_CODEC_ATOL, assert_close, assert_f32_close
 from pipeline import maps
@@ -45,6 +46,12 @@ def make_archive(root: Path) -> dict[str, str]:
     (root / "gen_64x96_b.png").write_bytes(_img(64, 96, 2))  # same shape: batched together
     (root / "gen_64x96_dup.png").write_bytes(_img(64, 96, 1))  # same bytes as _a: one shared map
     (root / "sub" / "gen_45x33.webp").write_bytes(_img(45, 33, 3, "WEBP"))
+    with Image.open(IMAGES / "pristine1.jpg") as im:  # a repost: resized and recompressed (a near-copy)
+        im.convert("RGB").resize((288, 192), Image.Resampling.BICUBIC).save(root / "sub" / "pristine1_repost.jpg",
+                                                                         quality=80)
+    rgb = np.random.default_rng(5).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    (root / "sub" / "phone_40x56.heic").write_bytes(heic_bytes(rgb))  # decoded in the workers: opener registered
+    (root / "hdr_10bit.heic").write_bytes(heic_bytes(rgb, bits=10))  # refused, never shifted to 8 bits
     (root / "zero.jpg").write_bytes(b"")
     (root / "truncated.jpg").write_bytes((IMAGES / "pristine1.jpg").read_bytes()[:2000])
     (root / "text.jpg").write_text("definitely not a JPEG")
@@ -54,8 +61,9 @@ def make_archive(root: Path) -> dict[str, str]:
     (root / "icon.ico").write_bytes(ico.getvalue())  # unsupported format and extension: skipped
     (root / "icon_named.png").write_bytes(ico.getvalue())  # unsupported format behind an image extension
     ok = ["pristine1.jpg", "sub/tampered2.png", "synthetic_odd_333x517.png", "gen_64x96_a.png", "gen_64x96_b.png",
-          "gen_64x96_dup.png", "sub/gen_45x33.webp"]
-    err = ["zero.jpg", "truncated.jpg", "text.jpg", "tiny.png", "icon_named.png"]
+          "gen_64x96_dup.png", "sub/gen_45x33.webp", "sub/phone_40x56.heic",
+          "sub/pristine1_repost.jpg"]
+    err = ["hdr_10bit.heic", "zero.jpg", "truncated.jpg", "text.jpg", "tiny.png", "icon_named.png"]
     return {**{k: "ok" for k in ok}, **{k: "error" for k in err}, "icon.ico": "skipped"}
 
 
@@ -127,11 +135,12 @@ def _check_results(out_uri: str, expected: dict, ref: dict, uri_of, storage: Sto
             assert_close(a, res.anomaly_map, f"{name}: stored map", MAP_CODEC_ATOL + F32_ATOL["map"])
             assert_close(c, res.confidence_map, f"{name}: stored conf", MAP_CODEC_ATOL + F32_ATOL["conf"])
             assert r["map_codec"] == maps.MAP_CODEC and len(r["sha256"]) == 64 and r["error"] is None
+            assert len(r["phash"]) == 16 and int(r["phash"], 16) >= 0
             with Image.open(io.BytesIO(_read(r["preview_uri"], storage))) as im:  # a person can open it
                 assert im.format == "PNG" and im.size == ((res.imgsize[1] + 3) // 4, (res.imgsize[0] + 3) // 4)
             assert r["elapsed_ms"] > 0 and r["torch_version"] and r["code_version"]
         else:
-            assert r["error"] and r["score"] is None
+            assert r["error"] and r["score"] is None and r["phash"] is None
     errs = {n: by_uri[uri_of(n)]["error"] for n, s in expected.items() if s != "ok"}
     assert "empty file" in errs["zero.jpg"] and "cannot decode" in errs["truncated.jpg"]
     assert "not an image in an allowed format" in errs["text.jpg"] and "too small" in errs["tiny.png"]
@@ -143,14 +152,14 @@ def _check_results(out_uri: str, expected: dict, ref: dict, uri_of, storage: Sto
     return recs
 
 
-def test_scan_local_folder_and_query(ray_env, reference_scores, synth_ckpt, tmp_path):
+def test_scan_local_folder_and_query(ray_env, reference_scores, synth_ckpt, tmp_path, capsys):
     root = tmp_path / "archive"
     expected = make_archive(root)
     _local_ray(ray_env)
     out = tmp_path / "out"
     s = run_scan(ScanConfig(input=str(root), output=str(out), checkpoint=str(synth_ckpt),
                             run_id="local1", batch_size=2, allow_download=False), log=lambda m: None)
-    assert (s.listed, s.ok, s.errors, s.skipped) == (13, 7, 5, 1)
+    assert (s.listed, s.ok, s.errors, s.skipped) == (16, 9, 6, 1)
     assert all(Path(f).is_file() and "/results/scan_date=" in f for f in s.files)
     _check_results(str(out), expected, reference_scores, lambda n: str(root / n), StorageConfig(), "local1")
     cols, rows = top(str(out), k=3, min_score=0.0)
@@ -165,7 +174,22 @@ def test_scan_local_folder_and_query(ray_env, reference_scores, synth_ckpt, tmp_
         SELECT uri, score, frac_anom_conf, map_uri, preview_uri
         FROM read_parquet(getvariable('parts'), hive_partitioning = true)
         WHERE status = 'ok' AND score >= 0.0 ORDER BY score DESC, uri LIMIT 50""").fetchall()
-    assert [r[0] for r in plain[:3]] == [r[0] for r in rows] and len(plain) == 7
+    assert [r[0] for r in plain[:3]] == [r[0] for r in rows] and len(plain) == 9
+    # Near-copies: the same bytes twice, and a resized, recompressed repost of pristine1.
+    from jobs.cli import main as cli_main
+
+    capsys.readouterr()
+    assert cli_main(["duplicates", str(out), "--members", "--format", "json", "--out", str(tmp_path / "dups.parquet")]) == 0
+    got = json.loads(capsys.readouterr().out)
+    clusters = {}
+    for m in got:
+        clusters.setdefault(m["cluster_id"], []).append(m)
+    by_first = {tuple(sorted(Path(m["uri"]).name for m in ms)): ms for ms in clusters.values()}
+    assert sorted(by_first) == [("gen_64x96_a.png", "gen_64x96_dup.png"), ("pristine1.jpg", "pristine1_repost.jpg")]
+    pair = by_first[("pristine1.jpg", "pristine1_repost.jpg")]
+    assert [Path(m["uri"]).name for m in pair if m["is_best"]] == ["pristine1.jpg"]  # the larger copy
+    assert pair[0]["cluster_score_spread"] == pytest.approx(abs(pair[0]["score"] - pair[1]["score"]))
+    assert pq.read_table(tmp_path / "dups.parquet").num_rows == 4
 
 
 def test_scan_s3_bucket_read_and_write(ray_env, reference_scores, synth_ckpt, moto_endpoint, tmp_path):
@@ -181,7 +205,7 @@ def test_scan_s3_bucket_read_and_write(ray_env, reference_scores, synth_ckpt, mo
     s = run_scan(ScanConfig(input="s3://archive-bucket/in", output="s3://archive-bucket/out",
                             checkpoint=str(synth_ckpt), s3_endpoint=moto_endpoint, run_id="s3run",
                             allow_download=False), log=lambda m: None)
-    assert (s.listed, s.ok, s.errors, s.skipped) == (13, 7, 5, 1)
+    assert (s.listed, s.ok, s.errors, s.skipped) == (16, 9, 6, 1)
     assert s.files and all(f.startswith("s3://archive-bucket/out/results/scan_date=") for f in s.files)
     recs = _check_results("s3://archive-bucket/out", expected, reference_scores,
                           lambda n: f"s3://archive-bucket/in/{n}", storage, "s3run")
@@ -210,7 +234,7 @@ def test_scan_on_two_node_cluster(ray_env, reference_scores, synth_ckpt, tmp_pat
         s = run_scan(ScanConfig(input=str(root), output=str(out), checkpoint=str(synth_ckpt),
                                 run_id="cluster1", actors=2, cpus_per_actor=0.6, batch_size=1, ray_address=cluster.address,
                                 allow_download=False), log=lambda m: None)
-        assert (s.ok, s.errors, s.skipped) == (7, 5, 1)
+        assert (s.ok, s.errors, s.skipped) == (9, 6, 1)
         recs = _check_results(str(out), expected, reference_scores, lambda n: str(root / n), StorageConfig(), "cluster1")
         nodes = {r["ray_node_id"] for r in recs if r["status"] == "ok"}
         assert len(nodes) == 2, nodes

@@ -8,9 +8,11 @@ POOLED_FEATURE_NAMES = (
     "conf_softmin", "conf_softmax", "conf_mean", "conf_msq",
     "anom_softmin", "anom_softmax", "anom_mean", "anom_msq",
 )
-# Pillow decoders we allow; everything else is refused before any decoder runs.
-ALLOWED_FORMATS = ("JPEG", "MPO", "PNG", "TIFF", "BMP", "WEBP", "GIF")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif")
+# Pillow decoders we allow; everything else is refused before any decoder runs. HEIF (phones' HEIC)
+# is pillow-heif's opener, registered by ``trufor_core.image`` in every process that decodes.
+ALLOWED_FORMATS = ("JPEG", "MPO", "PNG", "TIFF", "BMP", "WEBP", "GIF", "HEIF")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif",
+                    ".heic", ".heif", ".hif")
 DEFAULT_MAX_PIXELS = 100_000_000
 
 

@@ -9,6 +9,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+import pillow_heif
 from PIL import Image
 
 from .config import ALLOWED_FORMATS, DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS  # noqa: F401 - re-exported
@@ -20,6 +21,13 @@ _REFUSED_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 # so values 0..1023 become 0..3): the mode alone cannot tell, the file's own sample layout can
 # (PNG: the decoder's raw mode from IHDR, e.g. "RGB;16B"; TIFF: the BitsPerSample tag).
 _PNG_16BIT_RAWMODE = re.compile(r";16")
+
+
+# HEIC/HEIF from phones. Registered at import, so every process that decodes (each Ray worker imports
+# this module) has it. Only the primary image is decoded: thumbnails, depth maps and auxiliary images
+# are never read. libheif applies the file's own rotation/mirror boxes (part of the format, unlike
+# JPEG's EXIF orientation, which TruFor leaves alone); libheif's security limits stay on.
+pillow_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)
 
 
 def _allowed_formats() -> list[str]:
@@ -70,6 +78,10 @@ def _deep_samples(im: Image.Image) -> str | None:
         bits = bits if isinstance(bits, tuple) else (bits,)
         if any(isinstance(b, int) and b > 8 for b in bits):
             return f"{max(bits)} bits per sample"
+    if im.format == "HEIF" and (im.info.get("bit_depth") or 8) > 8:
+        # pillow-heif hands a 10/12-bit HEIC over as 8-bit "RGB" (shifted down): refused like a
+        # 16-bit PNG, since the official preprocessing never sees such pixels.
+        return f"{im.info['bit_depth']}-bit HEIF samples"
     if im.format == "PNG":
         for tile in im.tile:
             raw = tile.args[0] if isinstance(tile.args, tuple) and tile.args else tile.args
@@ -95,7 +107,7 @@ def decode_image(source: str | os.PathLike | bytes, max_pixels: int = DEFAULT_MA
                     raise ImageDecodeError(f"{name}: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}")
                 depth = _deep_samples(im)
                 if depth:
-                    raise ImageDecodeError(f"{name}: {depth} (16-bit or float) is not supported: "
+                    raise ImageDecodeError(f"{name}: {depth} (more than 8 bits per sample, or float) is not supported: "
                                            "converting it to 8-bit RGB would change the pixels silently")
                 meta = _exif_fields(im)
                 fmt = im.format
