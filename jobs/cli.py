@@ -80,6 +80,18 @@ def _cmd_top(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_contradictions(args: argparse.Namespace) -> int:
+    from pipeline.credentials import contradictions
+    from pipeline.query import format_rows
+    from pipeline.storage import StorageConfig
+
+    storage = StorageConfig.from_env(args.s3_endpoint)
+    cols, rows = contradictions(args.output, k=args.k, min_score=args.min_score, storage=storage,
+                                calibration=_calibration(args, storage))
+    print(format_rows(cols, rows, args.format))
+    return 0
+
+
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     from pipeline.calibration import CalibrateConfig, calibrate
     from pipeline.options import from_args
@@ -306,6 +318,17 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     t.add_argument("--s3-endpoint")
     t.set_defaults(func=_cmd_top)
 
+    cd = sub.add_parser("contradictions", help="images whose content credentials (C2PA, valid or trusted) declare no "
+                                               "edit while TruFor flags them")
+    cd.add_argument("output", help="the scan's --output")
+    cd.add_argument("--k", type=int, default=50)
+    cd.add_argument("--min-score", type=float, default=0.5, help="flagged: score at least this (without a calibration)")
+    cd.add_argument("--calibrated", action="store_true", help="flagged: the newest calibration's verdict")
+    cd.add_argument("--calibration", help="flagged: this calibration file's verdict")
+    cd.add_argument("--format", default="table", choices=["table", "csv", "json"])
+    cd.add_argument("--s3-endpoint")
+    cd.set_defaults(func=_cmd_contradictions)
+
     ca = sub.add_parser("calibrate", help="per-source thresholds for a target false-positive rate, from known-pristine "
                                           "images scanned into OUTPUT")
     if full("calibrate"):
@@ -422,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED if isinstance(e, RunFailed) else EXIT_USAGE
 
 
-COMMANDS = ("predict", "scan", "sweep", "query", "top", "calibrate", "duplicates", "report", "show", "export", "train-noiseprint", "eval-noiseprint", "make-camera-corpus",
+COMMANDS = ("predict", "scan", "sweep", "query", "top", "contradictions", "calibrate", "duplicates", "report", "show", "export", "train-noiseprint", "eval-noiseprint", "make-camera-corpus",
             "make-splice-benchmark", "fit-noise-anomaly", "eval-splices",
             "make-demo-archive", "weights")
 

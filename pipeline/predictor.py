@@ -17,6 +17,7 @@ from trufor_core.config import POOLED_FEATURE_NAMES
 from trufor_core.model import autocast, describe_device, resolve_device
 
 from . import maps
+from .credentials import C2PA_COLUMNS
 from .dedup import CopyMarker
 from .schema import ERROR_TRANSIENT, STATUS_ERROR, STATUS_OK, ScanRow, coerce, rows_to_table
 from .storage import StorageConfig, local_copy, one_line, redact
@@ -24,7 +25,7 @@ from .storage import StorageConfig, local_copy, one_line, redact
 MODEL_NAME = "trufor-detconfcmx-mit_b2"
 # Columns the pre-processing stage fills and the predictor passes through unchanged.
 _PASSED_THROUGH = ("uri", "status", "size_bytes", "etag_or_mtime", "sha256", "phash", "format", "width", "height",
-                   "exif_make", "exif_model", "exif_software", "exif_orientation", "error", "error_kind")
+                   "exif_make", "exif_model", "exif_software", "exif_orientation", *C2PA_COLUMNS, "error", "error_kind")
 
 
 @dataclass(frozen=True)

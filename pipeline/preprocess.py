@@ -12,6 +12,7 @@ import numpy as np
 from trufor_core.image import ImageDecodeError, decode_image
 
 from .listing import local_version_tag, special_file_error, too_big, version_tag
+from .credentials import C2PA_COLUMNS, read_credentials
 from .neardup import phash_hex
 from .schema import ERROR_INPUT, ERROR_TRANSIENT, STATUS_ERROR, STATUS_OK, STATUS_SKIPPED, coerce, py_value
 from .storage import StorageConfig, is_remote, local_path, one_line, redact
@@ -88,11 +89,13 @@ def read_input(uri: str, storage: StorageConfig, max_bytes: int | None, timeout_
 
 def load_one(uri: str, size_bytes, etag_or_mtime, skip_reason, storage: StorageConfig, max_pixels: int,
              min_side: int, error: str | None = None, max_bytes: int | None = None,
-             read_timeout_s: float | None = None, error_kind: str | None = None) -> dict:
+             read_timeout_s: float | None = None, error_kind: str | None = None,
+             c2pa_settings: str | None = None) -> dict:
     """Read and decode one file; never raises: failures become an error row with the reason."""
     row = {"uri": uri, "size_bytes": size_bytes, "etag_or_mtime": etag_or_mtime, "status": STATUS_OK,
            "error": None, "error_kind": None, "sha256": None, "phash": None, "format": None, "width": None, "height": None, "exif_make": None,
-           "exif_model": None, "exif_software": None, "exif_orientation": None, "pixels": EMPTY_PIXELS}
+           "exif_model": None, "exif_software": None, "exif_orientation": None, **dict.fromkeys(C2PA_COLUMNS),
+           "pixels": EMPTY_PIXELS}
     if skip_reason:
         row.update(status=STATUS_SKIPPED, error=skip_reason)
         return row
@@ -115,23 +118,26 @@ def load_one(uri: str, size_bytes, etag_or_mtime, skip_reason, storage: StorageC
                                    f"{min_side} px on each side")
         row["pixels"] = img.rgb
         row["phash"] = phash_hex(img.rgb)
+        row.update(read_credentials(data, img.format, c2pa_settings))
     except Exception as e:  # noqa: BLE001 - any failure of one file is that file's error row
         # The file's own fault is final for this version of it; anything else is retried by the next sweep.
         kind = e.kind if isinstance(e, ReadError) else ERROR_INPUT if isinstance(e, ImageDecodeError) else ERROR_TRANSIENT
         msg = str(e) if isinstance(e, (ImageDecodeError, ReadError)) else f"{type(e).__name__}: {e}"
         row.update(status=STATUS_ERROR, error=one_line(redact(msg.replace("<bytes>", uri))), error_kind=kind,
-                   pixels=EMPTY_PIXELS, phash=None)
+                   pixels=EMPTY_PIXELS, phash=None, **dict.fromkeys(C2PA_COLUMNS))
     return row
 
 
 def load_batch(batch: dict[str, np.ndarray], storage: StorageConfig, max_pixels: int, min_side: int,
-               max_bytes: int | None = None, read_timeout_s: float | None = None) -> dict:
+               max_bytes: int | None = None, read_timeout_s: float | None = None,
+               c2pa_settings: str | None = None) -> dict:
     """Ray Data UDF: a batch of listed files -> decoded rows (``pixels`` holds the RGB arrays)."""
     rows = []
     for u, s, e, k, err, kind in zip(batch["uri"], batch["size_bytes"], batch["etag_or_mtime"], batch["skip_reason"],
                                      batch["error"], batch["error_kind"]):
         rows.append(load_one(str(u), coerce("size_bytes", s), coerce("etag_or_mtime", e), py_value(k), storage,
-                             max_pixels, min_side, py_value(err), max_bytes, read_timeout_s, py_value(kind)))
+                             max_pixels, min_side, py_value(err), max_bytes, read_timeout_s, py_value(kind),
+                             c2pa_settings))
     out = {k: [r[k] for r in rows] for k in rows[0]} if rows else {}
     if rows:
         pix = np.empty(len(rows), dtype=object)

@@ -29,6 +29,7 @@ from .options import opt
 from .output import RESULTS_DIR, RUNS_DIR, STATE_COMPLETE, STATE_FAILED, ResultWriter, RunFailed, RunManifest
 from .plan import Plan, plan_run
 from .predictor import PredictorConfig, TruForPredictor
+from . import credentials
 from .preprocess import load_batch
 from .progress import note_slow, progress
 from .query import parts_dataset
@@ -64,6 +65,9 @@ class ScanConfig(StorageOptions):
     noise_anomaly: str | None = field(default=None, metadata=opt(
         "a model from fit-noise-anomaly (fitted on these weights' Noiseprint++): a second opinion per image, "
         "noise_anomaly_score and its map (off by default)"))
+    c2pa_trust_anchors: str | None = field(default=None, metadata=opt(
+        "PEM file of certificates to trust for content credentials (C2PA): a manifest signed under them is "
+        "'trusted', any other correctly signed one 'valid'; nothing is ever fetched"))
     actors: int = field(default=1, metadata=opt("size of the TruFor actor pool"))
     gpus_per_actor: float | None = field(default=None, metadata=opt("default: 1 when a GPU exists, else 0"))
     cpus_per_actor: float | None = field(default=None, metadata=opt("default: the CPUs shared among actors"))
@@ -194,7 +198,8 @@ def _feed(plan: Plan, actors: int) -> list:
     return [ray.put(pa.Table.from_batches([b])) for b in pq.ParquetFile(plan.path).iter_batches(batch_size=rows)]
 
 
-def _pipeline(cfg: ScanConfig, plan: Plan, pcfg: PredictorConfig, predictor_cls, log) -> Iterator[pa.Table]:
+def _pipeline(cfg: ScanConfig, plan: Plan, pcfg: PredictorConfig, predictor_cls, log,
+              c2pa_settings: str) -> Iterator[pa.Table]:
     """Result tables as the actors produce them."""
     import ray
 
@@ -208,7 +213,7 @@ def _pipeline(cfg: ScanConfig, plan: Plan, pcfg: PredictorConfig, predictor_cls,
     ds = ds.map_batches(load_batch, batch_size=cfg.batch_size, num_cpus=DECODE_CPUS,
                         fn_kwargs={"storage": pcfg.storage, "max_pixels": cfg.max_pixels,
                                    "min_side": min_image_side(TruForConfig()), "max_bytes": cfg.max_bytes,
-                                   "read_timeout_s": cfg.read_timeout_s})
+                                   "read_timeout_s": cfg.read_timeout_s, "c2pa_settings": c2pa_settings})
     # Two batches in flight per actor: one running, one queued, so idle actors get the rest.
     ds = ds.map_batches(predictor_cls, fn_constructor_kwargs={"cfg": pcfg, "known_hashes": known},
                         batch_size=cfg.batch_size,
@@ -294,6 +299,8 @@ def run_scan(cfg: ScanConfig, log: Callable[[str], None] = lambda m: print(m, fi
                         "the scan's weights", cfg.noise_anomaly)
         na_sha = sha256_file(na_local)
     scoring = (weights_sha, np_sha, na_sha)  # what --incremental's copies and --rescore compare (pipeline.dedup)
+    c2pa_settings = credentials.settings(credentials.load_trust_anchors(cfg.c2pa_trust_anchors, storage)
+                                         if cfg.c2pa_trust_anchors else None)
 
     with tempfile.TemporaryDirectory(prefix="trufor-plan-") as work:
         plan = plan_run(cfg.input, out_root, storage, work, incremental=cfg.incremental, rescore=cfg.rescore,
@@ -317,7 +324,7 @@ def run_scan(cfg: ScanConfig, log: Callable[[str], None] = lambda m: print(m, fi
             bar = progress(plan.to_scan, command, cfg.progress_every_s)
             started_ray = _init_ray(cfg)
             try:
-                for table in _pipeline(cfg, plan, pcfg, predictor_cls, log):
+                for table in _pipeline(cfg, plan, pcfg, predictor_cls, log, c2pa_settings):
                     ready = resolver.take(table) if resolver is not None else table
                     writer.add(ready)
                     bar.update(table.num_rows)

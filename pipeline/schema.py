@@ -23,6 +23,10 @@ class ScanRow:
     perceptual hash of the decoded pixels, 16 hex digits, ``pipeline.neardup``; near-copies, resized or
     recompressed, have close hashes: `trufor-scan duplicates`).
     Image: format, width, height, exif_* (as stored, orientation not applied: neither does TruFor).
+    Content credentials (``pipeline.credentials``; ok rows of formats c2pa reads, else NULL): c2pa_state
+    none / invalid / valid / trusted (trusted: chains to --c2pa-trust-anchors), c2pa_status (the
+    failure codes, comma-separated), c2pa_claim_generator, c2pa_actions (declared, comma-separated).
+    Read offline, kept apart from TruFor's score.
     Outcome: status (ok / error / skipped), error (one-line message), error_kind: "input" when the file
     itself is at fault (cannot decode, unsupported, too small or too big, not a regular file, a
     symlink loop): final for that version of the file; "transient" when the failure was the
@@ -57,6 +61,10 @@ class ScanRow:
     exif_model: str | None = None
     exif_software: str | None = None
     exif_orientation: int | None = None
+    c2pa_state: str | None = None
+    c2pa_status: str | None = None
+    c2pa_claim_generator: str | None = None
+    c2pa_actions: str | None = None
     error: str | None = None
     error_kind: str | None = None
     score: float | None = None

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from conftest import IMAGES, REPO, S3_KEY, S3_SECRET, heic_bytes
+from conftest import IMAGES, REPO, S3_KEY, S3_SECRET, C2paTestSigner, heic_bytes
 from page_check import browser_missing, check_report
 from tolerances import F32_ATOL, MAP_CODEC_ATOL, assert_close, assert_f32_close
 from pipeline import maps
@@ -36,6 +36,16 @@ def _img(h, w, seed, fmt="PNG") -> bytes:
     return buf.getvalue()
 
 
+_SIGNER: list = []
+
+
+def signer() -> C2paTestSigner:
+    """One test CA per module run (making keys takes a moment)."""
+    if not _SIGNER:
+        _SIGNER.append(C2paTestSigner())
+    return _SIGNER[0]
+
+
 def make_archive(root: Path) -> dict[str, str]:
     """Fixture images, generated images of several sizes, and bad files; returns name -> expected status."""
     (root / "sub").mkdir(parents=True)
@@ -49,6 +59,8 @@ def make_archive(root: Path) -> dict[str, str]:
     with Image.open(IMAGES / "pristine1.jpg") as im:  # a repost: resized and recompressed (a near-copy)
         im.convert("RGB").resize((288, 192), Image.Resampling.BICUBIC).save(root / "sub" / "pristine1_repost.jpg",
                                                                          quality=80)
+    # Content credentials signed by a test CA: valid (trusted when the scan is given the CA).
+    (root / "signed_camera.jpg").write_bytes(signer().sign(_img(48, 64, 6, "JPEG")))
     rgb = np.random.default_rng(5).integers(0, 256, (40, 56, 3), dtype=np.uint8)
     (root / "sub" / "phone_40x56.heic").write_bytes(heic_bytes(rgb))  # decoded in the workers: opener registered
     (root / "hdr_10bit.heic").write_bytes(heic_bytes(rgb, bits=10))  # refused, never shifted to 8 bits
@@ -62,7 +74,7 @@ def make_archive(root: Path) -> dict[str, str]:
     (root / "icon_named.png").write_bytes(ico.getvalue())  # unsupported format behind an image extension
     ok = ["pristine1.jpg", "sub/tampered2.png", "synthetic_odd_333x517.png", "gen_64x96_a.png", "gen_64x96_b.png",
           "gen_64x96_dup.png", "sub/gen_45x33.webp", "sub/phone_40x56.heic",
-          "sub/pristine1_repost.jpg"]
+          "sub/pristine1_repost.jpg", "signed_camera.jpg"]
     err = ["hdr_10bit.heic", "zero.jpg", "truncated.jpg", "text.jpg", "tiny.png", "icon_named.png"]
     return {**{k: "ok" for k in ok}, **{k: "error" for k in err}, "icon.ico": "skipped"}
 
@@ -136,6 +148,11 @@ def _check_results(out_uri: str, expected: dict, ref: dict, uri_of, storage: Sto
             assert_close(c, res.confidence_map, f"{name}: stored conf", MAP_CODEC_ATOL + F32_ATOL["conf"])
             assert r["map_codec"] == maps.MAP_CODEC and len(r["sha256"]) == 64 and r["error"] is None
             assert len(r["phash"]) == 16 and int(r["phash"], 16) >= 0
+            if name == "signed_camera.jpg":  # read in the decode tasks, offline
+                assert r["c2pa_state"] in ("valid", "trusted") and r["c2pa_actions"] == "c2pa.created"
+                assert r["c2pa_claim_generator"] == "trufor-scan tests 1.0"
+            else:
+                assert r["c2pa_state"] == "none" and r["c2pa_actions"] is None
             with Image.open(io.BytesIO(_read(r["preview_uri"], storage))) as im:  # a person can open it
                 assert im.format == "PNG" and im.size == ((res.imgsize[1] + 3) // 4, (res.imgsize[0] + 3) // 4)
             assert r["elapsed_ms"] > 0 and r["torch_version"] and r["code_version"]
@@ -157,9 +174,10 @@ def test_scan_local_folder_and_query(ray_env, reference_scores, synth_ckpt, tmp_
     expected = make_archive(root)
     _local_ray(ray_env)
     out = tmp_path / "out"
-    s = run_scan(ScanConfig(input=str(root), output=str(out), checkpoint=str(synth_ckpt),
-                            run_id="local1", batch_size=2, allow_download=False), log=lambda m: None)
-    assert (s.listed, s.ok, s.errors, s.skipped) == (16, 9, 6, 1)
+    (tmp_path / "anchors.pem").write_text(signer().ca_pem)
+    s = run_scan(ScanConfig(input=str(root), output=str(out), checkpoint=str(synth_ckpt), run_id="local1", batch_size=2,
+                            allow_download=False, c2pa_trust_anchors=str(tmp_path / "anchors.pem")), log=lambda m: None)
+    assert (s.listed, s.ok, s.errors, s.skipped) == (17, 10, 6, 1)
     assert all(Path(f).is_file() and "/results/scan_date=" in f for f in s.files)
     _check_results(str(out), expected, reference_scores, lambda n: str(root / n), StorageConfig(), "local1")
     cols, rows = top(str(out), k=3, min_score=0.0)
@@ -174,7 +192,7 @@ def test_scan_local_folder_and_query(ray_env, reference_scores, synth_ckpt, tmp_
         SELECT uri, score, frac_anom_conf, map_uri, preview_uri
         FROM read_parquet(getvariable('parts'), hive_partitioning = true)
         WHERE status = 'ok' AND score >= 0.0 ORDER BY score DESC, uri LIMIT 50""").fetchall()
-    assert [r[0] for r in plain[:3]] == [r[0] for r in rows] and len(plain) == 9
+    assert [r[0] for r in plain[:3]] == [r[0] for r in rows] and len(plain) == 10
     # Near-copies: the same bytes twice, and a resized, recompressed repost of pristine1.
     from jobs.cli import main as cli_main
 
@@ -190,6 +208,11 @@ def test_scan_local_folder_and_query(ray_env, reference_scores, synth_ckpt, tmp_
     assert [Path(m["uri"]).name for m in pair if m["is_best"]] == ["pristine1.jpg"]  # the larger copy
     assert pair[0]["cluster_score_spread"] == pytest.approx(abs(pair[0]["score"] - pair[1]["score"]))
     assert pq.read_table(tmp_path / "dups.parquet").num_rows == 4
+    # Content credentials: trusted under the anchors given to the scan; "unedited" yet scored: a contradiction
+    # at any score threshold (the untrained weights' scores mean nothing; the query's mechanics do).
+    assert run_sql(str(out), "SELECT c2pa_state FROM latest WHERE uri LIKE '%signed_camera.jpg'")[1] == [("trusted",)]
+    assert cli_main(["contradictions", str(out), "--min-score", "0", "--format", "json"]) == 0
+    assert [Path(r["uri"]).name for r in json.loads(capsys.readouterr().out)] == ["signed_camera.jpg"]
 
 
 def test_scan_s3_bucket_read_and_write(ray_env, reference_scores, synth_ckpt, moto_endpoint, tmp_path):
@@ -205,7 +228,7 @@ def test_scan_s3_bucket_read_and_write(ray_env, reference_scores, synth_ckpt, mo
     s = run_scan(ScanConfig(input="s3://archive-bucket/in", output="s3://archive-bucket/out",
                             checkpoint=str(synth_ckpt), s3_endpoint=moto_endpoint, run_id="s3run",
                             allow_download=False), log=lambda m: None)
-    assert (s.listed, s.ok, s.errors, s.skipped) == (16, 9, 6, 1)
+    assert (s.listed, s.ok, s.errors, s.skipped) == (17, 10, 6, 1)
     assert s.files and all(f.startswith("s3://archive-bucket/out/results/scan_date=") for f in s.files)
     recs = _check_results("s3://archive-bucket/out", expected, reference_scores,
                           lambda n: f"s3://archive-bucket/in/{n}", storage, "s3run")
@@ -234,7 +257,7 @@ def test_scan_on_two_node_cluster(ray_env, reference_scores, synth_ckpt, tmp_pat
         s = run_scan(ScanConfig(input=str(root), output=str(out), checkpoint=str(synth_ckpt),
                                 run_id="cluster1", actors=2, cpus_per_actor=0.6, batch_size=1, ray_address=cluster.address,
                                 allow_download=False), log=lambda m: None)
-        assert (s.ok, s.errors, s.skipped) == (9, 6, 1)
+        assert (s.ok, s.errors, s.skipped) == (10, 6, 1)
         recs = _check_results(str(out), expected, reference_scores, lambda n: str(root / n), StorageConfig(), "cluster1")
         nodes = {r["ray_node_id"] for r in recs if r["status"] == "ok"}
         assert len(nodes) == 2, nodes
