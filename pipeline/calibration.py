@@ -54,6 +54,9 @@ class CalibrateConfig(StorageOptions):
     source_of: str | None = field(default=None, metadata=opt(
         "how a row gets its source: a column or SQL expression over the row, e.g. exif_software or "
         "\"regexp_extract(uri, '^s3://crawl/([^/]+)/', 1)\" (default: one source for everything)"))
+    sources: str | None = field(default=None, metadata=opt(
+        "manifest (CSV/Parquet: uri, source) naming the source of scanned rows: joined on uri as the column "
+        "manifest_source (the default --source-of then)"))
     forged: str | None = field(default=None, metadata=opt(
         "manifest of known-forged images (uri[, source]), scanned into OUTPUT: the true-positive rate"))
     support_quantile: float = field(default=0.05, metadata=opt(
@@ -121,7 +124,23 @@ def read_manifest_table(uri: str, storage: StorageConfig) -> pa.Table:
     if "uri" not in names:
         raise CalibrationError(f"manifest {uri!r} has no 'uri' column (columns: {t.column_names})")
     src = t.column(names["source"]).cast(pa.string()) if "source" in names else pa.nulls(t.num_rows, pa.string())
-    return pa.table({"uri": t.column(names["uri"]).cast(pa.string()), "source": src})
+    out = pa.table({"uri": t.column(names["uri"]).cast(pa.string()), "source": src})
+    if len(set(out.column("uri").to_pylist())) != out.num_rows:
+        seen: set = set()
+        dup = next(u for u in out.column("uri").to_pylist() if u in seen or seen.add(u))
+        raise CalibrationError(f"manifest {uri!r} lists {dup!r} more than once")
+    return out
+
+
+def _source_manifest(uri: str | None, storage: StorageConfig) -> pa.Table:
+    """The --sources manifest, or an empty one (the views join it either way)."""
+    return read_manifest_table(uri, storage) if uri else pa.table({"uri": pa.array([], pa.string()),
+                                                                    "source": pa.array([], pa.string())})
+
+
+def _with_manifest_source(rows: str) -> str:
+    """``rows`` with the column manifest_source from the registered table ``source_manifest``."""
+    return f"(SELECT x.*, sm.source AS manifest_source FROM {rows} x LEFT JOIN source_manifest sm ON x.uri = sm.uri)"
 
 
 def _source_sql(source_of: str | None) -> str:
@@ -133,7 +152,8 @@ def _labelled_rows(con, table: str, source_of: str | None) -> list[dict]:
     cur = con.execute(
         f"SELECT m.uri, m.source AS manifest_source, l.status, l.score, l.width, l.height, l.size_bytes, l.conf_mean, "
         f"l.weights_sha256, l.noiseprint_sha256, l.rule_source FROM {table} m LEFT JOIN "
-        f"(SELECT *, {_source_sql(source_of)} AS rule_source FROM latest) l USING (uri) ORDER BY m.uri")
+        f"(SELECT *, {_source_sql(source_of)} AS rule_source FROM {_with_manifest_source('latest')}) l USING (uri) "
+        "ORDER BY m.uri")
     cols = [d[0] for d in cur.description]
     return [dict(zip(cols, r)) for r in cur.fetchall()]
 
@@ -147,21 +167,26 @@ def calibrate(cfg: CalibrateConfig) -> dict:
     ref = read_manifest_table(cfg.reference, storage)
     forged = read_manifest_table(cfg.forged, storage) if cfg.forged else None
     named = ref.column("source").null_count < ref.num_rows
-    if named and not cfg.source_of:
-        raise CalibrationError("the reference manifest names sources, so --source-of must say how scanned rows get "
-                               "theirs (a column or SQL expression, e.g. exif_software)")
-    con = connect(cfg.output, storage, tables={"reference_images": ref, "forged_images": forged})
+    source_of = cfg.source_of or ("manifest_source" if cfg.sources else None)
+    if named and not source_of:
+        raise CalibrationError("the reference manifest names sources, so --source-of (or --sources) must say how "
+                               "scanned rows get theirs (a column or SQL expression, e.g. exif_software)")
+    con = connect(cfg.output, storage, tables={"reference_images": ref, "forged_images": forged,
+                                               "source_manifest": _source_manifest(cfg.sources, storage)})
     try:
-        rows = _labelled_rows(con, "reference_images", cfg.source_of)
-        frows = _labelled_rows(con, "forged_images", cfg.source_of) if forged is not None else []
+        rows = _labelled_rows(con, "reference_images", source_of)
+        frows = _labelled_rows(con, "forged_images", source_of) if forged is not None else []
     except Exception as e:  # duckdb.Error from a bad --source-of
-        raise QueryError(f"--source-of {cfg.source_of!r} failed: {str(e).strip().splitlines()[0]}") from None
+        raise QueryError(f"--source-of {source_of!r} failed: {str(e).strip().splitlines()[0]}") from None
     finally:
         con.close()
     warnings: list[str] = []
-    usable = [r for r in rows if r["status"] == "ok" and r["score"] is not None]
+    def scored(r):
+        return r["status"] == "ok" and r["score"] is not None
+
+    usable = [r for r in rows if scored(r)]
     if len(usable) < len(rows):
-        missing = [r["uri"] for r in rows if r not in usable]
+        missing = [r["uri"] for r in rows if not scored(r)]
         warnings.append(f"{len(missing)} of {len(rows)} reference images have no ok row in OUTPUT (not scanned, or "
                         f"error rows) and are left out, e.g. {missing[:3]}")
     if not usable:
@@ -205,8 +230,8 @@ def calibrate(cfg: CalibrateConfig) -> dict:
     body = {"calibration_version": CALIBRATION_VERSION,
             "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "weights_sha256": weights, "noiseprint_sha256": noiseprint, "target_fpr": cfg.target_fpr,
-            "source_of": cfg.source_of, "support_quantile": cfg.support_quantile, "reference": cfg.reference,
-            "forged": cfg.forged, "sources": sources, "warnings": warnings}
+            "source_of": source_of, "sources_manifest": cfg.sources, "support_quantile": cfg.support_quantile,
+            "reference": cfg.reference, "forged": cfg.forged, "sources": sources, "warnings": warnings}
     body["id"] = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
     text = json.dumps(body, indent=1)
     fs, root = storage.filesystem(cfg.output.rstrip("/"))
@@ -278,7 +303,7 @@ def verdict_sql(rows: str, source_of: str | None) -> str:
             f"WHEN c.source IS NULL THEN 'no calibration for source ' || coalesce(r.source, 'NULL') {reasons} "
             f"WHEN r.score > c.threshold THEN printf('score %.3f > %.3f', r.score, c.threshold) "
             f"ELSE printf('score %.3f <= %.3f', r.score, c.threshold) END AS verdict_reason "
-            f"FROM (SELECT *, {_source_sql(source_of)} AS source FROM {rows}) r "
+            f"FROM (SELECT *, {_source_sql(source_of)} AS source FROM {_with_manifest_source(rows)}) r "
             f"LEFT JOIN calibration c ON r.source = c.source")
 
 
@@ -300,7 +325,9 @@ def connector(cal: dict):
         check_scoring(con, cal)
 
     def connect_calibrated(output: str, storage: StorageConfig | None = None):
-        return connect(output, storage, tables={"calibration": calibration_table(cal)}, views=views, rows_name="scan_rows")
+        manifest = _source_manifest(cal.get("sources_manifest"), storage or StorageConfig())
+        return connect(output, storage, tables={"calibration": calibration_table(cal), "source_manifest": manifest},
+                       views=views, rows_name="scan_rows")
 
     return connect_calibrated
 

@@ -118,7 +118,26 @@ def test_calibration_cli_and_refusals(calibrated, tmp_path, capsys):
     bad = dict(cal, source_of="(SELECT content FROM read_text('/etc/hostname'))")
     with pytest.raises(QueryError, match="source expression .* failed: Permission Error: Cannot access file"):
         run_sql(cfg.output, "SELECT 1", connector=connector(bad))
-    with pytest.raises(CalibrationError, match="--source-of must say"):
+    with pytest.raises(CalibrationError, match=r"--source-of \(or --sources\) must say"):
         calibrate(CalibrateConfig(output=cfg.output, reference=cfg.reference))
     with pytest.raises(ValueError, match="--target-fpr must be in"):
         CalibrateConfig(output="o", reference="r", target_fpr=0.7)
+
+
+def test_sources_from_a_manifest_column(calibrated, tmp_path):
+    """Sources named by a manifest (uri, source) instead of a uri pattern: the default rule then."""
+    cfg, _ = calibrated
+    _, rows = run_sql(cfg.output, "SELECT uri FROM latest WHERE status = 'ok' ORDER BY uri")
+    platform = {u: ("platform_x" if "/social/" in u else "camera_x") for (u,) in rows}
+    (tmp_path / "sources.csv").write_text("uri,source\n" + "".join(f"{u},{s}\n" for u, s in platform.items()))
+    (tmp_path / "ref2.csv").write_text("uri\n" + "".join(f"{u}\n" for u in platform if "/ref" in u))
+    cal = calibrate(CalibrateConfig(output=cfg.output, reference=str(tmp_path / "ref2.csv"),
+                                    sources=str(tmp_path / "sources.csv")))
+    assert cal["source_of"] == "manifest_source" and {s["source"] for s in cal["sources"]} == {"camera_x", "platform_x"}
+    _, got = run_sql(cfg.output, "SELECT uri, source, verdict FROM latest WHERE uri LIKE '%new_%' ORDER BY uri",
+                     connector=connector(cal))
+    assert [(r[1], r[2]) for r in got] == [("camera_x", "flagged"), ("platform_x", "clean")]
+    (tmp_path / "twice.csv").write_text("uri,source\na,x\na,y\n")
+    with pytest.raises(CalibrationError, match="lists 'a' more than once"):
+        calibrate(CalibrateConfig(output=cfg.output, reference=str(tmp_path / "ref2.csv"),
+                                  sources=str(tmp_path / "twice.csv")))
