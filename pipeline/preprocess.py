@@ -11,8 +11,8 @@ import numpy as np
 
 from trufor_core.image import ImageDecodeError, decode_image
 
-from .listing import local_version_tag, special_file_error, too_big, version_tag
 from .credentials import C2PA_COLUMNS, read_credentials
+from .listing import local_version_tag, special_file_error, too_big, version_tag
 from .neardup import phash_hex
 from .schema import ERROR_INPUT, ERROR_TRANSIENT, STATUS_ERROR, STATUS_OK, STATUS_SKIPPED, coerce, py_value
 from .storage import StorageConfig, is_remote, local_path, one_line, redact

@@ -23,13 +23,13 @@ from trufor_core.image import DEFAULT_MAX_PIXELS
 from trufor_core.model import PRECISION_HELP, PRECISIONS, min_image_side
 from trufor_core.weights import resolve_weights
 
+from . import credentials
 from .dedup import DedupResolver
 from .maps import store_maps
 from .options import opt
 from .output import RESULTS_DIR, RUNS_DIR, STATE_COMPLETE, STATE_FAILED, ResultWriter, RunFailed, RunManifest
 from .plan import Plan, plan_run
 from .predictor import PredictorConfig, TruForPredictor
-from . import credentials
 from .preprocess import load_batch
 from .progress import note_slow, progress
 from .query import parts_dataset
