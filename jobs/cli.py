@@ -34,61 +34,58 @@ def _cmd_scan(args: argparse.Namespace) -> int:
     return EXIT_ERROR_ROWS if summary.errors else EXIT_OK
 
 
-def _calibration(args: argparse.Namespace, storage):
-    """The calibration named by --calibration (a file), or the newest under OUTPUT for --calibrated."""
-    spec = getattr(args, "calibration", None) or ("latest" if getattr(args, "calibrated", False) else None)
+def _read_config(args: argparse.Namespace):
+    """(ReadConfig, storage, the calibration it names or None) of `query`, `top` or `contradictions`."""
+    from pipeline.options import from_args
+    from pipeline.query import ReadConfig
+
+    cfg = from_args(ReadConfig, args, args.command)
+    storage, spec = cfg.storage(), cfg.calibration_spec()
     if spec is None:
-        return None
+        return cfg, storage, None
     from pipeline.calibration import load_calibration
 
-    return load_calibration(spec, args.output, storage)
+    return cfg, storage, load_calibration(spec, cfg.output, storage)
 
 
 def _cmd_query(args: argparse.Namespace) -> int:
     from pipeline.query import format_rows, run_sql
-    from pipeline.storage import StorageConfig
 
-    storage = StorageConfig.from_env(args.s3_endpoint)
-    cal, calibrated = _calibration(args, storage), None
+    cfg, storage, cal = _read_config(args)
+    calibrated = None
     if cal:
         from pipeline.calibration import connector
 
         calibrated = connector(cal)
-    cols, rows = run_sql(args.output, args.sql, storage=storage, connector=calibrated)
-    print(format_rows(cols, rows, args.format))
+    cols, rows = run_sql(cfg.output, cfg.sql, storage=storage, connector=calibrated)
+    print(format_rows(cols, rows, cfg.format))
     return 0
 
 
 def _cmd_top(args: argparse.Namespace) -> int:
-    import datetime as dt
-
     from pipeline.query import format_rows, top
-    from pipeline.storage import StorageConfig
 
-    since = dt.date.fromisoformat(args.since) if args.since else None
-    storage = StorageConfig.from_env(args.s3_endpoint)
-    cal = _calibration(args, storage)
+    cfg, storage, cal = _read_config(args)
     if cal:
         from pipeline.calibration import top_calibrated
 
-        cols, rows = top_calibrated(args.output, cal, k=args.k, min_score=args.min_score or 0.0, since=since,
+        cols, rows = top_calibrated(cfg.output, cal, k=cfg.k, min_score=cfg.min_score or 0.0, since=cfg.since_date(),
                                     storage=storage)
     else:
-        cols, rows = top(args.output, k=args.k, min_score=0.5 if args.min_score is None else args.min_score,
-                         since=since, storage=storage)
-    print(format_rows(cols, rows, args.format))
+        cols, rows = top(cfg.output, k=cfg.k, min_score=0.5 if cfg.min_score is None else cfg.min_score,
+                         since=cfg.since_date(), storage=storage)
+    print(format_rows(cols, rows, cfg.format))
     return 0
 
 
 def _cmd_contradictions(args: argparse.Namespace) -> int:
     from pipeline.credentials import contradictions
     from pipeline.query import format_rows
-    from pipeline.storage import StorageConfig
 
-    storage = StorageConfig.from_env(args.s3_endpoint)
-    cols, rows = contradictions(args.output, k=args.k, min_score=args.min_score, storage=storage,
-                                calibration=_calibration(args, storage))
-    print(format_rows(cols, rows, args.format))
+    cfg, storage, cal = _read_config(args)
+    cols, rows = contradictions(cfg.output, k=cfg.k, min_score=0.5 if cfg.min_score is None else cfg.min_score,
+                                storage=storage, calibration=cal)
+    print(format_rows(cols, rows, cfg.format))
     return 0
 
 
@@ -297,37 +294,17 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
             add_options(sc, ScanConfig, name)
         sc.set_defaults(func=_cmd_scan)
 
-    q = sub.add_parser("query", help="run SQL over scan results (view `results`) with DuckDB")
-    q.add_argument("output", help="the scan's --output")
-    q.add_argument("sql", help='e.g. "SELECT uri, score FROM results ORDER BY score DESC LIMIT 10"')
-    q.add_argument("--format", default="table", choices=["table", "csv", "json"])
-    q.add_argument("--calibration", help="a calibration file, or 'latest' (the newest under OUTPUT): the views get "
-                                         "source, threshold, verdict, verdict_reason")
-    q.add_argument("--s3-endpoint")
-    q.set_defaults(func=_cmd_query)
+    for name, text in (("query", "run SQL over scan results (views `results` and `latest`) with DuckDB"),
+                       ("top", "the highest-scoring images with their map URIs (or, calibrated, the flagged ones)"),
+                       ("contradictions", "images whose content credentials (C2PA, valid or trusted) declare no edit "
+                                          "while TruFor flags them")):
+        rd = sub.add_parser(name, help=text)
+        if full(name):
+            from pipeline.options import add_options
+            from pipeline.query import ReadConfig
 
-    t = sub.add_parser("top", help="the highest-scoring images with their map URIs")
-    t.add_argument("output", help="the scan's --output")
-    t.add_argument("--k", type=int, default=50)
-    t.add_argument("--min-score", type=float, default=None, help="(default: 0.5; 0 with a calibration)")
-    t.add_argument("--since", help="only scans on or after this date (YYYY-MM-DD)")
-    t.add_argument("--format", default="table", choices=["table", "csv", "json"])
-    t.add_argument("--calibrated", action="store_true",
-                   help="only images the newest calibration under OUTPUT flags, by their margin over its threshold")
-    t.add_argument("--calibration", help="the same with this calibration file")
-    t.add_argument("--s3-endpoint")
-    t.set_defaults(func=_cmd_top)
-
-    cd = sub.add_parser("contradictions", help="images whose content credentials (C2PA, valid or trusted) declare no "
-                                               "edit while TruFor flags them")
-    cd.add_argument("output", help="the scan's --output")
-    cd.add_argument("--k", type=int, default=50)
-    cd.add_argument("--min-score", type=float, default=0.5, help="flagged: score at least this (without a calibration)")
-    cd.add_argument("--calibrated", action="store_true", help="flagged: the newest calibration's verdict")
-    cd.add_argument("--calibration", help="flagged: this calibration file's verdict")
-    cd.add_argument("--format", default="table", choices=["table", "csv", "json"])
-    cd.add_argument("--s3-endpoint")
-    cd.set_defaults(func=_cmd_contradictions)
+            add_options(rd, ReadConfig, name)
+        rd.set_defaults(func={"query": _cmd_query, "top": _cmd_top, "contradictions": _cmd_contradictions}[name])
 
     ca = sub.add_parser("calibrate", help="per-source thresholds for a target false-positive rate, from known-pristine "
                                           "images scanned into OUTPUT")

@@ -6,17 +6,58 @@ import datetime as dt
 import io
 import json
 
+from dataclasses import dataclass, field
+
 import duckdb
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
+from .options import opt
 from .output import RESULTS_DIR, RUNS_DIR, committed_parts
 from .schema import PARTITION_COLUMN, ROW_SCHEMA
-from .storage import StorageConfig
+from .storage import StorageConfig, StorageOptions
 
 TOP_COLUMNS = ("uri", "score", "frac_anom_conf", "max_anom_conf", "map_uri", "preview_uri", "scan_date", "run_id",
                "weights_untrained")
+
+
+@dataclass(frozen=True)
+class ReadConfig(StorageOptions):
+    """Settings of the commands that read results (`query`, `top`, `contradictions`); the command
+    line is derived from these fields."""
+
+    output: str = field(metadata=opt("the scan's --output (local directory or s3:// prefix)", positional=True))
+    sql: str = field(default="", metadata=opt('e.g. "SELECT uri, score FROM results ORDER BY score DESC LIMIT 10"',
+                                              positional=True, commands=("query",)))
+    k: int = field(default=50, metadata=opt("how many rows", commands=("top", "contradictions")))
+    min_score: float | None = field(default=None, metadata=opt(
+        "flagged: score at least this (default 0.5; with a calibration its verdict decides)",
+        commands=("top", "contradictions")))
+    since: str | None = field(default=None, metadata=opt("only scans on or after this date (YYYY-MM-DD)",
+                                                          commands=("top",)))
+    calibrated: bool = field(default=False, metadata=opt(
+        "use the newest calibration under OUTPUT: only what its verdict flags", commands=("top", "contradictions")))
+    calibration: str | None = field(default=None, metadata=opt(
+        "a calibration file ('latest': the newest under OUTPUT): the views get source, threshold, verdict, "
+        "verdict_reason"))
+    format: str = field(default="table", metadata=opt("printed format", choices=("table", "csv", "json")))
+
+    def __post_init__(self):
+        if self.k < 1:
+            raise ValueError(f"--k must be >= 1, got {self.k}")
+        if self.since:
+            try:
+                dt.date.fromisoformat(self.since)
+            except ValueError as e:
+                raise ValueError(f"--since {self.since!r} is not a date YYYY-MM-DD: {e}") from None
+
+    def calibration_spec(self) -> str | None:
+        """The calibration to apply: a file, "latest", or None."""
+        return self.calibration or ("latest" if self.calibrated else None)
+
+    def since_date(self) -> dt.date | None:
+        return dt.date.fromisoformat(self.since) if self.since else None
 
 
 def results_dataset(output: str, storage: StorageConfig | None = None) -> pads.Dataset:
