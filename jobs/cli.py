@@ -69,11 +69,11 @@ def _cmd_top(args: argparse.Namespace) -> int:
     if cal:
         from pipeline.calibration import top_calibrated
 
-        cols, rows = top_calibrated(cfg.output, cal, k=cfg.k, min_score=cfg.min_score or 0.0, since=cfg.since_date(),
+        cols, rows = top_calibrated(cfg.output, cal, k=cfg.k, min_score=cfg.flag_score(), since=cfg.since_date(),
                                     storage=storage)
     else:
-        cols, rows = top(cfg.output, k=cfg.k, min_score=0.5 if cfg.min_score is None else cfg.min_score,
-                         since=cfg.since_date(), storage=storage)
+        cols, rows = top(cfg.output, k=cfg.k, min_score=cfg.flag_score(), since=cfg.since_date(),
+                         storage=storage)
     print(format_rows(cols, rows, cfg.format))
     return 0
 
@@ -83,8 +83,8 @@ def _cmd_contradictions(args: argparse.Namespace) -> int:
     from pipeline.query import format_rows
 
     cfg, storage, cal = _read_config(args)
-    cols, rows = contradictions(cfg.output, k=cfg.k, min_score=0.5 if cfg.min_score is None else cfg.min_score,
-                                storage=storage, calibration=cal)
+    cols, rows = contradictions(cfg.output, k=cfg.k, min_score=cfg.flag_score(), storage=storage,
+                                calibration=cal)
     print(format_rows(cols, rows, cfg.format))
     return 0
 

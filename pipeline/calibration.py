@@ -22,8 +22,10 @@ import json
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 
+from .listing import read_manifest_table
 from .options import opt
 from .storage import StorageConfig, StorageOptions
 
@@ -99,37 +101,8 @@ def pick_threshold(scores: list[float], target_fpr: float) -> tuple[float, int]:
 
 
 def _quantile(values: list[float], q: float) -> float | None:
-    import numpy as np
-
     v = [x for x in values if x is not None]
     return float(np.quantile(v, q, method="lower")) if v and q > 0 else None
-
-
-def read_manifest_table(uri: str, storage: StorageConfig) -> pa.Table:
-    """(uri, source) from a CSV or Parquet manifest; ``source`` NULL when the manifest has none."""
-    import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
-
-    fs, path = storage.filesystem(uri)
-    if not fs.exists(path):
-        raise FileNotFoundError(f"manifest {uri!r} does not exist")
-    with fs.open(path, "rb") as f:
-        if path.lower().endswith(".parquet"):
-            t = pq.read_table(f)
-        elif path.lower().endswith(".csv"):
-            t = pacsv.read_csv(f, convert_options=pacsv.ConvertOptions(strings_can_be_null=True))
-        else:
-            raise CalibrationError(f"manifest {uri!r}: expected a .csv or .parquet file with a uri column")
-    names = {n.strip().lower(): n for n in t.column_names}
-    if "uri" not in names:
-        raise CalibrationError(f"manifest {uri!r} has no 'uri' column (columns: {t.column_names})")
-    src = t.column(names["source"]).cast(pa.string()) if "source" in names else pa.nulls(t.num_rows, pa.string())
-    out = pa.table({"uri": t.column(names["uri"]).cast(pa.string()), "source": src})
-    if len(set(out.column("uri").to_pylist())) != out.num_rows:
-        seen: set = set()
-        dup = next(u for u in out.column("uri").to_pylist() if u in seen or seen.add(u))
-        raise CalibrationError(f"manifest {uri!r} lists {dup!r} more than once")
-    return out
 
 
 def _source_manifest(uri: str | None, storage: StorageConfig) -> pa.Table:
@@ -161,22 +134,28 @@ def _labelled_rows(con, table: str, source_of: str | None) -> list[dict]:
 def calibrate(cfg: CalibrateConfig) -> dict:
     """Measure a calibration from the reference (and forged) images' rows; returns its JSON object
     (also written under ``OUTPUT/_calibrations/``, path in ``["path"]``)."""
+    import duckdb
+
     from .query import QueryError, connect
 
     storage = cfg.storage()
-    ref = read_manifest_table(cfg.reference, storage)
-    forged = read_manifest_table(cfg.forged, storage) if cfg.forged else None
+    try:
+        ref = read_manifest_table(cfg.reference, storage)
+        forged = read_manifest_table(cfg.forged, storage) if cfg.forged else None
+        sources = _source_manifest(cfg.sources, storage)
+    except ValueError as e:  # a manifest without a uri column, or listing one twice
+        raise CalibrationError(str(e)) from None
     named = ref.column("source").null_count < ref.num_rows
     source_of = cfg.source_of or ("manifest_source" if cfg.sources else None)
     if named and not source_of:
         raise CalibrationError("the reference manifest names sources, so --source-of (or --sources) must say how "
                                "scanned rows get theirs (a column or SQL expression, e.g. exif_software)")
     con = connect(cfg.output, storage, tables={"reference_images": ref, "forged_images": forged,
-                                               "source_manifest": _source_manifest(cfg.sources, storage)})
+                                               "source_manifest": sources})
     try:
         rows = _labelled_rows(con, "reference_images", source_of)
         frows = _labelled_rows(con, "forged_images", source_of) if forged is not None else []
-    except Exception as e:  # duckdb.Error from a bad --source-of
+    except duckdb.Error as e:  # a bad --source-of
         raise QueryError(f"--source-of {source_of!r} failed: {str(e).strip().splitlines()[0]}") from None
     finally:
         con.close()

@@ -116,14 +116,16 @@ def unedited_sql() -> str:
             f"list_has_all([{allowed}], string_split(c2pa_actions, ','))")
 
 
-def contradictions(output: str, k: int = 50, min_score: float = 0.5, storage=None, calibration: dict | None = None):
+def contradictions(output: str, k: int = 50, min_score: float | None = None, storage=None,
+                   calibration: dict | None = None):
     """Images whose credentials say unedited while TruFor flags them (score >= ``min_score``, or the
     calibration's ``flagged`` verdict), highest score first."""
-    from .query import top
+    from .query import DEFAULT_MIN_SCORE, top
 
     if calibration:
         from .calibration import connector
 
         return top(output, k, 0.0, None, storage, columns=(*CONTRADICTION_COLUMNS, "verdict", "threshold"),
                    where=f"AND verdict = 'flagged' AND {unedited_sql()}", connector=connector(calibration))
-    return top(output, k, min_score, None, storage, columns=CONTRADICTION_COLUMNS, where=f"AND {unedited_sql()}")
+    return top(output, k, DEFAULT_MIN_SCORE if min_score is None else min_score, None, storage,
+               columns=CONTRADICTION_COLUMNS, where=f"AND {unedited_sql()}")

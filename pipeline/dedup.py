@@ -107,9 +107,8 @@ class DedupResolver:
     """Holds marked rows until their original is found; see the module docstring."""
 
     def __init__(self, output: str, storage: StorageConfig, scoring: Scoring):
-        self.params = scoring_params(scoring)
+        self.params = scoring_params(scoring)  # checked once; the row comparison below reads it too
         self.output, self.storage = output, storage
-        self.scoring = tuple(scoring)
         self.held: list[dict] = []
 
     def take(self, table: pa.Table) -> pa.Table:
@@ -130,7 +129,7 @@ class DedupResolver:
         for t in uncommitted:
             for r in t.filter(pc.is_in(t.column("sha256"), pa.array(sorted(shas)))).to_pylist():
                 if (r["sha256"] not in found and r["status"] == STATUS_OK and r["dedup_of"] is None
-                        and tuple(r[c] for c in SCORING_COLUMNS) == self.scoring):
+                        and all(r[c] == v for c, v in self.params.items())):
                     found[r["sha256"]] = r
         rest = sorted(shas - found.keys())
         if rest:

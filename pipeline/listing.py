@@ -8,6 +8,7 @@ a broken link, over ``max_bytes`` (error rows, never opened).
 """
 from __future__ import annotations
 
+import collections
 import csv
 import errno
 import io
@@ -201,6 +202,33 @@ def _manifest_uris(uri: str, storage: StorageConfig) -> Iterator[str]:
 
 def read_manifest(uri: str, storage: StorageConfig) -> list[str]:
     return list(_manifest_uris(uri, storage))
+
+
+def read_manifest_table(uri: str, storage: StorageConfig) -> pa.Table:
+    """(uri, source) from a CSV or Parquet manifest; ``source`` NULL when the manifest has none."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    fs, path = storage.filesystem(uri)
+    if not fs.exists(path):
+        raise FileNotFoundError(f"manifest {uri!r} does not exist")
+    with fs.open(path, "rb") as f:
+        if path.lower().endswith(".parquet"):
+            t = pq.read_table(f)
+        elif path.lower().endswith(".csv"):
+            t = pacsv.read_csv(f, convert_options=pacsv.ConvertOptions(strings_can_be_null=True))
+        else:
+            raise ValueError(f"manifest {uri!r}: expected a .csv or .parquet file with a uri column")
+    names = {n.strip().lower(): n for n in t.column_names}
+    if "uri" not in names:
+        raise ValueError(f"manifest {uri!r} has no 'uri' column (columns: {t.column_names})")
+    src = t.column(names["source"]).cast(pa.string()) if "source" in names else pa.nulls(t.num_rows, pa.string())
+    out = pa.table({"uri": t.column(names["uri"]).cast(pa.string()), "source": src})
+    counts = collections.Counter(out.column("uri").to_pylist())
+    if len(counts) != out.num_rows:
+        dup = next(u for u, c in counts.items() if c > 1)
+        raise ValueError(f"manifest {uri!r} lists {dup!r} more than once")
+    return out
 
 
 def _manifest_entry(u: str) -> ListedFile:

@@ -18,6 +18,7 @@ from .output import RESULTS_DIR, RUNS_DIR, committed_parts
 from .schema import PARTITION_COLUMN, ROW_SCHEMA
 from .storage import StorageConfig, StorageOptions
 
+DEFAULT_MIN_SCORE = 0.5  # "flagged" for top/contradictions without a calibration
 TOP_COLUMNS = ("uri", "score", "frac_anom_conf", "max_anom_conf", "map_uri", "preview_uri", "scan_date", "run_id",
                "weights_untrained")
 
@@ -32,7 +33,7 @@ class ReadConfig(StorageOptions):
                                               positional=True, commands=("query",)))
     k: int = field(default=50, metadata=opt("how many rows", commands=("top", "contradictions")))
     min_score: float | None = field(default=None, metadata=opt(
-        "flagged: score at least this (default 0.5; with a calibration its verdict decides)",
+        f"flagged: score at least this (default {DEFAULT_MIN_SCORE}; with a calibration its verdict decides)",
         commands=("top", "contradictions")))
     since: str | None = field(default=None, metadata=opt("only scans on or after this date (YYYY-MM-DD)",
                                                           commands=("top",)))
@@ -55,6 +56,12 @@ class ReadConfig(StorageOptions):
     def calibration_spec(self) -> str | None:
         """The calibration to apply: a file, "latest", or None."""
         return self.calibration or ("latest" if self.calibrated else None)
+
+    def flag_score(self) -> float:
+        """--min-score as given, else the default without a calibration, else 0 (the verdict decides)."""
+        if self.min_score is not None:
+            return self.min_score
+        return 0.0 if self.calibration_spec() else DEFAULT_MIN_SCORE
 
     def since_date(self) -> dt.date | None:
         return dt.date.fromisoformat(self.since) if self.since else None
@@ -147,7 +154,7 @@ def run_sql(output: str, sql: str, params: list | None = None, storage: StorageC
         con.close()
 
 
-def top(output: str, k: int = 50, min_score: float = 0.5, since: dt.date | None = None,
+def top(output: str, k: int = 50, min_score: float = DEFAULT_MIN_SCORE, since: dt.date | None = None,
         storage: StorageConfig | None = None, columns: tuple[str, ...] = TOP_COLUMNS, where: str = "",
         order: str = "score DESC", connector=None) -> tuple[list[str], list[tuple]]:
     """The highest-scoring images by their latest scan (view ``latest``), values bound as parameters.
