@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline import maps
-from pipeline.output import STATE_COMPLETE, ResultWriter, RunManifest
+from pipeline.store import STATE_COMPLETE, ResultWriter, RunRecord
 from pipeline.schema import ERROR_INPUT, ERROR_TRANSIENT, STATUS_ERROR, STATUS_OK, STATUS_SKIPPED, ScanRow, rows_to_table
 from pipeline.storage import StorageConfig
 
@@ -75,8 +75,8 @@ def make_results(output: str | Path, n_rows: int, n_images: int, seed: int = 0, 
     img_dir.mkdir(parents=True, exist_ok=True)
     h, w = size
     now = dt.datetime(2026, 11, 23, 8, 0, tzinfo=dt.timezone.utc)
-    writer = ResultWriter(str(out), RunManifest(run_id=run_id, command="generated", input=str(img_dir),
-                                                code_version="generated", weights_sha256=WEIGHTS_SHA),
+    writer = ResultWriter(str(out), RunRecord(run_id=run_id, command="generated", input=str(img_dir),
+                                              code_version="generated", weights_sha256=WEIGHTS_SHA),
                           "2026-11-23", StorageConfig(), rows_per_part, 1e9)
     common = dict(model_name=GENERATED_MODEL, weights_sha256=WEIGHTS_SHA, weights_untrained=True,
                   code_version="generated", torch_version="-", device="cpu", precision="fp32", run_id=run_id)
@@ -94,7 +94,7 @@ def make_results(output: str | Path, n_rows: int, n_images: int, seed: int = 0, 
             path.write_bytes(data)
             sha = hashlib.sha256(data).hexdigest()
             margin, conf = generated_logits(rng, h, w, forged=i % 2 == 0)
-            uri = maps.save(maps_root, sha, margin, conf, (h, w))
+            uri = maps.save(maps_root, sha, margin, conf, (h, w))[len(str(out)) + 1:]  # relative to OUTPUT
             score = float(top_scores[i])
             row = ScanRow(uri=f"{uri_prefix}/{path.name}" if uri_prefix else str(path), status=STATUS_OK, size_bytes=len(data), etag_or_mtime="g", sha256=sha,
                           format="JPEG", width=w, height=h, exif_make=("Canon", "NIKON", "Apple")[i % 3],
@@ -118,7 +118,7 @@ def make_results(output: str | Path, n_rows: int, n_images: int, seed: int = 0, 
                 sha = hashlib.sha256(uri.encode()).hexdigest()
                 row = ScanRow(uri=uri, status=STATUS_OK, size_bytes=100_000, sha256=sha, format="JPEG", width=w,
                               height=h, score=score, frac_anom=0.01, frac_anom_conf=0.0, max_anom_conf=0.1,
-                              conf_mean=0.5, map_uri=maps.map_path(maps_root, sha), scanned_at=t, **common)
+                              conf_mean=0.5, map_uri=maps.map_path(maps.MAPS_DIR, sha), scanned_at=t, **common)
         batch.append(row)
         if len(batch) >= 10_000:
             writer.add(rows_to_table(batch))

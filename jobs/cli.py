@@ -57,7 +57,8 @@ def _cmd_query(args: argparse.Namespace) -> int:
         from pipeline.calibration import connector
 
         calibrated = connector(cal)
-    cols, rows = run_sql(cfg.output, cfg.sql, storage=storage, connector=calibrated)
+    cols, rows = run_sql(cfg.output, cfg.sql, storage=storage, connector=calibrated, as_of=cfg.as_of,
+                         limits=cfg.limits())
     print(format_rows(cols, rows, cfg.format))
     return 0
 
@@ -70,10 +71,10 @@ def _cmd_top(args: argparse.Namespace) -> int:
         from pipeline.calibration import top_calibrated
 
         cols, rows = top_calibrated(cfg.output, cal, k=cfg.k, min_score=cfg.flag_score(), since=cfg.since_date(),
-                                    storage=storage)
+                                    storage=storage, as_of=cfg.as_of)
     else:
         cols, rows = top(cfg.output, k=cfg.k, min_score=cfg.flag_score(), since=cfg.since_date(),
-                         storage=storage)
+                         storage=storage, as_of=cfg.as_of)
     print(format_rows(cols, rows, cfg.format))
     return 0
 
@@ -413,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (WeightsError, FileNotFoundError, FileExistsError, ValueError, RuntimeError) as e:
-        from pipeline.output import RunFailed
+        from pipeline.store import RunFailed
         from pipeline.storage import one_line, redact
 
         print(f"trufor-scan: error: {one_line(redact(str(e)), 2000)}", file=sys.stderr)

@@ -287,7 +287,7 @@ def verdict_sql(rows: str, source_of: str | None) -> str:
 
 
 def connector(cal: dict):
-    """``connector(output, storage)`` for ``pipeline.query.run_sql``/``top``: the views ``results``
+    """``connector(output, storage, **connect_options)`` for ``pipeline.query.run_sql``/``top``: the views ``results``
     and ``latest`` with verdicts; refuses rows scored with other weights than the calibration's."""
     import duckdb
 
@@ -303,10 +303,10 @@ def connector(cal: dict):
                              f"{str(e).strip().splitlines()[0]}") from None
         check_scoring(con, cal)
 
-    def connect_calibrated(output: str, storage: StorageConfig | None = None):
+    def connect_calibrated(output: str, storage: StorageConfig | None = None, **kw):
         manifest = _source_manifest(cal.get("sources_manifest"), storage or StorageConfig())
         return connect(output, storage, tables={"calibration": calibration_table(cal), "source_manifest": manifest},
-                       views=views, rows_name="scan_rows")
+                       views=views, rows_name="scan_rows", **kw)
 
     return connect_calibrated
 
@@ -316,9 +316,9 @@ CALIBRATED_TOP_COLUMNS = ("uri", "source", "score", "threshold", "verdict", "ver
 
 
 def top_calibrated(output: str, cal: dict, k: int = 50, min_score: float = 0.0, since: dt.date | None = None,
-                   storage: StorageConfig | None = None) -> tuple[list[str], list[tuple]]:
+                   storage: StorageConfig | None = None, as_of=None) -> tuple[list[str], list[tuple]]:
     """The images the calibration flags, by how far they pass their source's threshold."""
     from .query import top
 
     return top(output, k, min_score, since, storage, columns=CALIBRATED_TOP_COLUMNS, where="AND verdict = 'flagged'",
-               order="score - threshold DESC", connector=connector(cal))
+               order="score - threshold DESC", connector=connector(cal), as_of=as_of)

@@ -56,9 +56,9 @@ class ShowConfig(StorageOptions):
     png: str = field(metadata=opt("where to write the figure (PNG)"))
 
 
-def render_figure(row: dict, storage: StorageConfig, original=None) -> tuple[bytes, dict]:
+def render_figure(row: dict, output: str, storage: StorageConfig, original=None) -> tuple[bytes, dict]:
     """(PNG bytes, panel boxes) of the four-panel figure of one ok row."""
-    anomaly, confidence = load_maps(row, storage)
+    anomaly, confidence = load_maps(row, output, storage)
     original = original if original is not None else read_original(row, storage)
     return figure_png(four_panel_figure(row, original.rgb, anomaly, confidence, problem=original.problem))
 
@@ -67,7 +67,7 @@ def show(cfg: ShowConfig) -> dict:
     """Write the figure of one scanned image; returns its row."""
     storage = cfg.storage()
     row = find_row(cfg.output, cfg.uri, storage)
-    png, _ = render_figure(row, storage)
+    png, _ = render_figure(row, cfg.output, storage)
     Path(cfg.png).parent.mkdir(parents=True, exist_ok=True)
     Path(cfg.png).write_bytes(png)
     return row
@@ -114,31 +114,35 @@ def _readme(row: dict, original_note: str, files: list[tuple[str, str]]) -> str:
 
 
 def _reproduce_sh(row: dict, original: str) -> str:
+    """The bundle's script. Every value that comes from the row (a file that may have been edited) is
+    shell-quoted (``shlex.quote``): none can ever run as code."""
+    q = shlex.quote
     np_sha = row.get("noiseprint_sha256")
     cmd = ["trufor-scan", "predict", "--input", original, "--output", "reproduced.npz", "--checkpoint",
            "$TRUFOR_WEIGHTS"] + (["--noiseprint-weights", "$TRUFOR_NOISEPRINT"] if np_sha else []) + [
            "--precision", row["precision"] or "fp32", "--device", "cpu", "--no-download", "--overwrite"]
-    quoted = " ".join(f'"{c}"' if c.startswith("$") else shlex.quote(c) for c in cmd)
+    quoted = " ".join(f'"{c}"' if c in ("$TRUFOR_WEIGHTS", "$TRUFOR_NOISEPRINT") else q(str(c)) for c in cmd)
     checks = [("TRUFOR_WEIGHTS", row["weights_sha256"], "TruFor weights")] + (
         [("TRUFOR_NOISEPRINT", np_sha, "Noiseprint++ weights")] if np_sha else [])
     out = ["#!/bin/sh",
            "# Re-score this bundle's original with the weights it was scored with (trufor-scan predict).",
            "set -eu", 'cd "$(dirname "$0")"',
-           f"echo '{row['sha256']}  {original}' | sha256sum -c --quiet - || "
+           f"printf '%s  %s\\n' {q(str(row['sha256']))} {q(original)} | sha256sum -c --quiet - || "
            "{ echo 'the original is not the scanned file (sha256 differs)' >&2; exit 2; }"]
     for var, sha, what in checks:
-        out += [f': "${{{var}:?set {var} to the {what} file with sha256 {sha}}}"',
-                f'echo "{sha}  ${var}" | sha256sum -c --quiet - || '
-                f"{{ echo '{var} is not the {what} this image was scored with (sha256 {sha})' >&2; exit 2; }}"]
+        out += [f'[ -n "${{{var}:-}}" ] || {{ echo {q(f"set {var} to the {what} file with sha256 {sha}")} >&2; exit 2; }}',
+                f'printf \'%s  %s\\n\' {q(str(sha))} "${var}" | sha256sum -c --quiet - || '
+                f'{{ echo {q(f"{var} is not the {what} this image was scored with (sha256 {sha})")} >&2; exit 2; }}']
+    code = (f"import numpy as np; print('recorded score {float(row['score']):.6f}'); "
+            "print('reproduced score %.6f' % float(np.load('reproduced.npz')['score']))")
     out += [quoted,
             "# The interpreter trufor-scan runs under (it has numpy), else python3.",
             'PY=$(head -n 1 "$(command -v trufor-scan)" | sed -n "s/^#!//p")',
-            '"${PY:-python3}" -c "import numpy as np; print(\'recorded score ' + f"{row['score']:.6f}" +
-            '\'); print(\'reproduced score %.6f\' % float(np.load(\'reproduced.npz\')[\'score\']))"', ""]
+            f'"${{PY:-python3}}" -c {q(code)}', ""]
     return "\n".join(out)
 
 
-def write_bundle(row: dict, out_dir: Path, storage: StorageConfig, max_original_bytes: int) -> tuple[Path, str | None]:
+def write_bundle(row: dict, output: str, out_dir: Path, storage: StorageConfig, max_original_bytes: int) -> tuple[Path, str | None]:
     """Write one image's bundle; returns (folder, a problem to report or None)."""
     folder = out_dir / bundle_name(row)
     original = read_original(row, storage)
@@ -166,7 +170,7 @@ def write_bundle(row: dict, out_dir: Path, storage: StorageConfig, max_original_
         files[original_name] = original.data
         described.append((original_name, "the scanned file, byte for byte (its sha256 is checked above)"))
         note = f"{original_name} (verified: same sha256 as when scanned)"
-    anomaly, confidence = load_maps(row, storage)
+    anomaly, confidence = load_maps(row, output, storage)
     png, _ = figure_png(four_panel_figure(row, original.rgb, anomaly, confidence, problem=original.problem))
     files["figure.png"] = png
     files["anomaly.png"] = encode_png(map_to_gray8(anomaly))
@@ -206,7 +210,7 @@ def export(cfg: ExportConfig) -> ExportResult:
     for key in cfg.uri:
         try:
             row = find_row(cfg.output, key, storage)
-            folder, problem = write_bundle(row, out, storage, int(cfg.max_original_mb * 2**20))
+            folder, problem = write_bundle(row, cfg.output, out, storage, int(cfg.max_original_mb * 2**20))
             res.folders.append(folder)
             if problem:
                 res.incomplete.append((folder, problem))

@@ -27,6 +27,7 @@ from .schema import ERROR_TRANSIENT, MAP_COLUMNS, MODEL_OUTPUT_COLUMNS, ROW_SCHE
 from .storage import StorageConfig, is_remote, one_line, redact, write_local_atomic
 
 MAP_CODEC = "npz-f16-stride4-logits+png-preview"
+MAPS_DIR = "maps"  # under OUTPUT
 # The model stage's output beside the row columns: its maps' stride-4 logits (``pack``), consumed
 # and dropped by ``store_maps``; never in a result part.
 PAYLOAD_COLUMN = "map_logits"
@@ -153,8 +154,10 @@ def load_noise_anomaly(uri: str, storage: StorageConfig | None = None) -> np.nda
     return F.interpolate(low, size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
-def store_maps(table: pa.Table, maps_root: str, storage: StorageConfig | None = None) -> pa.Table:
-    """The map stage: store each row's maps (``save``), fill map_uri/preview_uri/map_codec, drop the payload.
+def store_maps(table: pa.Table, output_root: str, storage: StorageConfig | None = None) -> pa.Table:
+    """The map stage: store each row's maps (``save``) under ``OUTPUT/maps``, fill map_uri/preview_uri/map_codec
+    (relative to OUTPUT, so a copied or moved OUTPUT keeps its maps: ``pipeline.store.resolve_ref``), drop
+    the payload.
 
     A row whose map cannot be stored (e.g. the object store is down) becomes a transient error row
     without its model outputs: no row ever points to a map that is not there, and the next sweep
@@ -162,6 +165,12 @@ def store_maps(table: pa.Table, maps_root: str, storage: StorageConfig | None = 
     """
     if PAYLOAD_COLUMN not in table.column_names:
         return table
+    output_root = output_root.rstrip("/")
+    maps_root = f"{output_root}/{MAPS_DIR}"
+
+    def rel(uri: str) -> str:
+        return uri[len(output_root) + 1:]
+
     payloads = table.column(PAYLOAD_COLUMN).to_pylist()
     rows = table.drop_columns([PAYLOAD_COLUMN]).to_pylist()
     for row, payload in zip(rows, payloads):
@@ -170,10 +179,10 @@ def store_maps(table: pa.Table, maps_root: str, storage: StorageConfig | None = 
         try:
             margin, conf, size, noise = unpack(payload)
             uri = save(maps_root, row["sha256"], margin, conf, size, storage)
-            row.update(map_uri=uri, preview_uri=preview_uri(uri), map_codec=MAP_CODEC)
+            row.update(map_uri=rel(uri), preview_uri=rel(preview_uri(uri)), map_codec=MAP_CODEC)
             if noise is not None:
-                row["noise_anomaly_map_uri"] = save_noise_anomaly(maps_root, row["sha256"], row["noise_anomaly_model"],
-                                                                  noise, size, storage)
+                row["noise_anomaly_map_uri"] = rel(save_noise_anomaly(maps_root, row["sha256"],
+                                                                      row["noise_anomaly_model"], noise, size, storage))
         except Exception as e:  # noqa: BLE001 - becomes an error row, the stage lives on
             row.update(dict.fromkeys((*MODEL_OUTPUT_COLUMNS, *MAP_COLUMNS)), status=STATUS_ERROR,
                        error_kind=ERROR_TRANSIENT,

@@ -14,6 +14,7 @@ object store, inference, rows lost in the pipeline), which is how a sweep comple
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass, field
 
 import duckdb
@@ -22,14 +23,16 @@ import pyarrow.parquet as pq
 
 from .dedup import HashSet, Scoring, known_hashes_sql, same_scoring_sql, scoring_params
 from .listing import LISTING_SCHEMA, iter_listing, listing_batches
-from .output import RUNS_DIR
-from .query import LATEST_SQL, results_dataset
+from .query import LATEST_SQL, QueryLimits, duck
 from .storage import StorageConfig
+from .store import parquet_sql, snapshot
 
 
 # DuckDB spills the listing's sort and the anti-join to disk beyond this, so the driver's memory
 # stays bounded whatever the size of the listing and of the history (BENCHMARKS.md, "Sweeps at scale").
 PLAN_MEMORY_LIMIT = "256MB"
+# A plan that takes longer than this is interrupted (the run fails with that line; nothing is lost).
+PLAN_TIMEOUT_S = 3600.0
 
 
 @dataclass
@@ -63,18 +66,21 @@ def plan_run(spec: str, output: str, storage: StorageConfig, workdir: str, *, in
         for batch in listing_batches(iter_listing(spec, storage, max_bytes)):
             w.write_batch(batch)
             listed += batch.num_rows
-    con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False,
-                                 "temp_directory": os.path.join(workdir, "duckdb.tmp"),
-                                 "memory_limit": PLAN_MEMORY_LIMIT, "preserve_insertion_order": False})
+    snap = snapshot(output, storage) if incremental else None
+    con = duck(storage, [snap.uri] if snap else [],
+               limits=QueryLimits(memory_limit=PLAN_MEMORY_LIMIT, temp_dir=os.path.join(workdir, "duckdb.tmp")))
+    timer = threading.Timer(PLAN_TIMEOUT_S, con.interrupt)
+    timer.daemon = True
+    timer.start()
     try:
+        con.execute("SET preserve_insertion_order = false")
         # One row per uri even when a manifest names a file twice.
         con.execute(f"CREATE VIEW listing AS SELECT * FROM read_parquet({_sql_str(listing_path)}) "
                     "QUALIFY row_number() OVER (PARTITION BY uri) = 1")
-        fs, root = storage.filesystem(output.rstrip("/"))
-        history = incremental and fs.isdir(f"{root}/{RUNS_DIR}")
+        history = snap is not None
         params: dict = {}
         if history:
-            con.register("results", results_dataset(output, storage))
+            con.execute(f"CREATE VIEW results AS SELECT * FROM {parquet_sql(snap)}")
             con.execute(f"CREATE VIEW latest AS {LATEST_SQL}")
             query = f"SELECT l.* FROM listing l LEFT JOIN latest last ON l.uri = last.uri WHERE NOT ({_DONE})"
             params = {"rescore": rescore, **scoring_params(scoring)}
@@ -85,7 +91,10 @@ def plan_run(spec: str, output: str, storage: StorageConfig, workdir: str, *, in
         if history:
             reader = con.sql(known_hashes_sql(), params=scoring_params(scoring)).to_arrow_reader(1 << 16)
             chunks = HashSet.chunks_from_hex(reader)
+    except duckdb.InterruptException:
+        raise TimeoutError(f"planning the run took longer than {PLAN_TIMEOUT_S:g} s and was interrupted") from None
     finally:
+        timer.cancel()
         con.close()
     return Plan(listed=listed, to_scan=pq.ParquetFile(todo_path).metadata.num_rows, path=todo_path,
                 known_hashes=chunks)

@@ -34,7 +34,7 @@ class PredictorConfig:
 
     Attributes:
         checkpoint: TruFor weights file (resolved on the driver).
-        maps_root: where compressed maps go (``OUTPUT/maps``).
+        output_root: OUTPUT; compressed maps go to ``OUTPUT/maps`` (rows refer to them relative to OUTPUT).
         run_id: identifier written into every row.
         code_version: trufor-scan version (+ git commit) written into every row.
         noiseprint_weights: optional replacement Noiseprint++ weights.
@@ -54,7 +54,7 @@ class PredictorConfig:
     """
 
     checkpoint: str
-    maps_root: str
+    output_root: str
     run_id: str
     code_version: str
     noiseprint_weights: str | None = None

@@ -5,18 +5,15 @@ import csv
 import datetime as dt
 import io
 import json
-
+import threading
 from dataclasses import dataclass, field
 
 import duckdb
 import pyarrow as pa
-import pyarrow.dataset as pads
-import pyarrow.fs as pafs
 
 from .options import opt
-from .output import RESULTS_DIR, RUNS_DIR, committed_parts
-from .schema import PARTITION_COLUMN, ROW_SCHEMA
 from .storage import StorageConfig, StorageOptions
+from .store import MEMORY_FRACTION, RESULTS_DIR, QueryLimits, duck, parquet_sql, parse_as_of, snapshot, spill_dir
 
 DEFAULT_MIN_SCORE = 0.5  # "flagged" for top/contradictions without a calibration
 TOP_COLUMNS = ("uri", "score", "frac_anom_conf", "max_anom_conf", "map_uri", "preview_uri", "scan_date", "run_id",
@@ -43,10 +40,22 @@ class ReadConfig(StorageOptions):
         "a calibration file ('latest': the newest under OUTPUT): the views get source, threshold, verdict, "
         "verdict_reason"))
     format: str = field(default="table", metadata=opt("printed format", choices=("table", "csv", "json")))
+    as_of: str | None = field(default=None, metadata=opt(
+        "answer from the table as it was: a version number, or a time (ISO 8601, UTC unless a zone is given)",
+        commands=("query", "top")))
+    timeout: float = field(default=300.0, metadata=opt("seconds before the statement is interrupted (exit status 2)",
+                                                       commands=("query",)))
+    memory_limit: str | None = field(default=None, metadata=opt(
+        f"DuckDB memory limit, e.g. 2GB (default: {MEMORY_FRACTION:.0%} of this machine's memory; beyond it DuckDB "
+        "spills to a temporary folder, then fails the statement)", commands=("query",)))
+    threads: int | None = field(default=None, metadata=opt("DuckDB threads (default: all cores)", commands=("query",)))
 
     def __post_init__(self):
         if self.k < 1:
             raise ValueError(f"--k must be >= 1, got {self.k}")
+        if not self.timeout > 0 or (self.threads is not None and self.threads < 1):
+            raise ValueError(f"--timeout must be > 0 and --threads >= 1, got {self.timeout}, {self.threads}")
+        parse_as_of(self.as_of)
         if self.since:
             try:
                 dt.date.fromisoformat(self.since)
@@ -63,29 +72,11 @@ class ReadConfig(StorageOptions):
             return self.min_score
         return 0.0 if self.calibration_spec() else DEFAULT_MIN_SCORE
 
+    def limits(self) -> "QueryLimits":
+        return QueryLimits(timeout_s=self.timeout, memory_limit=self.memory_limit, threads=self.threads)
+
     def since_date(self) -> dt.date | None:
         return dt.date.fromisoformat(self.since) if self.since else None
-
-
-def results_dataset(output: str, storage: StorageConfig | None = None) -> pads.Dataset:
-    """The committed result parts under OUTPUT (local or object storage), hive-partitioned by scan_date.
-
-    Only parts listed in a run manifest (``pipeline.output``) are read: a file being written, or
-    orphaned by a killed run, is never seen.
-    """
-    fs, root = (storage or StorageConfig()).filesystem(output.rstrip("/"))
-    if not fs.isdir(f"{root}/{RUNS_DIR}"):
-        raise FileNotFoundError(f"no scan results under {output!r} (expected run manifests in "
-                                f"{output.rstrip('/')}/{RUNS_DIR}/)")
-    return parts_dataset(committed_parts(output, storage), fs, f"{root}/{RESULTS_DIR}")
-
-
-def parts_dataset(paths: list[str], fs, base_dir: str) -> pads.Dataset:
-    """Result part files (paths inside ``fs``) as one dataset with ``scan_date`` from their folder."""
-    part = pads.partitioning(pa.schema([(PARTITION_COLUMN, pa.string())]), flavor="hive")
-    return pads.dataset(paths, format="parquet", filesystem=pafs.PyFileSystem(pafs.FSSpecHandler(fs)),
-                        partitioning=part, partition_base_dir=base_dir,
-                        schema=ROW_SCHEMA.append(pa.field(PARTITION_COLUMN, pa.string())))
 
 
 # One answer per image: its most recent row of any status, so a file whose latest scan failed
@@ -102,28 +93,38 @@ class QueryError(ValueError):
     """User SQL that DuckDB refused or could not run (one line, with DuckDB's reason)."""
 
 
+class QueryTimeout(QueryError):
+    """A statement ran past its time limit and was interrupted."""
+
+
 def connect(output: str, storage: StorageConfig | None = None, tables: dict[str, pa.Table | None] | None = None,
-            views=None, rows_name: str = "results") -> duckdb.DuckDBPyConnection:
+            views=None, rows_name: str = "results", as_of=None,
+            limits: QueryLimits | None = None) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection that sees the views ``results`` and ``latest`` and nothing else.
 
-    ``results`` holds every row ever written; ``latest`` one row per uri (its most recent scan).
-    ``tables``: more Arrow tables to see (e.g. a manifest to join). ``views(con)``, when given,
-    defines the views instead, over the dataset registered as ``rows_name``
-    (``pipeline.calibration`` adds verdicts this way).
+    ``results`` holds every row in the table (``as_of``: as it was at that version or time);
+    ``latest`` one row per uri (its most recent scan). ``tables``: more Arrow tables to see (e.g. a
+    manifest to join). ``views(con)``, when given, defines the views instead, over the rows view
+    ``rows_name`` (``pipeline.calibration`` adds verdicts this way).
 
-    The data is registered from Python (pyarrow reads it), then external access is switched off
-    and the configuration locked, and only then are the views defined (so any SQL in them runs
-    sandboxed too): user SQL cannot read or write files (read_csv, COPY ... TO, glob), ATTACH
-    databases, or INSTALL/LOAD extensions, nor switch this back on.
+    DuckDB reads the table's Parquet files itself, exactly those its log lists, each checked to lie
+    inside the table (``pipeline.store``). The connection is sandboxed (``duck``) before any view
+    exists, so SQL in the views runs sandboxed too.
     """
-    con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
-    con.register(rows_name, results_dataset(output, storage))
-    for name, table in (tables or {}).items():
-        if table is not None:
-            con.register(name, table)
-    con.execute("SET enable_external_access = false")
-    con.execute("SET lock_configuration = true")
+    storage = storage or StorageConfig()
+    snap = snapshot(output, storage, RESULTS_DIR, parse_as_of(as_of) if isinstance(as_of, str) else as_of)
+    if snap is None:
+        raise FileNotFoundError(f"no scan results under {output!r} (expected a Delta table in "
+                                f"{output.rstrip('/')}/{RESULTS_DIR}/)")
+    limits = limits or QueryLimits()
+    if limits.temp_dir is None:
+        limits = QueryLimits(**{**limits.__dict__, "temp_dir": spill_dir()})
+    con = duck(storage, [snap.uri], sandbox=True, limits=limits)
     try:
+        for name, table in (tables or {}).items():
+            if table is not None:
+                con.register(name, table)
+        con.execute(f"CREATE VIEW {rows_name} AS SELECT * FROM {parquet_sql(snap)}")
         if views is None:
             con.execute(f"CREATE VIEW latest AS {LATEST_SQL}")
         else:
@@ -135,28 +136,39 @@ def connect(output: str, storage: StorageConfig | None = None, tables: dict[str,
 
 
 def run_sql(output: str, sql: str, params: list | None = None, storage: StorageConfig | None = None,
-            connector=None) -> tuple[list[str], list[tuple]]:
-    """Run SQL against ``results`` (sandboxed, see ``connect``; ``connector(output, storage)`` in its
-    place, e.g. ``pipeline.calibration.connector``); returns (column names, rows).
+            connector=None, as_of=None, limits: QueryLimits | None = None) -> tuple[list[str], list[tuple]]:
+    """Run SQL against ``results`` (sandboxed, see ``connect``; ``connector(output, storage, as_of=, limits=)``
+    in its place, e.g. ``pipeline.calibration.connector``); returns (column names, rows).
+
+    The statement is interrupted after ``limits.timeout_s`` seconds.
 
     Raises:
+        QueryTimeout: it ran past the time limit.
         QueryError: DuckDB refused or failed the statement.
     """
-    con = (connector or connect)(output, storage)
+    limits = limits or QueryLimits()
+    con = (connector or connect)(output, storage, as_of=as_of, limits=limits)
+    timer = threading.Timer(limits.timeout_s, con.interrupt)
+    timer.daemon = True
+    timer.start()
     try:
         cur = con.execute(sql, params or [])
         cols = [d[0] for d in cur.description] if cur.description else []
         return cols, cur.fetchall()
+    except duckdb.InterruptException:
+        raise QueryTimeout(f"SQL interrupted after its time limit of {limits.timeout_s:g} s (--timeout)") from None
     except duckdb.Error as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise QueryError(f"SQL failed: {first}") from None
     finally:
+        timer.cancel()
         con.close()
 
 
 def top(output: str, k: int = 50, min_score: float = DEFAULT_MIN_SCORE, since: dt.date | None = None,
         storage: StorageConfig | None = None, columns: tuple[str, ...] = TOP_COLUMNS, where: str = "",
-        order: str = "score DESC", connector=None) -> tuple[list[str], list[tuple]]:
+        order: str = "score DESC", connector=None, as_of=None,
+        limits: QueryLimits | None = None) -> tuple[list[str], list[tuple]]:
     """The highest-scoring images by their latest scan (view ``latest``), values bound as parameters.
 
     An image whose latest scan failed is left out, whatever an earlier scan scored. ``columns``,
@@ -169,7 +181,7 @@ def top(output: str, k: int = 50, min_score: float = DEFAULT_MIN_SCORE, since: d
            + ("AND scan_date >= ? " if since else "")
            + f"ORDER BY {order}, uri LIMIT ?")
     params: list = [min_score] + ([since.isoformat()] if since else []) + [k]
-    return run_sql(output, sql, params, storage, connector)
+    return run_sql(output, sql, params, storage, connector, as_of, limits)
 
 
 def _plain(v):

@@ -174,7 +174,7 @@ def draw_candidate(row: dict, out: Path, cfg: ReportConfig, storage: StorageConf
         if orig.problem:
             d.problems.append(orig.problem)
         try:
-            anomaly, confidence = load_maps(row, storage)
+            anomaly, confidence = load_maps(row, cfg.output, storage)
         except Exception as e:  # noqa: BLE001 - shown on the card
             anomaly = confidence = None
             d.problems.append(one_line(redact(f"maps not readable: {type(e).__name__}: {e}"), 300))

@@ -22,6 +22,7 @@ from trufor_core.image import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
 from . import maps
 from .preprocess import read_input
 from .query import connect
+from .store import resolve_ref
 from .schema import COLUMNS, STATUS_OK
 from .storage import StorageConfig, one_line, redact
 
@@ -111,12 +112,13 @@ def read_original(row: dict, storage: StorageConfig | None = None, max_bytes: in
         return Original(data=data, problem=one_line(str(e).replace("<bytes>", "original"), 300))
 
 
-def load_maps(row: dict, storage: StorageConfig | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(anomaly, confidence) float32 full-resolution maps of an ok row."""
+def load_maps(row: dict, output: str, storage: StorageConfig | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(anomaly, confidence) float32 full-resolution maps of an ok row (its map reference is resolved
+    under OUTPUT and refused if it points anywhere else)."""
     if row.get("status") != STATUS_OK or not row.get("map_uri"):
         raise ValueError(f"{row.get('uri')!r} has no maps: its latest scan is {row.get('status')!r}"
                          + (f" ({row['error']})" if row.get("error") else ""))
-    return maps.load(row["map_uri"], storage)
+    return maps.load(resolve_ref(output, row["map_uri"]), storage)
 
 
 def fit_size(h: int, w: int, max_side: int | None) -> tuple[int, int]:

@@ -27,14 +27,14 @@ from . import credentials
 from .dedup import DedupResolver
 from .maps import store_maps
 from .options import opt
-from .output import RESULTS_DIR, RUNS_DIR, STATE_COMPLETE, STATE_FAILED, ResultWriter, RunFailed, RunManifest
 from .plan import Plan, plan_run
 from .predictor import PredictorConfig, TruForPredictor
 from .preprocess import load_batch
 from .progress import note_slow, progress
-from .query import parts_dataset
 from .schema import ERROR_TRANSIENT, STATUS_ERROR, ScanRow, rows_to_table
-from .storage import StorageOptions, is_remote, local_copy, one_line, redact
+from .storage import StorageOptions, local_copy, one_line, redact
+from .store import (MAPS_DIR, RESULTS_DIR, RUNS_DIR, STATE_COMPLETE, STATE_FAILED, ResultWriter, RunFailed, RunRecord,
+                    root_of)
 
 # CPUs per task of the stages around the model: reading, hashing and decoding before it, map
 # encoding and storing after it. Both are light next to TruFor; half a CPU stays free for them.
@@ -110,8 +110,8 @@ class ScanSummary:
     wall_s: float = 0.0
     results_uri: str = ""
     maps_uri: str = ""
-    manifest_uri: str = ""
-    files: list[str] = field(default_factory=list)
+    runs_uri: str = ""
+    results_version: int | None = None  # the results table's version when the run ended
 
     @property
     def scanned(self) -> int:
@@ -127,7 +127,9 @@ class ScanSummary:
             head = (f"{self.command} {self.run_id}: listed {self.listed}{new}, scanned {self.scanned} ({self.ok} ok, "
                     f"{self.errors} errors, {self.dedup} copies of bytes already scored), skipped {self.skipped}; "
                     f"{self.wall_s:.1f} s, {rate:.2f} img/s")
-        return f"{head}\nresults: {self.results_uri}\nmaps:    {self.maps_uri}\nrun:     {self.manifest_uri}"
+        version = "" if self.results_version is None else f" (Delta table, version {self.results_version})"
+        return (f"{head}\nresults: {self.results_uri}{version}\nmaps:    {self.maps_uri}\n"
+                f"runs:    {self.runs_uri} (run_id {self.run_id})")
 
 
 def code_version() -> str:
@@ -222,18 +224,16 @@ def _pipeline(cfg: ScanConfig, plan: Plan, pcfg: PredictorConfig, predictor_cls,
     # Maps are compressed and stored by CPU tasks of their own, so the model's actor never waits for
     # them; rows reach the driver (and the results) only after this stage has stored their maps.
     ds = ds.map_batches(store_maps, batch_size=None, batch_format="pyarrow", num_cpus=MAP_CPUS,
-                        fn_kwargs={"maps_root": pcfg.maps_root, "storage": pcfg.storage})
+                        fn_kwargs={"output_root": pcfg.output_root, "storage": pcfg.storage})
     log(f"{pcfg.run_id}: {cfg.actors} actor(s) x ({cpus:g} CPU, {gpus:g} GPU, {threads} torch threads)")
     yield from ds.iter_batches(batch_format="pyarrow", batch_size=None)
 
 
 def _lost_rows(plan: Plan, writer: ResultWriter, held: set[str], run_id: str, reason: str) -> Iterator[pa.Table]:
-    """Error rows for every planned file with no row in this run's committed parts (streamed in DuckDB)."""
+    """Error rows for every planned file with no row committed by this run (streamed in DuckDB)."""
     con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
     try:
-        base = f"{writer.root}/{RESULTS_DIR}"
-        paths = [f"{writer.root}/{p['path']}" for p in writer.manifest.parts]
-        con.register("written", parts_dataset(paths, writer.fs, base))
+        con.register("written", writer.committed_uris())
         con.execute("CREATE TEMP TABLE held(uri VARCHAR)")
         if held:
             con.executemany("INSERT INTO held VALUES (?)", [[u] for u in sorted(held)])
@@ -276,10 +276,9 @@ def run_scan(cfg: ScanConfig, log: Callable[[str], None] = lambda m: print(m, fi
     command = "sweep" if cfg.incremental else "scan"
     run_id = cfg.run_id or dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
     storage = cfg.storage()
-    # Local OUTPUT made absolute: map_uri/preview_uri in the rows then work from any directory.
-    out_root = cfg.output.rstrip("/") if is_remote(cfg.output) else os.path.abspath(cfg.output)
+    out_root = root_of(cfg.output)
     summary = ScanSummary(run_id=run_id, command=command, results_uri=f"{out_root}/{RESULTS_DIR}",
-                          maps_uri=f"{out_root}/maps", manifest_uri=f"{out_root}/{RUNS_DIR}/{run_id}.json")
+                          maps_uri=f"{out_root}/{MAPS_DIR}", runs_uri=f"{out_root}/{RUNS_DIR}")
 
     ckpt = str(resolve_weights(cfg.checkpoint, allow_download=cfg.allow_download, log=log)) \
         if not (cfg.checkpoint and "://" in cfg.checkpoint) else cfg.checkpoint
@@ -307,16 +306,15 @@ def run_scan(cfg: ScanConfig, log: Callable[[str], None] = lambda m: print(m, fi
                         max_bytes=cfg.max_bytes, scoring=scoring)
         summary.listed, summary.to_scan = plan.listed, plan.to_scan
         log(f"{command} {run_id}: {plan.listed} files listed under {redact(cfg.input)}, {plan.to_scan} to scan")
-        manifest = RunManifest(run_id=run_id, command=command, input=redact(cfg.input), code_version=code_version(),
-                               weights_sha256=weights_sha, noiseprint_sha256=np_sha)
-        manifest.counts.update(listed=plan.listed, to_scan=plan.to_scan)
+        run = RunRecord(run_id=run_id, command=command, input=redact(cfg.input), code_version=code_version(),
+                        weights_sha256=weights_sha, noiseprint_sha256=np_sha, listed=plan.listed, to_scan=plan.to_scan)
         resolver = DedupResolver(out_root, storage, scoring) if cfg.incremental else None
-        writer = ResultWriter(out_root, manifest, dt.datetime.now(dt.timezone.utc).date().isoformat(), storage,
+        writer = ResultWriter(out_root, run, dt.datetime.now(dt.timezone.utc).date().isoformat(), storage,
                               cfg.rows_per_part, cfg.commit_every_s, resolver)
         failure: Exception | None = None
         if plan.to_scan:
-            pcfg = PredictorConfig(checkpoint=ckpt, maps_root=f"{out_root}/maps", run_id=run_id,
-                                   code_version=manifest.code_version, noiseprint_weights=cfg.noiseprint_weights,
+            pcfg = PredictorConfig(checkpoint=ckpt, output_root=out_root, run_id=run_id,
+                                   code_version=run.code_version, noiseprint_weights=cfg.noiseprint_weights,
                                    variant=cfg.variant, batch_size=cfg.batch_size,
                                    batch_max_pixels=cfg.batch_max_pixels, storage=storage, dedup=cfg.incremental,
                                    precision=cfg.precision, timings_dir=cfg.actor_timings_dir,
@@ -346,9 +344,8 @@ def run_scan(cfg: ScanConfig, log: Callable[[str], None] = lambda m: print(m, fi
         for lost in _lost_rows(plan, writer, held, run_id, reason):
             writer.add(lost)
         writer.close(STATE_FAILED if failure else STATE_COMPLETE, reason if failure else None)
-    c = manifest.counts
-    summary.ok, summary.errors, summary.skipped, summary.dedup = c["ok"], c["error"], c["skipped"], c["dedup"]
-    summary.files = list(writer.files)
+    summary.ok, summary.errors, summary.skipped, summary.dedup = run.ok, run.errors, run.skipped, run.dedup
+    summary.results_version = run.results_version
     summary.wall_s = time.monotonic() - t0
     if failure:
         raise RunFailed(reason) from failure

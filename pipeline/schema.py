@@ -121,7 +121,6 @@ COLUMNS: tuple[str, ...] = tuple(ROW_SCHEMA.names)
 MODEL_OUTPUT_COLUMNS: tuple[str, ...] = ("score", *POOLED_FEATURE_NAMES, "det_logit", "frac_anom", "frac_anom_conf",
                                          "max_anom_conf", "noise_anomaly_score", "noise_anomaly_model")
 MAP_COLUMNS: tuple[str, ...] = ("map_uri", "preview_uri", "map_codec", "noise_anomaly_map_uri")
-PARTITION_COLUMN = "scan_date"  # hive partition directory, not stored inside the files
 
 
 _HINTS = typing.get_type_hints(ScanRow)

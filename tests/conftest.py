@@ -76,11 +76,11 @@ def heic_bytes(rgb: np.ndarray, bits: int = 8, quality: int = 95) -> bytes:
 
 
 def write_parts(output, run_id: str, date: str, tables: list, state: str = "complete"):
-    """Commit ``tables`` as one run's parts, through the scan's own writer."""
-    from pipeline.output import ResultWriter, RunManifest
+    """Commit ``tables`` as one run's commits, through the scan's own writer."""
     from pipeline.storage import StorageConfig
+    from pipeline.store import ResultWriter, RunRecord
 
-    w = ResultWriter(str(output), RunManifest(run_id=run_id, command="test", input="-", code_version="test"),
+    w = ResultWriter(str(output), RunRecord(run_id=run_id, command="test", input="-", code_version="test"),
                      date, StorageConfig(), rows_per_part=10**6, commit_every_s=3600)
     for t in tables:
         w.add(t)

@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from pipeline.listing import iter_listing
-from pipeline.output import ResultWriter, RunManifest, committed_parts, read_manifests
+from pipeline.store import ResultWriter, RunRecord, open_table, read_runs
 from pipeline.preprocess import ReadError, load_one, read_input
 from pipeline.query import run_sql
 from pipeline.schema import ERROR_INPUT, ERROR_TRANSIENT, ScanRow, rows_to_table
@@ -153,41 +153,46 @@ def _rows(n: int, run: str, start: int = 0) -> pa.Table:
 
 def _writer(out, run: str, **kw) -> ResultWriter:
     kw = {"rows_per_part": 10**6, "commit_every_s": 3600.0, **kw}
-    return ResultWriter(str(out), RunManifest(run_id=run, command="test", input="-", code_version="t"), "2026-11-23",
+    return ResultWriter(str(out), RunRecord(run_id=run, command="test", input="-", code_version="t"), "2026-11-23",
                         ST, **kw)
+
+
+def _commit_sizes(out, run: str) -> list[int]:
+    """Rows of each of a run's commits, read from the Delta log (commit metadata names the run)."""
+    hist = open_table(str(out), ST).history()
+    return [h["operationMetrics"]["num_added_rows"] for h in sorted(hist, key=lambda h: h["version"])
+            if h.get("trufor_scan.run_id") == run]
 
 
 def test_writer_commits_by_rows_and_by_time(tmp_path):
     w = _writer(tmp_path, "rows", rows_per_part=3)
     for i in range(7):
         w.add(_rows(1, "rows", i))
-    assert [p["rows"] for p in read_manifests(str(tmp_path))[0].parts] == [3, 3]  # the 7th waits
+    assert _commit_sizes(tmp_path, "rows") == [3, 3]  # the 7th waits
     w.close("complete")
-    m = read_manifests(str(tmp_path))[0]
-    assert [p["rows"] for p in m.parts] == [3, 3, 1] and m.state == "complete" and m.counts["ok"] == 7
+    r = read_runs(str(tmp_path))[0]
+    assert _commit_sizes(tmp_path, "rows") == [3, 3, 1] and r.state == "complete" and r.ok == 7 and r.commits == 3
     w = _writer(tmp_path, "time", commit_every_s=0.2)
     w.add(_rows(1, "time", 100))
     time.sleep(0.3)
     w.add(_rows(1, "time", 101))  # the interval has passed: both rows are committed now
-    assert read_manifests(str(tmp_path))[1].parts[0]["rows"] == 2
-    assert not [p for p in (tmp_path / "results" / "scan_date=2026-11-23").iterdir() if p.name.startswith(".")]
-    with pytest.raises(ValueError, match="run id 'rows' already exists"):  # it would replace that run's parts
+    assert _commit_sizes(tmp_path, "time") == [2]
+    assert read_runs(str(tmp_path))[1].state == "running"
+    with pytest.raises(ValueError, match="run id 'rows' already exists"):  # its commits would mix with that run's
         _writer(tmp_path, "rows")
 
 
-def test_readers_see_only_committed_parts(tmp_path):
-    """A killed run leaves a running manifest (its parts count) and maybe a half-written or orphaned
-    part file (ignored): no query can fail on it and no row is read twice."""
+def test_readers_see_only_committed_rows(tmp_path):
+    """A killed run leaves a run record saying ``running`` (its commits count) and maybe a half-written
+    or orphaned data file that no commit lists: no query can fail on it and no row is read twice."""
     w = _writer(tmp_path, "killed")
     w.add(_rows(4, "killed"))
-    w.commit()  # ... then SIGKILL: no close(), the manifest says "running"
-    part_dir = tmp_path / "results" / "scan_date=2026-11-23"
-    good = next(part_dir.iterdir()).read_bytes()
-    (part_dir / "part-killed-00001.parquet").write_bytes(good[: len(good) // 2])  # truncated, never listed
-    (part_dir / ".part-killed-00002.parquet.1234.tmp").write_bytes(b"PAR1")
-    (tmp_path / "_runs" / ".killed.json.99.tmp").write_text('{"trunc')
-    assert read_manifests(str(tmp_path))[0].state == "running"
-    assert len(committed_parts(str(tmp_path))) == 1
+    w.commit()  # ... then SIGKILL: no close(), the run record says "running"
+    table_dir = tmp_path / "results"
+    good = next(p for p in table_dir.iterdir() if p.suffix == ".parquet").read_bytes()
+    (table_dir / "part-00001-killed-c000.snappy.parquet").write_bytes(good[: len(good) // 2])  # never committed
+    (table_dir / "_delta_log" / ".00000000000000000009.json.tmp").write_text('{"trunc')
+    assert read_runs(str(tmp_path))[0].state == "running"
     assert run_sql(str(tmp_path), "SELECT count(*), count(DISTINCT uri) FROM results")[1] == [(4, 4)]
     assert run_sql(str(tmp_path), "SELECT count(*) FROM latest")[1] == [(4,)]
 

@@ -347,7 +347,7 @@ def test_train_two_workers_export_and_eval(shared, corpus_dir, tmp_path):
     batch = {"uri": np.array(["x.png"], dtype=object), "status": np.array(["ok"], dtype=object),
              "error": np.array([None], dtype=object), "sha256": np.array(["0" * 64], dtype=object),
              "size_bytes": np.array([1]), "pixels": pix}
-    pred = TruForPredictor(PredictorConfig(checkpoint=str(ckpt), maps_root=str(tmp_path / "maps"), run_id="np",
+    pred = TruForPredictor(PredictorConfig(checkpoint=str(ckpt), output_root=str(tmp_path), run_id="np",
                                            code_version="test", noiseprint_weights=str(export)))
     row = table_to_rows(store_maps(pred(batch), str(tmp_path / "maps")))[0]
     assert row.status == "ok", row.error

@@ -14,6 +14,7 @@ from PIL import Image
 from conftest import heic_bytes, write_parts
 from pipeline import maps
 from pipeline.listing import list_input, read_manifest
+from pipeline.store import resolve_ref
 from pipeline.predictor import PredictorConfig, TruForPredictor, group_batches
 from pipeline.preprocess import load_batch, load_one
 from pipeline.query import QueryError, format_rows, run_sql, top
@@ -235,7 +236,7 @@ def test_predictor_hand_built_batch(shared, synth_ckpt, model, tmp_path):
              "error": np.array([None, None, "broken", None], dtype=object),
              "sha256": np.array(["a" * 64, "b" * 64, None, "a" * 64], dtype=object),
              "size_bytes": np.array([1, 2, 3, 4]), "pixels": pix}
-    cfg = PredictorConfig(checkpoint=str(synth_ckpt), maps_root=str(tmp_path / "maps"), run_id="r1",
+    cfg = PredictorConfig(checkpoint=str(synth_ckpt), output_root=str(tmp_path), run_id="r1",
                           code_version="test", batch_size=2, torch_threads=2)
     pred = TruForPredictor(cfg)
     raw = pred(batch)
@@ -250,7 +251,7 @@ def test_predictor_hand_built_batch(shared, synth_ckpt, model, tmp_path):
     assert [(r.status, r.error_kind) for r in failed] == [("error", "transient")] * 2 + [("error", None), ("error", "transient")]
     assert all(r.score is None and r.map_uri is None for r in failed)
     assert failed[0].error.startswith("writing the map failed: ") and "\n" not in failed[0].error
-    table = maps.store_maps(raw, cfg.maps_root)
+    table = maps.store_maps(raw, cfg.output_root)
     assert table.schema == ROW_SCHEMA
     rows = table_to_rows(table)
     assert [r.status for r in rows] == ["ok", "ok", "error", "ok"]
@@ -268,7 +269,7 @@ def test_predictor_hand_built_batch(shared, synth_ckpt, model, tmp_path):
     assert_f32_close(rows[0].score, ref.score, "score")
     assert_f32_close(rows[3].score, ref.score, "score")
     assert rows[0].map_uri == rows[3].map_uri  # content-addressed: one map per distinct file
-    a, c = maps.load(rows[0].map_uri)
+    a, c = maps.load(resolve_ref(str(tmp_path), rows[0].map_uri))
     assert_close(a, ref.anomaly_map, "stored map", MAP_CODEC_ATOL + F32_ATOL["map"])
     assert_close(c, ref.confidence_map, "stored conf", MAP_CODEC_ATOL + F32_ATOL["conf"])
     assert_f32_close(rows[0].conf_mean, ref.pooled[2], "pooled")
@@ -356,17 +357,17 @@ def test_predictor_noise_anomaly_second_opinion(shared, synth_ckpt, model, tmp_p
     batch = {"uri": np.array(["a.png", "odd.png"], dtype=object), "status": np.array(["ok", "ok"], dtype=object),
              "error": np.array([None, None], dtype=object), "sha256": np.array(["a" * 64, "c" * 64], dtype=object),
              "size_bytes": np.array([1, 2]), "pixels": pix}
-    cfg = PredictorConfig(checkpoint=str(synth_ckpt), maps_root=str(tmp_path / "maps"), run_id="na",
+    cfg = PredictorConfig(checkpoint=str(synth_ckpt), output_root=str(tmp_path), run_id="na",
                           code_version="test", noise_anomaly=str(path))
-    rows = table_to_rows(maps.store_maps(TruForPredictor(cfg)(batch), cfg.maps_root))
+    rows = table_to_rows(maps.store_maps(TruForPredictor(cfg)(batch), cfg.output_root))
     for r, img in zip(rows, (rgb, odd)):
         heat = fitted.heatmap(model.dncnn, img)
         assert r.noise_anomaly_score == pytest.approx(float(heat.max()), rel=1e-5)
         assert r.noise_anomaly_model == sha256_file(path) and r.score is not None  # TruFor's own score unchanged
-        stored = maps.load_noise_anomaly(r.noise_anomaly_map_uri)
+        stored = maps.load_noise_anomaly(resolve_ref(str(tmp_path), r.noise_anomaly_map_uri))
         assert stored.shape == img.shape[:2] and r.noise_anomaly_map_uri.endswith(f".na-{r.noise_anomaly_model[:16]}.npz")
         # Stored as the heat map's 4 x 4 cell means in float16 (rounding ~5e-4 relative).
-        with np.load(r.noise_anomaly_map_uri) as z:
+        with np.load(resolve_ref(str(tmp_path), r.noise_anomaly_map_uri)) as z:
             low = z["noise"].astype(np.float32)
         h, w = heat.shape
         pad = np.pad(heat, ((0, -h % 4), (0, -w % 4)), mode="edge")
@@ -383,5 +384,5 @@ def test_predictor_noise_anomaly_second_opinion(shared, synth_ckpt, model, tmp_p
         other[0].weight.add_(1e-3)
     fit_noise_anomaly(other, [rgb[:64, :64]], dims=4).save(tmp_path / "other.pt")
     with pytest.raises(ValueError, match="fitted on the features of another Noiseprint"):
-        TruForPredictor(PredictorConfig(checkpoint=str(synth_ckpt), maps_root=str(tmp_path / "m3"), run_id="x",
+        TruForPredictor(PredictorConfig(checkpoint=str(synth_ckpt), output_root=str(tmp_path / "m3"), run_id="x",
                                         code_version="t", noise_anomaly=str(tmp_path / "other.pt")))

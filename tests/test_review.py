@@ -45,11 +45,11 @@ def generated(tmp_path_factory) -> dict:
     changed.write_bytes(b"the bytes that were scanned")
     scanned_sha = hashlib.sha256(changed.read_bytes()).hexdigest()
     extra = [dict(uri=URI_ATTACK, status="ok", sha256="ab" * 32, score=0.999, width=64, height=48, format="JPEG",
-                  exif_software=EXIF_ATTACK, exif_make="O'Brien & Sons", map_uri=str(out / "maps/none.npz")),
+                  exif_software=EXIF_ATTACK, exif_make="O'Brien & Sons", map_uri="maps/none.npz"),
              dict(uri="s3://bucket/traversal.jpg", status="ok", sha256="../../../escaped", score=0.998, width=64,
-                  height=48, format="JPEG", map_uri=str(out / "maps/none3.npz")),
+                  height=48, format="JPEG", map_uri="maps/none3.npz"),
              dict(uri=str(changed), status="ok", sha256=scanned_sha, score=0.001, width=64, height=48, format="JPEG",
-                  map_uri=str(out / "maps/none2.npz"))]
+                  map_uri="maps/none2.npz")]
     info = make_results(out, N_ROWS, N_IMAGES, seed=3, size=(96, 128), extra=extra)
     changed.write_bytes(b"other bytes since")
     return {"out": out, "root": root, "changed": str(changed), **info}
@@ -142,8 +142,8 @@ def test_show_figure_panels_are_the_stored_maps(generated, tmp_path):
     uri = generated["top"][0]
     row = find_row(str(generated["out"]), uri)
     assert find_row(str(generated["out"]), row["sha256"][:10])["uri"] == uri  # by a sha256 prefix too
-    anomaly, confidence = load_maps(row)
-    png, boxes = render_figure(row, StorageConfig())
+    anomaly, confidence = load_maps(row, str(generated["out"]))
+    png, boxes = render_figure(row, str(generated["out"]), StorageConfig())
     fig = np.asarray(Image.open(__import__("io").BytesIO(png)).convert("RGB")).astype(np.float32)
     assert set(boxes) == {"image", "anomaly map", "confidence map", "anomaly x confidence"}
     for title, m, scale in (("anomaly map", anomaly, "anomaly"), ("confidence map", confidence, "confidence"),
@@ -175,7 +175,7 @@ def test_export_bundle_is_complete_and_reproducible(generated, tmp_path):
         assert all(hashlib.sha256((fa / n).read_bytes()).hexdigest() == h for n, h in sums.items())
         row = json.loads((fa / "row.json").read_text())
         assert hashlib.sha256((fa / "original.jpg").read_bytes()).hexdigest() == row["sha256"]
-        anomaly, confidence = load_maps(find_row(str(generated["out"]), row["uri"]))
+        anomaly, confidence = load_maps(find_row(str(generated["out"]), row["uri"]), str(generated["out"]))
         np.testing.assert_array_equal(np.asarray(Image.open(fa / "anomaly.png")), map_to_gray8(anomaly))
         np.testing.assert_array_equal(np.asarray(Image.open(fa / "confidence.png")), map_to_gray8(confidence))
         readme = (fa / "README.txt").read_text()

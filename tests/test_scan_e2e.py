@@ -23,6 +23,7 @@ from pipeline import maps
 from pipeline.query import run_sql, top
 from pipeline.scan import RAY_ENV_DEFAULTS, ScanConfig, run_scan
 from pipeline.storage import StorageConfig
+from pipeline.store import resolve_ref
 
 sys.path.insert(0, str(REPO / "bench"))
 pytestmark = pytest.mark.slow
@@ -121,6 +122,23 @@ def reference_scores(shared, model, tmp_path_factory):
     return out
 
 
+def readme_snippet_rows(out) -> list[tuple]:
+    """The README's plain-DuckDB candidates query, as written there, run by a Python that imports no
+    project code (only duckdb and the delta extension's pip package)."""
+    text = (REPO / "README.md").read_text()
+    sql = re.search(r"<!-- plain-duckdb -->\s*```sql\n(.*?)```", text, re.S).group(1)
+    sql = sql.replace("OUTPUT", str(out)).replace(">= 0.5", ">= 0.0")
+    code = ("import duckdb, importlib.util, json, os, sys; "
+            "ext = os.path.join(importlib.util.find_spec('duckdb_ext').submodule_search_locations[0], 'extensions'); "
+            "con = duckdb.connect(config={'extension_directory': ext, 'autoinstall_known_extensions': False}); "
+            "print(json.dumps(con.execute(sys.stdin.read()).fetchall()))")
+    p = subprocess.run([sys.executable, "-c", code], input=sql.replace("INSTALL delta;", ""), capture_output=True,
+                       text=True, timeout=120, cwd="/")
+    assert p.returncode == 0, p.stderr
+    assert "pipeline" not in p.stderr
+    return [tuple(r) for r in json.loads(p.stdout)]
+
+
 def _read(uri: str, storage: StorageConfig) -> bytes:
     fs, path = storage.filesystem(uri)
     with fs.open(path, "rb") as f:
@@ -143,7 +161,7 @@ def _check_results(out_uri: str, expected: dict, ref: dict, uri_of, storage: Sto
             assert_f32_close(r["score"], res.score, "score", label=name)
             assert_f32_close(r["anom_mean"], res.pooled[6], "pooled", label=name)
             assert (r["height"], r["width"]) == res.imgsize
-            a, c = maps.load(r["map_uri"], storage)
+            a, c = maps.load(resolve_ref(out_uri, r["map_uri"]), storage)
             assert_close(a, res.anomaly_map, f"{name}: stored map", MAP_CODEC_ATOL + F32_ATOL["map"])
             assert_close(c, res.confidence_map, f"{name}: stored conf", MAP_CODEC_ATOL + F32_ATOL["conf"])
             assert r["map_codec"] == maps.MAP_CODEC and len(r["sha256"]) == 64 and r["error"] is None
@@ -153,7 +171,7 @@ def _check_results(out_uri: str, expected: dict, ref: dict, uri_of, storage: Sto
                 assert r["c2pa_claim_generator"] == "trufor-scan tests 1.0"
             else:
                 assert r["c2pa_state"] == "none" and r["c2pa_actions"] is None
-            with Image.open(io.BytesIO(_read(r["preview_uri"], storage))) as im:  # a person can open it
+            with Image.open(io.BytesIO(_read(resolve_ref(out_uri, r["preview_uri"]), storage))) as im:  # a person can open it
                 assert im.format == "PNG" and im.size == ((res.imgsize[1] + 3) // 4, (res.imgsize[0] + 3) // 4)
             assert r["elapsed_ms"] > 0 and r["torch_version"] and r["code_version"]
         else:
@@ -178,20 +196,14 @@ def test_scan_local_folder_and_query(ray_env, reference_scores, synth_ckpt, tmp_
     s = run_scan(ScanConfig(input=str(root), output=str(out), checkpoint=str(synth_ckpt), run_id="local1", batch_size=2,
                             allow_download=False, c2pa_trust_anchors=str(tmp_path / "anchors.pem")), log=lambda m: None)
     assert (s.listed, s.ok, s.errors, s.skipped) == (17, 10, 6, 1)
-    assert all(Path(f).is_file() and "/results/scan_date=" in f for f in s.files)
+    assert s.results_version is not None and (out / "results" / "_delta_log").is_dir()
     _check_results(str(out), expected, reference_scores, lambda n: str(root / n), StorageConfig(), "local1")
     cols, rows = top(str(out), k=3, min_score=0.0)
     assert len(rows) == 3 and rows[0][1] >= rows[1][1] >= rows[2][1]
     assert all(r[4].endswith(".npz") and r[5].endswith(".png") for r in rows)
     assert all(r[8] is True for r in rows)  # weights_untrained shown next to every candidate
-    # The README's plain-DuckDB query (no project code, parts from the run manifests) reads the same rows.
-    import duckdb
-
-    plain = duckdb.sql(f"""SET VARIABLE parts = (SELECT list('{out}/' || p.path)
-                      FROM (SELECT unnest(parts) AS p FROM read_json('{out}/_runs/*.json')));
-        SELECT uri, score, frac_anom_conf, map_uri, preview_uri
-        FROM read_parquet(getvariable('parts'), hive_partitioning = true)
-        WHERE status = 'ok' AND score >= 0.0 ORDER BY score DESC, uri LIMIT 50""").fetchall()
+    # The README's plain-DuckDB query (delta_scan, no project code) reads the same rows.
+    plain = readme_snippet_rows(out)
     assert [r[0] for r in plain[:3]] == [r[0] for r in rows] and len(plain) == 10
     # Near-copies: the same bytes twice, and a resized, recompressed repost of pristine1.
     from jobs.cli import main as cli_main
@@ -229,10 +241,10 @@ def test_scan_s3_bucket_read_and_write(ray_env, reference_scores, synth_ckpt, mo
                             checkpoint=str(synth_ckpt), s3_endpoint=moto_endpoint, run_id="s3run",
                             allow_download=False), log=lambda m: None)
     assert (s.listed, s.ok, s.errors, s.skipped) == (17, 10, 6, 1)
-    assert s.files and all(f.startswith("s3://archive-bucket/out/results/scan_date=") for f in s.files)
+    assert s.results_version is not None and fs.exists("archive-bucket/out/results/_delta_log")
     recs = _check_results("s3://archive-bucket/out", expected, reference_scores,
                           lambda n: f"s3://archive-bucket/in/{n}", storage, "s3run")
-    assert all(r["map_uri"].startswith("s3://archive-bucket/out/maps/") for r in recs if r["status"] == "ok")
+    assert all(r["map_uri"].startswith("maps/") for r in recs if r["status"] == "ok")  # relative to OUTPUT
     assert all(r["etag_or_mtime"] for r in recs if r["status"] != "skipped")
 
 
@@ -290,7 +302,7 @@ def test_scan_command_line(shared, synth_ckpt, tmp_path, capsys):
                        timeout=600)
     assert p.returncode == 3, p.stderr[-3000:]  # finished, every input has its row, one is an error row
     assert "listed 4, scanned 4 (3 ok, 1 errors, 0 copies of bytes already scored), skipped 0" in p.stderr
-    assert "scan: 100%" in p.stderr and "4/4" in p.stderr and "run:     " + str(out / "_runs" / "cli1.json") in p.stderr
+    assert "scan: 100%" in p.stderr and "4/4" in p.stderr and f"runs:    {out}/runs (run_id cli1)" in p.stderr
     q = subprocess.run([exe, "query", str(out), "SELECT uri, status, error FROM results ORDER BY uri",
                         "--format", "csv"], capture_output=True, text=True, timeout=120)
     assert q.returncode == 0, q.stderr
@@ -376,7 +388,7 @@ def test_sweep_with_noise_anomaly_through_ray(ray_env, synth_ckpt, model, tmp_pa
     for name in ("a_repost.png", Path(orig["uri"]).name):
         r = r2[name]
         assert r["noise_anomaly_model"] == sha256_file(na), name
-        heat = maps.load_noise_anomaly(r["noise_anomaly_map_uri"])
+        heat = maps.load_noise_anomaly(resolve_ref(str(out), r["noise_anomaly_map_uri"]))
         assert heat.shape == (r["height"], r["width"]) and np.isfinite(heat).all()
         # The score is the map's largest value (stored as float16 4x4 cell means, so below or at it).
         assert np.isfinite(r["noise_anomaly_score"]) and heat.max() <= r["noise_anomaly_score"] * (1 + 2e-3)

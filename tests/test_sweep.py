@@ -6,7 +6,6 @@ and no row lost or duplicated in ``results``.
 from __future__ import annotations
 
 import io
-import json
 import os
 import signal
 import subprocess
@@ -20,7 +19,7 @@ import pytest
 from PIL import Image
 
 from conftest import S3_KEY, S3_SECRET, kill_ray_processes
-from pipeline.output import read_manifests
+from pipeline.store import read_runs
 from pipeline.query import run_sql
 from pipeline.scan import RAY_ENV_DEFAULTS, ScanConfig, run_scan
 from pipeline.standin import STAND_IN_MODEL, StandInPredictor, slow_standin
@@ -101,8 +100,8 @@ def test_driver_killed_then_sweep_completes_exactly_once(ray_local, synth_ckpt, 
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and p.poll() is None:
-            runs = list(Path(out, "_runs").glob("*.json")) if Path(out, "_runs").is_dir() else []
-            if runs and len(json.loads(runs[0].read_text())["parts"]) >= 2:
+            log = Path(out, "results", "_delta_log")
+            if log.is_dir() and len(list(log.glob("*.json"))) >= 2:  # two interval commits are in
                 break
             time.sleep(0.1)
         assert p.poll() is None, "the run ended before it could be killed: " + p.stdout.read().decode()[-2000:]
@@ -110,9 +109,9 @@ def test_driver_killed_then_sweep_completes_exactly_once(ray_local, synth_ckpt, 
         p.wait(timeout=30)
     finally:
         kill_ray_processes(ray_tmp)
-    killed = read_manifests(out)[0]
-    committed = killed.counts["rows"]
-    assert killed.state == "running" and 6 <= committed < 30, killed  # killed mid-run, parts kept
+    killed = read_runs(out)[0]
+    committed = run_sql(out, "SELECT count(*) FROM results")[1][0][0]
+    assert killed.state == "running" and 6 <= committed < 30, killed  # killed mid-run, commits kept
     s = run_scan(ScanConfig(input=str(arc), output=out, checkpoint=str(synth_ckpt), incremental=True,
                             allow_download=False), predictor_cls=StandInPredictor, **QUIET)
     assert s.to_scan == 30 - committed and s.ok == 30 - committed
@@ -173,7 +172,7 @@ def test_sweep_scans_only_what_is_new(ray_local, synth_ckpt, tmp_path):
     gens = run_sql(out, "SELECT weights_sha256, count(*) FROM results WHERE status = 'ok' GROUP BY 1 ORDER BY 2")[1]
     assert [n for _, n in gens] == [7, 8] and len({w for w, _ in gens}) == 2  # both generations queryable
     latest = run_sql(out, "SELECT DISTINCT weights_sha256 FROM latest WHERE status = 'ok'")[1]
-    assert latest == [(s5_weights := read_manifests(out)[-1].weights_sha256,)] and s5_weights == gens[0][0]
+    assert latest == [(s5_weights := read_runs(out)[-1].weights_sha256,)] and s5_weights == gens[0][0]
     _once_each(out, 10)
 
 
@@ -284,7 +283,7 @@ def _broken_init(self, cfg, known_hashes=None):
 def test_pipeline_failure_records_every_row_then_exits_1(ray_local, synth_ckpt, tmp_path):
     """The pipeline itself fails (every actor dies on start): each planned file still gets a row,
     a transient error naming the failure; the run is marked failed and raises RunFailed (exit 1)."""
-    from pipeline.output import RunFailed
+    from pipeline.store import RunFailed
 
     arc, out = tmp_path / "arc", str(tmp_path / "out")
     arc.mkdir()
@@ -300,6 +299,6 @@ def test_pipeline_failure_records_every_row_then_exits_1(ray_local, synth_ckpt, 
     assert "\n" not in str(e.value)
     rows = run_sql(out, "SELECT status, error_kind, count(*) FROM results GROUP BY ALL")[1]
     assert rows == [("error", "transient", 5)]
-    m = read_manifests(out)[0]
+    m = read_runs(out)[0]
     assert m.state == "failed" and "GPU fell off the bus" in m.error
     # (that the next sweep retries exactly such rows: test_object_store_down_then_sweep_retries_exactly_those)
