@@ -90,6 +90,28 @@ def _cmd_contradictions(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from pipeline.migrate import MigrateConfig, migrate
+    from pipeline.options import from_args
+
+    cfg = from_args(MigrateConfig, args, "migrate")
+    print(migrate(cfg.output, cfg.storage(), cfg.wait).text(cfg.output), file=sys.stderr)
+    return EXIT_OK
+
+
+def _cmd_compact(args: argparse.Namespace) -> int:
+    from pipeline.options import from_args
+    from pipeline.store import CompactConfig, compact
+
+    cfg = from_args(CompactConfig, args, "compact")
+    for name, r in compact(cfg).items():
+        print(f"compact {cfg.output.rstrip('/')}/{name}: {r['files_before']} files -> {r['files_after']} "
+              f"({r['compacted']} compacted into {r['written']}), version {r['version']}"
+              + (f"; vacuum deleted {r['deleted']} files older than {cfg.retain:g} days" if cfg.vacuum else ""),
+              file=sys.stderr)
+    return EXIT_OK
+
+
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     from pipeline.calibration import CalibrateConfig, calibrate
     from pipeline.options import from_args
@@ -262,8 +284,9 @@ def _cmd_weights_licence(_: argparse.Namespace) -> int:
 
 # Exit status (README "Exit status"): 0 every input ok (or skipped); 3 the run finished and every
 # input has its row, some of them error rows; 1 the job failed while running (its rows so far are
-# committed, the next sweep completes it); 2 it could not start (arguments, weights, input).
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ERROR_ROWS = 0, 1, 2, 3
+# committed, the next sweep completes it); 2 it could not start (arguments, weights, input, SQL
+# refused or past --timeout); 4 another run holds OUTPUT's write lease (cron: try again later).
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ERROR_ROWS, EXIT_BUSY = 0, 1, 2, 3, 4
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -306,6 +329,20 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
             add_options(rd, ReadConfig, name)
         rd.set_defaults(func={"query": _cmd_query, "top": _cmd_top, "contradictions": _cmd_contradictions}[name])
+
+    for name, text, module, cls, func in (
+            ("migrate", "convert an OUTPUT of the old layout (parts + _runs/*.json) into the Delta table, every row kept",
+             "pipeline.migrate", "MigrateConfig", _cmd_migrate),
+            ("compact", "Delta optimize: many small files into few (safe beside a sweep); --vacuum deletes old files",
+             "pipeline.store", "CompactConfig", _cmd_compact)):
+        hk = sub.add_parser(name, help=text)
+        if full(name):
+            import importlib
+
+            from pipeline.options import add_options
+
+            add_options(hk, getattr(importlib.import_module(module), cls), name)
+        hk.set_defaults(func=func)
 
     ca = sub.add_parser("calibrate", help="per-source thresholds for a target false-positive rate, from known-pristine "
                                           "images scanned into OUTPUT")
@@ -414,16 +451,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (WeightsError, FileNotFoundError, FileExistsError, ValueError, RuntimeError) as e:
+        from pipeline.lease import LeaseBusy
         from pipeline.store import RunFailed
         from pipeline.storage import one_line, redact
 
         print(f"trufor-scan: error: {one_line(redact(str(e)), 2000)}", file=sys.stderr)
         if os.environ.get("TRUFOR_DEBUG"):
             traceback.print_exc()
-        return EXIT_FAILED if isinstance(e, RunFailed) else EXIT_USAGE
+        return EXIT_FAILED if isinstance(e, RunFailed) else EXIT_BUSY if isinstance(e, LeaseBusy) else EXIT_USAGE
 
 
-COMMANDS = ("predict", "scan", "sweep", "query", "top", "contradictions", "calibrate", "duplicates", "report", "show", "export", "train-noiseprint", "eval-noiseprint", "make-camera-corpus",
+COMMANDS = ("predict", "scan", "sweep", "query", "top", "contradictions", "migrate", "compact", "calibrate", "duplicates", "report", "show", "export", "train-noiseprint", "eval-noiseprint", "make-camera-corpus",
             "make-splice-benchmark", "fit-noise-anomaly", "eval-splices",
             "make-demo-archive", "weights")
 

@@ -209,7 +209,8 @@ def calibrate(cfg: CalibrateConfig) -> dict:
     body = {"calibration_version": CALIBRATION_VERSION,
             "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "weights_sha256": weights, "noiseprint_sha256": noiseprint, "target_fpr": cfg.target_fpr,
-            "source_of": source_of, "sources_manifest": cfg.sources, "support_quantile": cfg.support_quantile,
+            "source_of": source_of, "sources_manifest": _keep_sources(sources, cfg.output, storage) if cfg.sources else None,
+            "support_quantile": cfg.support_quantile,
             "reference": cfg.reference, "forged": cfg.forged, "sources": sources, "warnings": warnings}
     body["id"] = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
     text = json.dumps(body, indent=1)
@@ -227,8 +228,34 @@ def calibrate(cfg: CalibrateConfig) -> dict:
     return body
 
 
+def _keep_sources(table: pa.Table, output: str, storage: StorageConfig) -> str:
+    """The --sources manifest copied under OUTPUT/_calibrations/ (content-addressed): the calibration
+    refers to that copy by a path relative to OUTPUT, never to a file elsewhere."""
+    import pyarrow.parquet as pq
+
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    data = sink.getvalue().to_pybytes()
+    rel = f"{CALIBRATIONS_DIR}/sources-{hashlib.sha256(data).hexdigest()[:16]}.parquet"
+    fs, root = storage.filesystem(output.rstrip("/"))
+    fs.makedirs(f"{root}/{CALIBRATIONS_DIR}", exist_ok=True)
+    fs.pipe_file(f"{root}/{rel}", data)
+    return rel
+
+
+def content_id(cal: dict) -> str:
+    """The id a calibration's content hashes to (everything but ``id`` and ``path``)."""
+    body = {k: v for k, v in cal.items() if k not in ("id", "path")}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def load_calibration(spec: str, output: str, storage: StorageConfig) -> dict:
-    """A calibration file (``spec`` a path), or the newest one stored under OUTPUT (``spec`` "latest")."""
+    """A calibration file (``spec`` a path), or the newest one stored under OUTPUT (``spec`` "latest").
+
+    Refused when edited (its content no longer hashes to its id), when its sources manifest is not a
+    file under OUTPUT/_calibrations/, or when it is not a regular file (never a FIFO or a device).
+    Raises CalibrationError (one line).
+    """
     if spec == "latest":
         fs, root = storage.filesystem(output.rstrip("/"))
         files = sorted(fs.glob(f"{root}/{CALIBRATIONS_DIR}/cal-*.json")) if fs.isdir(f"{root}/{CALIBRATIONS_DIR}") else []
@@ -238,15 +265,50 @@ def load_calibration(spec: str, output: str, storage: StorageConfig) -> dict:
         path = files[-1]
     else:
         fs, path = storage.filesystem(spec)
-    with fs.open(path, "r") as f:
-        try:
-            cal = json.load(f)
-        except json.JSONDecodeError as e:
-            raise CalibrationError(f"calibration {spec!r} is not JSON: {e}") from None
+    if fs.info(path).get("type") != "file":
+        raise CalibrationError(f"calibration {spec!r} is not a regular file (refused)")
+    with fs.open(path, "rb") as f:
+        raw = f.read(MAX_CALIBRATION_BYTES + 1)
+    try:
+        if len(raw) > MAX_CALIBRATION_BYTES:
+            raise ValueError(f"larger than {MAX_CALIBRATION_BYTES} bytes")
+        cal = json.loads(raw)
+        if not isinstance(cal, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as e:
+        raise CalibrationError(f"calibration {spec!r} is not a calibration: {e}") from None
     if cal.get("calibration_version") != CALIBRATION_VERSION:
         raise CalibrationError(f"calibration {spec!r} has version {cal.get('calibration_version')!r}; this code reads "
                                f"version {CALIBRATION_VERSION}")
+    if cal.get("id") != content_id(cal):
+        raise CalibrationError(f"calibration {spec!r} was edited after it was made: its content hashes to "
+                               f"{content_id(cal)}, its id says {cal.get('id')!r} (refused; run `trufor-scan calibrate` "
+                               "again)")
+    try:
+        sources_manifest(cal, output)
+        for s_ in cal["sources"]:
+            for c in CALIBRATION_SCHEMA.names[1:]:
+                if s_.get(c) is not None and not isinstance(s_[c], (int, float)):
+                    raise ValueError(f"{c} {s_[c]!r} is not a number")
+    except (ValueError, TypeError, KeyError) as e:
+        raise CalibrationError(f"calibration {spec!r} cannot be applied: {e}") from None
     return cal
+
+
+MAX_CALIBRATION_BYTES = 16 * 2**20
+
+
+def sources_manifest(cal: dict, output: str) -> str | None:
+    """The full path of a calibration's sources manifest: only a file under OUTPUT/_calibrations/."""
+    from .store import _inside, root_of
+
+    rel = cal.get("sources_manifest")
+    if rel is None:
+        return None
+    inside = _inside(rel) if isinstance(rel, str) else None
+    if inside is None or not inside.startswith(CALIBRATIONS_DIR + "/"):
+        raise ValueError(f"its sources manifest {rel!r} is not a file under OUTPUT/{CALIBRATIONS_DIR}/ (refused)")
+    return f"{root_of(output)}/{inside}"
 
 
 def calibration_table(cal: dict) -> pa.Table:
@@ -304,7 +366,7 @@ def connector(cal: dict):
         check_scoring(con, cal)
 
     def connect_calibrated(output: str, storage: StorageConfig | None = None, **kw):
-        manifest = _source_manifest(cal.get("sources_manifest"), storage or StorageConfig())
+        manifest = _source_manifest(sources_manifest(cal, output), storage or StorageConfig())
         return connect(output, storage, tables={"calibration": calibration_table(cal), "source_manifest": manifest},
                        views=views, rows_name="scan_rows", **kw)
 

@@ -212,6 +212,8 @@ def read_manifest_table(uri: str, storage: StorageConfig) -> pa.Table:
     fs, path = storage.filesystem(uri)
     if not fs.exists(path):
         raise FileNotFoundError(f"manifest {uri!r} does not exist")
+    if fs.info(path).get("type") != "file":  # a FIFO or a device would block or never end
+        raise ValueError(f"manifest {uri!r} is not a regular file (refused)")
     with fs.open(path, "rb") as f:
         if path.lower().endswith(".parquet"):
             t = pq.read_table(f)

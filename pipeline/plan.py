@@ -86,10 +86,10 @@ def plan_run(spec: str, output: str, storage: StorageConfig, workdir: str, *, in
             params = {"rescore": rescore, **scoring_params(scoring)}
         else:
             query = "SELECT * FROM listing"
-        con.execute(f"COPY ({query} ORDER BY uri) TO {_sql_str(todo_path)} (FORMAT parquet)", params)
+        con.execute(f"COPY (SELECT * FROM ({query}) ORDER BY uri) TO {_sql_str(todo_path)} (FORMAT parquet)", params)
         chunks = []
         if history:
-            reader = con.sql(known_hashes_sql(), params=scoring_params(scoring)).to_arrow_reader(1 << 16)
+            reader = con.execute(known_hashes_sql(), scoring_params(scoring)).fetch_record_batch(1 << 16)
             chunks = HashSet.chunks_from_hex(reader)
     except duckdb.InterruptException:
         raise TimeoutError(f"planning the run took longer than {PLAN_TIMEOUT_S:g} s and was interrupted") from None

@@ -135,6 +135,24 @@ def connect(output: str, storage: StorageConfig | None = None, tables: dict[str,
     return con
 
 
+# What user SQL may be: one statement that only reads. The sandbox already keeps DuckDB inside the
+# table's folder; this keeps it from writing there (COPY ... TO over a committed file, ATTACH a new
+# database file, EXPORT).
+READ_STATEMENTS = (duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN)
+
+
+def read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
+    """Refuse anything but one reading statement (QueryError, one line)."""
+    try:
+        statements = con.extract_statements(sql)
+    except duckdb.Error as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise QueryError(f"SQL failed: {first}") from None
+    if len(statements) != 1 or statements[0].type not in READ_STATEMENTS:
+        kinds = ", ".join(st.type.name for st in statements) or "nothing"
+        raise QueryError(f"SQL refused: one SELECT (or EXPLAIN) statement is read here, got {kinds}")
+
+
 def run_sql(output: str, sql: str, params: list | None = None, storage: StorageConfig | None = None,
             connector=None, as_of=None, limits: QueryLimits | None = None) -> tuple[list[str], list[tuple]]:
     """Run SQL against ``results`` (sandboxed, see ``connect``; ``connector(output, storage, as_of=, limits=)``
@@ -148,6 +166,11 @@ def run_sql(output: str, sql: str, params: list | None = None, storage: StorageC
     """
     limits = limits or QueryLimits()
     con = (connector or connect)(output, storage, as_of=as_of, limits=limits)
+    try:
+        read_only(con, sql)
+    except Exception:
+        con.close()
+        raise
     timer = threading.Timer(limits.timeout_s, con.interrupt)
     timer.daemon = True
     timer.start()

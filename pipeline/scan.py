@@ -33,8 +33,12 @@ from .preprocess import load_batch
 from .progress import note_slow, progress
 from .schema import ERROR_TRANSIENT, STATUS_ERROR, ScanRow, rows_to_table
 from .storage import StorageOptions, local_copy, one_line, redact
+from .lease import DEFAULT_TTL_S, Lease, LeaseLost
 from .store import (MAPS_DIR, RESULTS_DIR, RUNS_DIR, STATE_COMPLETE, STATE_FAILED, ResultWriter, RunFailed, RunRecord,
-                    root_of)
+                    StoreError, root_of)
+
+# What makes a run fail as a whole (not a row): the results store cannot be written.
+STORE_FAILURES = (StoreError, LeaseLost, OSError)
 
 # CPUs per task of the stages around the model: reading, hashing and decoding before it, map
 # encoding and storing after it. Both are light next to TruFor; half a CPU stays free for them.
@@ -83,6 +87,12 @@ class ScanConfig(StorageOptions):
         "... or every this many seconds, whichever first (a killed run loses at most one interval)",
         flag="--commit-every"))
     run_id: str | None = field(default=None, metadata=opt("identifier written into every row (default: timestamp + random)"))
+    wait: float = field(default=0.0, metadata=opt(
+        "seconds to wait while another run holds OUTPUT's write lease (default: exit at once with status 4, "
+        "naming the holder)"))
+    lease_ttl: float = field(default=DEFAULT_TTL_S, metadata=opt(
+        "seconds after its last heartbeat that a run's write lease expires (a driver that died: the next run "
+        "takes over then)"))
     ray_address: str | None = field(default=None, metadata=opt(
         "an existing Ray cluster (default: $RAY_ADDRESS, else a local Ray)"))
     variant: str = field(default="test_docker", metadata=opt(
@@ -237,9 +247,9 @@ def _lost_rows(plan: Plan, writer: ResultWriter, held: set[str], run_id: str, re
         con.execute("CREATE TEMP TABLE held(uri VARCHAR)")
         if held:
             con.executemany("INSERT INTO held VALUES (?)", [[u] for u in sorted(held)])
-        reader = con.sql(
+        reader = con.execute(
             "SELECT uri, size_bytes, etag_or_mtime FROM read_parquet(?) WHERE uri NOT IN (SELECT uri FROM written) "
-            "AND uri NOT IN (SELECT uri FROM held) ORDER BY uri", params=[plan.path]).to_arrow_reader(10_000)
+            "AND uri NOT IN (SELECT uri FROM held) ORDER BY uri", [plan.path]).fetch_record_batch(10_000)
         now = dt.datetime.now(dt.timezone.utc)
         for batch in reader:
             yield rows_to_table([ScanRow(uri=r["uri"], status=STATUS_ERROR, size_bytes=r["size_bytes"],
@@ -247,6 +257,73 @@ def _lost_rows(plan: Plan, writer: ResultWriter, held: set[str], run_id: str, re
                                          error_kind=ERROR_TRANSIENT, scanned_at=now) for r in batch.to_pylist()])
     finally:
         con.close()
+
+
+def _write(cfg: ScanConfig, plan: Plan, run: RunRecord, out_root: str, storage, scoring, lease, predictor_cls, log,
+           c2pa_settings: str, ckpt: str) -> str | None:
+    """Score the plan into the table; returns the failure line of a failed pipeline (its rows are in).
+
+    Raises:
+        RunFailed: the store could not be written (disk full, object store gone past the retries, the
+            lease lost): the run is recorded as failed with that line when the store still takes a
+            record; its committed rows stay and the next sweep completes it.
+    """
+    writer: ResultWriter | None = None
+    try:
+        resolver = DedupResolver(out_root, storage, scoring) if cfg.incremental else None
+        writer = ResultWriter(out_root, run, dt.datetime.now(dt.timezone.utc).date().isoformat(), storage,
+                              cfg.rows_per_part, cfg.commit_every_s, resolver, lease=lease)
+        failure = _score(cfg, plan, writer, resolver, predictor_cls, log, c2pa_settings, ckpt, storage) \
+            if plan.to_scan else None
+        if isinstance(failure, STORE_FAILURES):
+            raise failure
+        # Every planned file is accounted for: anything the pipeline lost gets a transient error row.
+        writer.commit()
+        reason = one_line(f"{run.command} {run.run_id} failed in the Ray pipeline: {_failure_summary(failure)}") \
+            if failure else "no result came back from the pipeline for this file"
+        held = {r["uri"] for r in resolver.held} if resolver is not None else set()
+        for lost in _lost_rows(plan, writer, held, run.run_id, reason):
+            writer.add(lost)
+        writer.close(STATE_FAILED if failure else STATE_COMPLETE, reason if failure else None)
+        return reason if failure else None
+    except STORE_FAILURES as e:
+        line = one_line(redact(f"{run.command} {run.run_id} failed writing to {out_root}: {type(e).__name__}: {e}"))
+        if writer is not None:
+            try:
+                writer.finish(STATE_FAILED, line)
+            except Exception:  # noqa: BLE001 - the store is what failed; the line below says so
+                pass
+        raise RunFailed(line) from None
+
+
+def _score(cfg: ScanConfig, plan: Plan, writer: ResultWriter, resolver, predictor_cls, log, c2pa_settings: str,
+           ckpt: str, storage) -> Exception | None:
+    """Run the Ray pipeline over the plan, committing rows as they come; returns what failed, if anything."""
+    run = writer.run
+    pcfg = PredictorConfig(checkpoint=ckpt, output_root=writer.output, run_id=run.run_id,
+                           code_version=run.code_version, noiseprint_weights=cfg.noiseprint_weights,
+                           variant=cfg.variant, batch_size=cfg.batch_size,
+                           batch_max_pixels=cfg.batch_max_pixels, storage=storage, dedup=cfg.incremental,
+                           precision=cfg.precision, timings_dir=cfg.actor_timings_dir,
+                           noise_anomaly=cfg.noise_anomaly)
+    bar = progress(plan.to_scan, run.command, cfg.progress_every_s)
+    started_ray = _init_ray(cfg)
+    try:
+        for table in _pipeline(cfg, plan, pcfg, predictor_cls, log, c2pa_settings):
+            ready = resolver.take(table) if resolver is not None else table
+            writer.add(ready)
+            bar.update(table.num_rows)
+            for uri, ms in zip(table.column("uri").to_pylist(), table.column("elapsed_ms").to_pylist()):
+                note_slow(bar, uri, ms / 1000 if ms else None)
+    except Exception as e:  # noqa: BLE001 - its rows are recorded by the caller, then it is raised
+        return e
+    finally:
+        bar.close()
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+    return None
 
 
 def _failure_summary(e: BaseException) -> str:
@@ -301,52 +378,27 @@ def run_scan(cfg: ScanConfig, log: Callable[[str], None] = lambda m: print(m, fi
     c2pa_settings = credentials.settings(credentials.load_trust_anchors(cfg.c2pa_trust_anchors, storage)
                                          if cfg.c2pa_trust_anchors else None)
 
-    with tempfile.TemporaryDirectory(prefix="trufor-plan-") as work:
-        plan = plan_run(cfg.input, out_root, storage, work, incremental=cfg.incremental, rescore=cfg.rescore,
-                        max_bytes=cfg.max_bytes, scoring=scoring)
-        summary.listed, summary.to_scan = plan.listed, plan.to_scan
-        log(f"{command} {run_id}: {plan.listed} files listed under {redact(cfg.input)}, {plan.to_scan} to scan")
-        run = RunRecord(run_id=run_id, command=command, input=redact(cfg.input), code_version=code_version(),
-                        weights_sha256=weights_sha, noiseprint_sha256=np_sha, listed=plan.listed, to_scan=plan.to_scan)
-        resolver = DedupResolver(out_root, storage, scoring) if cfg.incremental else None
-        writer = ResultWriter(out_root, run, dt.datetime.now(dt.timezone.utc).date().isoformat(), storage,
-                              cfg.rows_per_part, cfg.commit_every_s, resolver)
-        failure: Exception | None = None
-        if plan.to_scan:
-            pcfg = PredictorConfig(checkpoint=ckpt, output_root=out_root, run_id=run_id,
-                                   code_version=run.code_version, noiseprint_weights=cfg.noiseprint_weights,
-                                   variant=cfg.variant, batch_size=cfg.batch_size,
-                                   batch_max_pixels=cfg.batch_max_pixels, storage=storage, dedup=cfg.incremental,
-                                   precision=cfg.precision, timings_dir=cfg.actor_timings_dir,
-                                   noise_anomaly=cfg.noise_anomaly)
-            bar = progress(plan.to_scan, command, cfg.progress_every_s)
-            started_ray = _init_ray(cfg)
-            try:
-                for table in _pipeline(cfg, plan, pcfg, predictor_cls, log, c2pa_settings):
-                    ready = resolver.take(table) if resolver is not None else table
-                    writer.add(ready)
-                    bar.update(table.num_rows)
-                    for uri, ms in zip(table.column("uri").to_pylist(), table.column("elapsed_ms").to_pylist()):
-                        note_slow(bar, uri, ms / 1000 if ms else None)
-            except Exception as e:  # noqa: BLE001 - its rows are recorded below, then it is raised
-                failure = e
-            finally:
-                bar.close()
-                if started_ray:
-                    import ray
-
-                    ray.shutdown()
-        # Every planned file is accounted for: anything the pipeline lost gets a transient error row.
-        writer.commit()
-        reason = one_line(f"{command} {run_id} failed in the Ray pipeline: {_failure_summary(failure)}") \
-            if failure else "no result came back from the pipeline for this file"
-        held = {r["uri"] for r in resolver.held} if resolver is not None else set()
-        for lost in _lost_rows(plan, writer, held, run_id, reason):
-            writer.add(lost)
-        writer.close(STATE_FAILED if failure else STATE_COMPLETE, reason if failure else None)
+    # One writer per OUTPUT: a second run waits (--wait) or stops here with the holder named.
+    lease = Lease(out_root, storage, run_id, ttl_s=cfg.lease_ttl).acquire(cfg.wait)
+    if lease.took_over is not None:
+        t = lease.took_over
+        log(f"{command} {run_id}: took over the write lease from run {t.run_id} on {t.host} (last heartbeat "
+            f"{t.age_s():.0f} s ago, past its {t.ttl_s:g} s expiry: that driver died)")
+    try:
+        with tempfile.TemporaryDirectory(prefix="trufor-plan-") as work:
+            plan = plan_run(cfg.input, out_root, storage, work, incremental=cfg.incremental, rescore=cfg.rescore,
+                            max_bytes=cfg.max_bytes, scoring=scoring)
+            summary.listed, summary.to_scan = plan.listed, plan.to_scan
+            log(f"{command} {run_id}: {plan.listed} files listed under {redact(cfg.input)}, {plan.to_scan} to scan")
+            run = RunRecord(run_id=run_id, command=command, input=redact(cfg.input), code_version=code_version(),
+                            weights_sha256=weights_sha, noiseprint_sha256=np_sha, listed=plan.listed,
+                            to_scan=plan.to_scan)
+            failure = _write(cfg, plan, run, out_root, storage, scoring, lease, predictor_cls, log, c2pa_settings, ckpt)
+    finally:
+        lease.release()
     summary.ok, summary.errors, summary.skipped, summary.dedup = run.ok, run.errors, run.skipped, run.dedup
     summary.results_version = run.results_version
     summary.wall_s = time.monotonic() - t0
     if failure:
-        raise RunFailed(reason) from failure
+        raise RunFailed(failure) from None
     return summary

@@ -31,7 +31,8 @@ import pyarrow as pa
 
 from .maps import MAPS_DIR
 from .schema import ROW_SCHEMA, STATUS_ERROR, STATUS_OK, STATUS_SKIPPED
-from .storage import StorageConfig, is_remote, one_line, redact
+from .options import opt
+from .storage import StorageConfig, StorageOptions, is_remote, one_line, redact
 
 RESULTS_DIR, RUNS_DIR = "results", "runs"
 LEGACY_RUNS_DIR = "_runs"  # the layout before the Delta table: Parquet parts listed in _runs/*.json
@@ -262,14 +263,15 @@ def spill_dir() -> str:
 def check_layout(output: str, storage: StorageConfig) -> None:
     """Refuse an OUTPUT of the old layout (parts + ``_runs/*.json``) with the command that converts it."""
     fs, root = storage.filesystem(root_of(output))
-    if fs.isdir(f"{root}/{LEGACY_RUNS_DIR}") and not fs.isdir(f"{root}/{RESULTS_DIR}/_delta_log"):
+    if fs.isdir(f"{root}/{LEGACY_RUNS_DIR}"):  # also a migration that was interrupted: run it again
         raise LegacyLayoutError(f"{output} holds results in the old layout (Parquet parts listed in "
                                 f"{LEGACY_RUNS_DIR}/*.json): convert it once with `trufor-scan migrate {output}`")
 
 
-def has_table(output: str, storage: StorageConfig, name: str = RESULTS_DIR) -> bool:
-    """Whether OUTPUT holds the table ``name`` (refusing the old layout)."""
-    check_layout(output, storage)
+def has_table(output: str, storage: StorageConfig, name: str = RESULTS_DIR, migrating: bool = False) -> bool:
+    """Whether OUTPUT holds the table ``name`` (refusing the old layout, unless ``migrating`` it)."""
+    if not migrating:
+        check_layout(output, storage)
     fs, root = storage.filesystem(root_of(output))
     return fs.isdir(f"{root}/{name}/_delta_log")
 
@@ -325,9 +327,10 @@ class Snapshot:
     schema: pa.Schema
 
 
-def snapshot(output: str, storage: StorageConfig, name: str = RESULTS_DIR, as_of=None) -> Snapshot | None:
+def snapshot(output: str, storage: StorageConfig, name: str = RESULTS_DIR, as_of=None,
+             migrating: bool = False) -> Snapshot | None:
     """The files of table ``name`` (None when OUTPUT has no such table yet)."""
-    if not has_table(output, storage, name):
+    if not has_table(output, storage, name, migrating):
         if as_of is not None:
             raise StoreError(f"no {name} table under {output}: nothing to read as of {as_of}")
         return None
@@ -401,10 +404,10 @@ def record_run(output: str, storage: StorageConfig, run: RunRecord) -> None:
     _commit(table_uri(output, RUNS_DIR), pa.Table.from_pylist([asdict(run)], schema=RUN_SCHEMA), storage)
 
 
-def read_runs(output: str, storage: StorageConfig | None = None) -> list[RunRecord]:
+def read_runs(output: str, storage: StorageConfig | None = None, migrating: bool = False) -> list[RunRecord]:
     """Every run's newest record, oldest run first."""
     storage = storage or StorageConfig()
-    snap = snapshot(output, storage, RUNS_DIR)
+    snap = snapshot(output, storage, RUNS_DIR, migrating=migrating)
     if snap is None:
         return []
     con = duck(storage, [snap.uri])
@@ -445,7 +448,7 @@ class ResultWriter:
     last interval. Each commit is one Delta transaction (``_commit``)."""
 
     def __init__(self, output: str, run: RunRecord, scan_date: str, storage: StorageConfig,
-                 rows_per_part: int, commit_every_s: float, resolver=None):
+                 rows_per_part: int, commit_every_s: float, resolver=None, lease=None):
         if rows_per_part < 1 or commit_every_s <= 0:
             raise ValueError(f"rows_per_part must be >= 1 and commit_every_s > 0, got {rows_per_part}, {commit_every_s}")
         self.output, self.storage, self.run = root_of(output), storage, run
@@ -458,6 +461,7 @@ class ResultWriter:
         self.pending_rows = 0
         self.last_commit = time.monotonic()
         self.resolver = resolver  # a dedup.DedupResolver: copies completed just before each commit
+        self.lease = lease  # a pipeline.lease.Lease: checked before every commit (never write without it)
         record_run(self.output, storage, run)
 
     def add(self, table: pa.Table) -> None:
@@ -480,6 +484,8 @@ class ResultWriter:
             self.pending_rows += done.num_rows
         if not self.pending_rows:
             return
+        if self.lease is not None:
+            self.lease.check()
         table = pa.concat_tables(self.pending)
         table = table.append_column(pa.field(SCAN_DATE, pa.string()), pa.array([self.scan_date] * table.num_rows,
                                                                                  pa.string()))
@@ -523,3 +529,64 @@ class ResultWriter:
         if has_table(self.output, self.storage):
             self.run.results_version = open_table(self.output, self.storage).version()
         record_run(self.output, self.storage, self.run)
+
+
+# -- housekeeping -----------------------------------------------------------------------------------
+
+# Files a compaction or a newer commit replaced stay this long (time travel and readers that
+# started before it keep working); `--retain` may not go lower.
+MIN_RETAIN_DAYS = 7.0
+
+
+@dataclass(frozen=True)
+class CompactConfig(StorageOptions):
+    """Settings of one `compact`; the command line is derived from these fields."""
+
+    output: str = field(metadata=opt("the scan's --output (local directory or s3:// prefix)", positional=True))
+    vacuum: bool = field(default=False, metadata=opt(
+        "also delete files no version younger than --retain needs (replaced by compaction, never committed)"))
+    retain: float = field(default=MIN_RETAIN_DAYS, metadata=opt(
+        f"days that replaced files are kept for time travel (at least {MIN_RETAIN_DAYS:g})"))
+    target_mb: int = field(default=256, metadata=opt("size of a compacted file"))
+
+    def __post_init__(self):
+        if not self.retain >= MIN_RETAIN_DAYS:
+            raise ValueError(f"--retain {self.retain:g} days is below the safe minimum of {MIN_RETAIN_DAYS:g} days "
+                             "(readers and --as-of still need those files)")
+        if self.target_mb < 1:
+            raise ValueError(f"--target-mb must be >= 1, got {self.target_mb}")
+
+
+def compact(cfg: CompactConfig, min_retain_days: float = MIN_RETAIN_DAYS) -> dict:
+    """Delta optimize (many small files into few) of both tables, then optionally vacuum.
+
+    Runs beside a sweep and beside queries: the compaction is one more Delta transaction (a sweep's
+    appends commute with it), and readers keep the files they planned with until the vacuum, which
+    keeps every file a version younger than the retention needs. ``min_retain_days`` exists for
+    tests only. Returns per table: files before/after, files compacted, files deleted.
+    """
+    from deltalake import CommitProperties
+
+    if cfg.retain < min_retain_days:
+        raise ValueError(f"retain {cfg.retain} days is below the minimum {min_retain_days}")
+    storage, out = cfg.storage(), {}
+    for name in (RESULTS_DIR, RUNS_DIR):
+        if not has_table(cfg.output, storage, name):
+            continue
+        uri = table_uri(cfg.output, name)
+        t = open_table(cfg.output, storage, name)
+        before = len(validated_files(t, uri))  # a tampered log is refused before anything is rewritten
+        try:
+            m = t.optimize.compact(target_size=cfg.target_mb * 2**20, commit_properties=CommitProperties(
+                custom_metadata={"trufor_scan.operation": "compact"}))
+            deleted = t.vacuum(retention_hours=int(round(cfg.retain * 24)), dry_run=False,
+                               enforce_retention_duration=False) if cfg.vacuum else []
+        except Exception as e:  # noqa: BLE001 - delta-rs raises several types; one line with the cause
+            raise StoreError(one_line(redact(f"compacting {uri} failed: {type(e).__name__}: {e}"))) from None
+        t = open_table(cfg.output, storage, name)
+        out[name] = {"version": t.version(), "files_before": before, "files_after": len(validated_files(t, uri)),
+                     "compacted": m.get("numFilesRemoved", 0), "written": m.get("numFilesAdded", 0),
+                     "deleted": len(deleted)}
+    if not out:
+        raise FileNotFoundError(f"no results table under {cfg.output!r}")
+    return out

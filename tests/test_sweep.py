@@ -81,7 +81,7 @@ from pipeline.scan import ScanConfig, run_scan
 from pipeline.standin import slow_standin
 
 run_scan(ScanConfig(input=sys.argv[1], output=sys.argv[2], checkpoint=sys.argv[3], incremental=True, batch_size=1,
-                    rows_per_part=3, commit_every_s=0.5, allow_download=False, ray_temp_dir=sys.argv[4],
+                    rows_per_part=3, commit_every_s=0.5, allow_download=False, ray_temp_dir=sys.argv[4], lease_ttl=3,
                     object_store_bytes=200 * 2**20), predictor_cls=slow_standin(0.25))
 """
 
@@ -112,8 +112,11 @@ def test_driver_killed_then_sweep_completes_exactly_once(ray_local, synth_ckpt, 
     killed = read_runs(out)[0]
     committed = run_sql(out, "SELECT count(*) FROM results")[1][0][0]
     assert killed.state == "running" and 6 <= committed < 30, killed  # killed mid-run, commits kept
-    s = run_scan(ScanConfig(input=str(arc), output=out, checkpoint=str(synth_ckpt), incremental=True,
-                            allow_download=False), predictor_cls=StandInPredictor, **QUIET)
+    # Its write lease outlives it by its expiry (3 s here): the next sweep waits, then takes over and says so.
+    said = []
+    s = run_scan(ScanConfig(input=str(arc), output=out, checkpoint=str(synth_ckpt), incremental=True, wait=60,
+                            allow_download=False), predictor_cls=StandInPredictor, log=said.append)
+    assert any("took over the write lease from run" in m and "that driver died" in m for m in said), said
     assert s.to_scan == 30 - committed and s.ok == 30 - committed
     _once_each(out, 30)
     assert run_sql(out, "SELECT count(*) FROM results")[1] == [(30,)]  # not one row twice
