@@ -65,8 +65,11 @@ bench-scan: $(STAMP)
 bench-float: $(STAMP)
 	$(BIN)/python bench/float_agreement.py $(ARGS)
 
+# The pipeline's own cost (listing, planning, a stand-in sweep), then the results store at scale
+# (commit latency, planning and `top` at 1M and 10M rows, compaction, a year of nightly commits).
 bench-sweep: $(STAMP)
 	$(BIN)/python bench/bench_sweep.py $(ARGS)
+	$(BIN)/python bench/bench_store.py $(STORE_ARGS)
 
 bench-precision: $(STAMP)
 	$(BIN)/python bench/precision.py $(ARGS)

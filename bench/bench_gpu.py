@@ -122,9 +122,9 @@ def bench_predictor(ckpt, jpegs, dev, precision, workdir) -> tuple[float, float]
         with open(path, "wb") as f:
             f.write(j + bytes([i % 251]))  # distinct bytes: each image scored and its map written
         files.append(path)
-    maps_root, timings = os.path.join(workdir, f"maps_{precision}"), os.path.join(workdir, f"timings_{precision}")
+    out_root, timings = os.path.join(workdir, f"out_{precision}"), os.path.join(workdir, f"timings_{precision}")
     os.makedirs(timings)
-    pred = TruForPredictor(PredictorConfig(checkpoint=ckpt, maps_root=maps_root, run_id="bench-gpu",
+    pred = TruForPredictor(PredictorConfig(checkpoint=ckpt, output_root=out_root, run_id="bench-gpu",
                                            code_version="bench", device=str(dev), batch_size=4,
                                            precision=precision, timings_dir=timings))
     batches = [files[k:k + 4] for k in range(0, len(files), 4)]
@@ -142,7 +142,7 @@ def bench_predictor(ckpt, jpegs, dev, precision, workdir) -> tuple[float, float]
     t0 = time.perf_counter()
     # Decode runs ahead of the model and maps are stored behind it, as the scan's CPU stages do.
     with ThreadPoolExecutor(4) as decoders, ThreadPoolExecutor(2) as writers:
-        stored = [writers.submit(store_maps, t, maps_root) for t in map(pred, decoders.map(decode, batches))]
+        stored = [writers.submit(store_maps, t, out_root) for t in map(pred, decoders.map(decode, batches))]
         ok = sum(f.result().column("status").to_pylist().count("ok") for f in stored)
     _sync(dev)
     wall = time.perf_counter() - t0

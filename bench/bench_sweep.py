@@ -9,7 +9,7 @@ Every figure is measured in a fresh child process (peak RSS is per process):
   lines; entries/s and the driver's peak RSS above its baseline after imports;
 - pipeline: ``run_scan`` in sweep mode over N small PNGs with the STAND-IN predictor (no model,
   no score: ``pipeline.standin``; clearly not a result), so what is measured is listing, reading,
-  hashing, decoding, Ray Data, dedup marks, committing parts and the manifest: rows/s, parts
+  hashing, decoding, Ray Data, dedup marks, Delta commits and the run records: rows/s, commits
   written, driver peak RSS; then a second sweep over the same N (nothing new): the anti-join's time.
 The slope (RSS per 1000 entries) between the two sizes is what tells whether the driver holds
 the listing.
@@ -52,7 +52,7 @@ def child(kind: str, spec: str, out: str, ckpt: str, endpoint: str | None) -> di
         s = run_scan(ScanConfig(input=spec, output=out, checkpoint=ckpt, incremental=True, allow_download=False,
                                 progress_every_s=3600, rows_per_part=10_000, commit_every_s=60.0),
                      log=lambda m: None, predictor_cls=StandInPredictor)
-        n, extra = s.listed, {"ok": s.ok, "errors": s.errors, "parts": len(s.files), "to_scan": s.to_scan}
+        n, extra = s.listed, {"ok": s.ok, "errors": s.errors, "commits": s.commits, "to_scan": s.to_scan}
     wall = time.perf_counter() - t0
     return {"n": n, "wall_s": round(wall, 2), "per_s": round(n / wall, 1), "rss_base_mb": round(base),
             "rss_peak_mb": round(_rss_mb()), "rss_growth_mb": round(_rss_mb() - base), **extra}
@@ -163,8 +163,8 @@ def main() -> None:
     print(f"\n{'what':45s} {'n':>8s} {'wall s':>8s} {'per s':>9s} {'RSS base MB':>11s} {'peak MB':>8s} {'growth MB':>9s}")
     for r in rows:
         print(f"{r['what']:45s} {r['n']:8d} {r['wall_s']:8.1f} {r['per_s']:9.1f} {r['rss_base_mb']:11d} "
-              f"{r['rss_peak_mb']:8d} {r['rss_growth_mb']:9d}" + (f"  parts {r['parts']}, ok {r['ok']}, to_scan "
-                                                                  f"{r['to_scan']}" if "parts" in r else ""))
+              f"{r['rss_peak_mb']:8d} {r['rss_growth_mb']:9d}" + (f"  commits {r['commits']}, ok {r['ok']}, to_scan "
+                                                                  f"{r['to_scan']}" if "commits" in r else ""))
 
 
 if __name__ == "__main__":

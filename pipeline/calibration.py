@@ -142,7 +142,7 @@ def calibrate(cfg: CalibrateConfig) -> dict:
     try:
         ref = read_manifest_table(cfg.reference, storage)
         forged = read_manifest_table(cfg.forged, storage) if cfg.forged else None
-        sources = _source_manifest(cfg.sources, storage)
+        source_table = _source_manifest(cfg.sources, storage)
     except ValueError as e:  # a manifest without a uri column, or listing one twice
         raise CalibrationError(str(e)) from None
     named = ref.column("source").null_count < ref.num_rows
@@ -151,7 +151,7 @@ def calibrate(cfg: CalibrateConfig) -> dict:
         raise CalibrationError("the reference manifest names sources, so --source-of (or --sources) must say how "
                                "scanned rows get theirs (a column or SQL expression, e.g. exif_software)")
     con = connect(cfg.output, storage, tables={"reference_images": ref, "forged_images": forged,
-                                               "source_manifest": sources})
+                                               "source_manifest": source_table})
     try:
         rows = _labelled_rows(con, "reference_images", source_of)
         frows = _labelled_rows(con, "forged_images", source_of) if forged is not None else []
@@ -209,7 +209,7 @@ def calibrate(cfg: CalibrateConfig) -> dict:
     body = {"calibration_version": CALIBRATION_VERSION,
             "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "weights_sha256": weights, "noiseprint_sha256": noiseprint, "target_fpr": cfg.target_fpr,
-            "source_of": source_of, "sources_manifest": _keep_sources(sources, cfg.output, storage) if cfg.sources else None,
+            "source_of": source_of, "sources_manifest": _keep_sources(source_table, cfg.output, storage) if cfg.sources else None,
             "support_quantile": cfg.support_quantile,
             "reference": cfg.reference, "forged": cfg.forged, "sources": sources, "warnings": warnings}
     body["id"] = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]

@@ -222,25 +222,33 @@ class Lease:
                 continue
 
     def check(self) -> None:
-        """Raise LeaseLost if another run has taken the lease over."""
+        """Raise LeaseLost if another run has taken the lease over. A lease that cannot be read now
+        (the store unreachable) is not taken as lost: the commit that follows meets the same store."""
         if self.lost:
             raise LeaseLost(self.lost)
-        cur = self.newest()
+        try:
+            cur = self.newest()
+        except Exception:  # noqa: BLE001 - see above
+            return
         if cur is not None and self.record is not None and cur.generation > self.record.generation:
             self.lost = (f"run {self.run_id} lost the write lease to run {cur.run_id} (its heartbeat stalled past "
                          f"the {self.ttl_s:g} s expiry): it stops writing")
             raise LeaseLost(self.lost)
 
     def release(self) -> None:
+        """Mark the lease released (never raises: with the store gone, the lease simply expires)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
         if self.record is None or self.lost:
             return
-        cur = self.newest()
-        if cur is not None and cur.generation == self.record.generation:
-            self.record.released, self.record.heartbeat_at = True, _now()
-            self.backend.overwrite(_name(self.record.generation), json.dumps(asdict(self.record)).encode())
+        try:
+            cur = self.newest()
+            if cur is not None and cur.generation == self.record.generation:
+                self.record.released, self.record.heartbeat_at = True, _now()
+                self.backend.overwrite(_name(self.record.generation), json.dumps(asdict(self.record)).encode())
+        except Exception:  # noqa: BLE001 - it expires ttl_s after its last heartbeat instead
+            pass
         self.record = None
 
     def __enter__(self) -> "Lease":

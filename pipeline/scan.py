@@ -35,7 +35,7 @@ from .schema import ERROR_TRANSIENT, STATUS_ERROR, ScanRow, rows_to_table
 from .storage import StorageOptions, local_copy, one_line, redact
 from .lease import DEFAULT_TTL_S, Lease, LeaseLost
 from .store import (MAPS_DIR, RESULTS_DIR, RUNS_DIR, STATE_COMPLETE, STATE_FAILED, ResultWriter, RunFailed, RunRecord,
-                    StoreError, root_of)
+                    StoreError, check_layout, mark_abandoned, root_of)
 
 # What makes a run fail as a whole (not a row): the results store cannot be written.
 STORE_FAILURES = (StoreError, LeaseLost, OSError)
@@ -57,7 +57,7 @@ class ScanConfig(StorageOptions):
 
     input: str = field(metadata=opt("local directory, s3://bucket/prefix (any fsspec URI), single file, or a manifest "
                                     "(.parquet/.csv with a uri column, or .txt with one URI per line)", positional=True))
-    output: str = field(metadata=opt("local directory or object-store prefix for results/, _runs/ and maps/"))
+    output: str = field(metadata=opt("local directory or s3:// prefix for the results and runs tables and maps/"))
     incremental: bool = False  # set by the command: `sweep` scans only what OUTPUT has not scored
     rescore: bool = field(default=False, metadata=opt(
         "also rescan files whose latest row was scored with other weights (both generations stay queryable "
@@ -122,6 +122,7 @@ class ScanSummary:
     maps_uri: str = ""
     runs_uri: str = ""
     results_version: int | None = None  # the results table's version when the run ended
+    commits: int = 0  # Delta transactions the run made on the results table
 
     @property
     def scanned(self) -> int:
@@ -286,7 +287,7 @@ def _write(cfg: ScanConfig, plan: Plan, run: RunRecord, out_root: str, storage, 
             writer.add(lost)
         writer.close(STATE_FAILED if failure else STATE_COMPLETE, reason if failure else None)
         return reason if failure else None
-    except STORE_FAILURES as e:
+    except Exception as e:  # noqa: BLE001 - any failure to write the store fails the run, in one line
         line = one_line(redact(f"{run.command} {run.run_id} failed writing to {out_root}: {type(e).__name__}: {e}"))
         if writer is not None:
             try:
@@ -378,12 +379,15 @@ def run_scan(cfg: ScanConfig, log: Callable[[str], None] = lambda m: print(m, fi
     c2pa_settings = credentials.settings(credentials.load_trust_anchors(cfg.c2pa_trust_anchors, storage)
                                          if cfg.c2pa_trust_anchors else None)
 
+    check_layout(out_root, storage)  # an OUTPUT of the old layout: one line naming `migrate`, before anything
     # One writer per OUTPUT: a second run waits (--wait) or stops here with the holder named.
     lease = Lease(out_root, storage, run_id, ttl_s=cfg.lease_ttl).acquire(cfg.wait)
     if lease.took_over is not None:
         t = lease.took_over
         log(f"{command} {run_id}: took over the write lease from run {t.run_id} on {t.host} (last heartbeat "
             f"{t.age_s():.0f} s ago, past its {t.ttl_s:g} s expiry: that driver died)")
+        mark_abandoned(out_root, storage, t.run_id, f"its driver stopped (no heartbeat for {t.age_s():.0f} s); "
+                       f"run {run_id} took over and completes its work")
     try:
         with tempfile.TemporaryDirectory(prefix="trufor-plan-") as work:
             plan = plan_run(cfg.input, out_root, storage, work, incremental=cfg.incremental, rescore=cfg.rescore,
@@ -397,7 +401,7 @@ def run_scan(cfg: ScanConfig, log: Callable[[str], None] = lambda m: print(m, fi
     finally:
         lease.release()
     summary.ok, summary.errors, summary.skipped, summary.dedup = run.ok, run.errors, run.skipped, run.dedup
-    summary.results_version = run.results_version
+    summary.results_version, summary.commits = run.results_version, run.commits
     summary.wall_s = time.monotonic() - t0
     if failure:
         raise RunFailed(failure) from None

@@ -104,11 +104,18 @@ def write_local_atomic(path: str, data: bytes) -> None:
     """Write a local file so that ``path`` is either absent/old or complete, never partial: a hidden
     temporary name beside it, fsync, then a rename (atomic on POSIX)."""
     tmp = f"{os.path.dirname(path) or '.'}/.{os.path.basename(path)}.{uuid.uuid4().hex[:8]}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # disk full, interrupted: no temporary file is left behind
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def is_remote(uri: str) -> bool:

@@ -42,6 +42,8 @@ STATE_RUNNING, STATE_COMPLETE, STATE_FAILED = "running", "complete", "failed"
 # How often a commit is tried before the run fails (object store unreachable, conflicts).
 COMMIT_TRIES = 5
 COMMIT_BACKOFF_S = 2.0
+# Failures a commit does not retry.
+FINAL_ERRORS = ("No space left on device", "Read-only file system", "Permission denied", "Disk quota exceeded")
 # delta-rs: requests to object storage give up after this long (a store that hangs becomes an error).
 OBJECT_STORE_TIMEOUT = "60s"
 
@@ -128,7 +130,8 @@ def delta_options(storage: StorageConfig, uri: str) -> dict:
         return {}
     if not uri.startswith(("s3://", "s3a://")):
         raise StoreError(f"OUTPUT {uri!r}: the results table supports local folders and s3:// prefixes")
-    opts = {"AWS_CONDITIONAL_PUT": "etag", "timeout": OBJECT_STORE_TIMEOUT, "connect_timeout": "10s"}
+    opts = {"AWS_CONDITIONAL_PUT": "etag", "timeout": OBJECT_STORE_TIMEOUT, "connect_timeout": "10s",
+            "max_retries": "3", "retry_timeout": "30s"}  # then our own tries (COMMIT_TRIES) take over
     if storage.endpoint_url:
         opts["AWS_ENDPOINT_URL"] = storage.endpoint_url
         if storage.endpoint_url.startswith("http://"):
@@ -391,7 +394,7 @@ def _commit(uri: str, table: pa.Table, storage: StorageConfig, app_id: str | Non
             return
         except Exception as e:  # noqa: BLE001 - retried, then one line
             last = e
-            if isinstance(e, OSError) and e.errno in (28, 30, 13):  # disk full, read-only, denied: final
+            if any(m in str(e) for m in FINAL_ERRORS):  # trying again cannot help
                 break
         sleep(COMMIT_BACKOFF_S * (attempt + 1))
     raise StoreError(one_line(redact(f"committing to {uri} failed after {attempt + 1} tries: "
@@ -402,6 +405,14 @@ def record_run(output: str, storage: StorageConfig, run: RunRecord) -> None:
     """Append the run's current record to ``runs`` (its newest record is its state)."""
     run.updated_at = _now()
     _commit(table_uri(output, RUNS_DIR), pa.Table.from_pylist([asdict(run)], schema=RUN_SCHEMA), storage)
+
+
+def mark_abandoned(output: str, storage: StorageConfig, run_id: str, why: str) -> None:
+    """Record as failed a run whose driver died while its record said ``running`` (lease taken over)."""
+    for r in read_runs(output, storage):
+        if r.run_id == run_id and r.state == STATE_RUNNING:
+            r.state, r.error = STATE_FAILED, one_line(why)
+            record_run(output, storage, r)
 
 
 def read_runs(output: str, storage: StorageConfig | None = None, migrating: bool = False) -> list[RunRecord]:

@@ -164,7 +164,6 @@ def test_plain_tools_read_the_table(tmp_path):
 def test_300_queries_and_100_plans_in_one_process_never_hang(tmp_path):
     """The old pyarrow-dataset bridge hung after 12-97 queries in one process; DuckDB's own reader
     must not. A deadline fails this test (never the suite)."""
-    from pipeline.dedup import scoring_params  # noqa: F401 - the plan's own imports
     from pipeline.plan import plan_run
 
     out, arc = tmp_path / "out", tmp_path / "arc"

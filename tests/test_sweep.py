@@ -305,3 +305,199 @@ def test_pipeline_failure_records_every_row_then_exits_1(ray_local, synth_ckpt, 
     m = read_runs(out)[0]
     assert m.state == "failed" and "GPU fell off the bus" in m.error
     # (that the next sweep retries exactly such rows: test_object_store_down_then_sweep_retries_exactly_those)
+
+
+def _s3_out(moto_port: int) -> tuple[str, StorageConfig]:
+    import s3fs
+
+    endpoint = f"http://127.0.0.1:{moto_port}"
+    fs = s3fs.S3FileSystem(key=S3_KEY, secret=S3_SECRET, endpoint_url=endpoint)
+    if not fs.exists("out-bucket"):
+        fs.mkdir("out-bucket")
+    return "s3://out-bucket/out", StorageConfig(endpoint_url=endpoint)
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_two_sweeps_at_once_score_each_uri_once(ray_local, synth_ckpt, tmp_path, where):
+    """Overlapping cron runs: two sweeps started at the same moment into one OUTPUT. One takes the
+    write lease and scores everything; the other waits (--wait), then finds nothing new. A third with
+    no --wait stops at once naming the holder (the CLI exits 4)."""
+    import threading
+
+    from jobs.cli import EXIT_BUSY
+    from pipeline.lease import Lease, LeaseBusy
+
+    arc = tmp_path / "arc"
+    arc.mkdir()
+    for i in range(12):
+        (arc / f"img{i:02d}.png").write_bytes(_png(700 + i, 32, 32))
+    moto = None
+    if where == "s3":
+        moto = _Moto()
+        moto.start()
+        out, storage = _s3_out(moto.port)
+        endpoint = storage.endpoint_url
+    else:
+        out, storage, endpoint = str(tmp_path / "out"), StorageConfig(), None
+    try:
+        cfg = dict(input=str(arc), output=out, checkpoint=str(synth_ckpt), incremental=True, allow_download=False,
+                   s3_endpoint=endpoint, rows_per_part=4, commit_every_s=0.5, wait=240)
+        barrier, got, errors = threading.Barrier(2), [], []
+
+        def sweep(name):
+            barrier.wait()
+            try:
+                got.append(run_scan(ScanConfig(run_id=name, **cfg), predictor_cls=slow_standin(0.05), **QUIET))
+            except Exception as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+
+        ts = [threading.Thread(target=sweep, args=(n,)) for n in ("cron-a", "cron-b")]
+        [t.start() for t in ts]
+        [t.join(timeout=400) for t in ts]
+        assert not errors and len(got) == 2, errors
+        assert sorted(s.to_scan for s in got) == [0, 12] and sum(s.ok for s in got) == 12
+        _once_each(out, 12, storage)
+        per_weights = run_sql(out, "SELECT uri, weights_sha256, count(*) FROM results GROUP BY ALL HAVING count(*) > 1",
+                              storage=storage)[1]
+        assert per_weights == []
+        # Held by a live run: no --wait means stop at once, naming it.
+        holder = Lease(out, storage, "nightly-holder").acquire()
+        try:
+            with pytest.raises(LeaseBusy, match="run nightly-holder on .* last heartbeat"):
+                run_scan(ScanConfig(run_id="cron-c", **{**cfg, "wait": 0}), predictor_cls=StandInPredictor, **QUIET)
+            env = dict(os.environ, AWS_ACCESS_KEY_ID=S3_KEY, AWS_SECRET_ACCESS_KEY=S3_SECRET)
+            p = subprocess.run([sys.executable, "-m", "jobs.cli", "sweep", str(arc), "--output", out, "--checkpoint",
+                                str(synth_ckpt), "--no-download"] + (["--s3-endpoint", endpoint] if endpoint else []),
+                               capture_output=True, text=True, timeout=120, env=env)
+            assert p.returncode == EXIT_BUSY and "nightly-holder" in p.stderr and p.stderr.count("\n") == 1, p.stderr
+        finally:
+            holder.release()
+    finally:
+        if moto:
+            moto.stop()
+
+
+def _fill(path: Path) -> None:
+    """Write to ``path`` until the filesystem is full."""
+    with open(path, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+
+
+def _tmpfs(where: Path, size: str) -> bool:
+    where.mkdir(parents=True)
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                          capture_output=True).returncode == 0
+
+
+def test_disk_full_mid_run_fails_in_one_line_then_the_next_sweep_completes(ray_local, synth_ckpt, tmp_path,
+                                                                         monkeypatch):
+    """OUTPUT on a small tmpfs that fills up while a sweep commits: the run ends as `failed` with one
+    line (exit 1), leaves no temporary file, and the next sweep (once there is room) completes the work."""
+    import threading
+
+    from pipeline import store
+    from pipeline.store import RunFailed
+
+    mnt = tmp_path / "disk"
+    if not _tmpfs(mnt, "8m"):
+        if os.environ.get("CI"):
+            pytest.fail("cannot mount a tmpfs here (CI runs as root and must)")
+        pytest.skip("cannot mount a tmpfs (needs root)")
+    monkeypatch.setattr(store, "COMMIT_BACKOFF_S", 0.2)
+    try:
+        arc, out = tmp_path / "arc", str(mnt / "out")
+        arc.mkdir()
+        for i in range(30):
+            (arc / f"img{i:02d}.png").write_bytes(_png(900 + i, 32, 32))
+        filler = mnt / "filler"
+
+        def fill_after_two_commits():
+            log = Path(out, "results", "_delta_log")
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and not (log.is_dir() and len(list(log.glob("*.json"))) >= 2):
+                time.sleep(0.05)
+            _fill(filler)
+
+        t = threading.Thread(target=fill_after_two_commits, daemon=True)
+        t.start()
+        cfg = ScanConfig(input=str(arc), output=out, checkpoint=str(synth_ckpt), incremental=True, allow_download=False,
+                         rows_per_part=3, commit_every_s=0.3, lease_ttl=2, wait=60, run_id="full")
+        with pytest.raises(RunFailed) as e:
+            run_scan(cfg, predictor_cls=slow_standin(0.1), **QUIET)
+        t.join(timeout=60)
+        line = str(e.value)
+        assert "\n" not in line and "failed writing to" in line and "space" in line.lower(), line
+        leftovers = [str(p) for p in Path(out).rglob("*") if p.name.endswith(".tmp") or p.name.startswith(".tmp")]
+        assert leftovers == [], leftovers
+        filler.unlink()  # room again
+        committed = run_sql(out, "SELECT count(*) FROM results")[1][0][0]
+        assert 6 <= committed < 30
+        s = run_scan(ScanConfig(**{**cfg.__dict__, "run_id": "after"}), predictor_cls=StandInPredictor, **QUIET)
+        assert s.to_scan == 30 - committed
+        _once_each(out, 30)
+        runs = {r.run_id: r for r in read_runs(out)}
+        assert runs["full"].state == "failed" and runs["after"].state == "complete"
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_object_store_gone_during_commits_fails_then_the_next_sweep_completes(ray_local, synth_ckpt, tmp_path,
+                                                                            monkeypatch):
+    """OUTPUT on S3, the endpoint stops after two commits (longer than the retries): one line, exit 1,
+    no traceback; when it is back the next sweep takes the expired lease over and completes the work."""
+    import threading
+
+    import s3fs
+
+    from pipeline import store
+    from pipeline.store import RunFailed
+
+    monkeypatch.setattr(store, "COMMIT_BACKOFF_S", 0.2)
+    moto = _Moto()
+    moto.start()
+    try:
+        out, storage = _s3_out(moto.port)
+        fs = s3fs.S3FileSystem(key=S3_KEY, secret=S3_SECRET, endpoint_url=storage.endpoint_url)
+        arc = tmp_path / "arc"
+        arc.mkdir()
+        for i in range(30):
+            (arc / f"img{i:02d}.png").write_bytes(_png(1100 + i, 32, 32))
+        stopped = threading.Event()
+
+        def stop_after_two_commits():
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                try:
+                    if len([p for p in fs.ls("out-bucket/out/results/_delta_log", refresh=True)
+                            if p.endswith(".json")]) >= 2:
+                        break
+                except FileNotFoundError:
+                    pass
+                time.sleep(0.05)
+            moto.stop()
+            stopped.set()
+
+        t = threading.Thread(target=stop_after_two_commits, daemon=True)
+        t.start()
+        cfg = ScanConfig(input=str(arc), output=out, checkpoint=str(synth_ckpt), incremental=True, allow_download=False,
+                         s3_endpoint=storage.endpoint_url, rows_per_part=3, commit_every_s=0.3, lease_ttl=2, wait=60,
+                         run_id="s3gone")
+        with pytest.raises(RunFailed) as e:
+            run_scan(cfg, predictor_cls=slow_standin(0.1), **QUIET)
+        assert stopped.is_set() and "\n" not in str(e.value) and "failed writing to s3://out-bucket/out" in str(e.value)
+        assert S3_SECRET not in str(e.value)
+        moto.start()
+        committed = run_sql(out, "SELECT count(*) FROM results", storage=storage)[1][0][0]
+        assert 6 <= committed < 30
+        s = run_scan(ScanConfig(**{**cfg.__dict__, "run_id": "back"}), predictor_cls=StandInPredictor, **QUIET)
+        assert s.to_scan == 30 - committed
+        _once_each(out, 30, storage)
+        runs = {r.run_id: r for r in read_runs(out, storage)}
+        assert runs["s3gone"].state == "failed" and runs["back"].state == "complete"
+    finally:
+        moto.stop()
