@@ -141,3 +141,36 @@ def test_sources_from_a_manifest_column(calibrated, tmp_path):
     with pytest.raises(CalibrationError, match="lists 'a' more than once"):
         calibrate(CalibrateConfig(output=cfg.output, reference=str(tmp_path / "ref2.csv"),
                                   sources=str(tmp_path / "twice.csv")))
+
+
+def test_an_edited_calibration_is_refused(calibrated, tmp_path):
+    """A calibration file read back is verified: edited content, a sources manifest outside OUTPUT, a FIFO."""
+    import os
+
+    cfg, cal = calibrated
+    path = cal["path"]
+    body = json.loads(open(path).read())
+    body["sources"][0]["threshold"] = 0.0  # every image of that source flagged
+    open(path, "w").write(json.dumps(body))
+    with pytest.raises(CalibrationError, match="was edited after it was made"):
+        load_calibration("latest", cfg.output, cfg.storage())
+    assert cli_main(["top", cfg.output, "--calibrated"]) == 2
+    # Even with a recomputed id, a sources manifest must be a file under OUTPUT/_calibrations/.
+    from pipeline.calibration import content_id
+
+    for where in ("/etc/passwd", "../../x.csv", str(tmp_path / "fifo.csv")):
+        body = json.loads(open(path).read())
+        body["sources"][0]["threshold"], body["sources_manifest"] = cal["sources"][0]["threshold"], where
+        body["id"] = content_id(body)
+        open(path, "w").write(json.dumps(body))
+        with pytest.raises(CalibrationError, match="is not a file under OUTPUT/_calibrations/"):
+            load_calibration(path, cfg.output, cfg.storage())
+    os.mkfifo(tmp_path / "fifo.json")
+    with pytest.raises(CalibrationError, match="not a regular file"):
+        load_calibration(str(tmp_path / "fifo.json"), cfg.output, cfg.storage())
+    from pipeline.listing import read_manifest_table
+    from pipeline.storage import StorageConfig
+
+    os.mkfifo(tmp_path / "fifo.csv")
+    with pytest.raises(ValueError, match="not a regular file"):
+        read_manifest_table(str(tmp_path / "fifo.csv"), StorageConfig())

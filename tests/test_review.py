@@ -183,6 +183,22 @@ def test_export_bundle_is_complete_and_reproducible(generated, tmp_path):
         assert "trufor-scan predict --input original.jpg" in (fa / "reproduce.sh").read_text()
 
 
+def test_an_output_moved_elsewhere_keeps_its_maps(generated, tmp_path):
+    """Map references are relative to OUTPUT: a copy on another disk serves `show` and `export` as the original."""
+    import shutil
+
+    moved = tmp_path / "elsewhere" / "out"
+    shutil.copytree(generated["out"], moved)
+    uri = generated["top"][0]
+    res = export(ExportConfig(output=str(moved), uri=(uri,), out=str(tmp_path / "bundle")))
+    assert len(res.folders) == 1 and not res.failed and not res.incomplete
+    a, c = load_maps(find_row(str(moved), uri), str(moved))
+    a0, c0 = load_maps(find_row(str(generated["out"]), uri), str(generated["out"]))
+    np.testing.assert_array_equal(a, a0)
+    show(ShowConfig(uri=uri, output=str(moved), png=str(tmp_path / "fig.png")))
+    assert Image.open(tmp_path / "fig.png").size[0] > 0
+
+
 def test_export_large_missing_and_unknown(generated, tmp_path):
     top = generated["top"][0]
     res = export(ExportConfig(output=str(generated["out"]), uri=(top, generated["changed"], "s3://nope/x.jpg"),
