@@ -98,8 +98,12 @@ class CopyMarker:
 
 
 def known_hashes_sql() -> str:
-    """Distinct bytes scored (not copied) a given way, in digest order (parameters: ``scoring_params``)."""
-    return ("SELECT DISTINCT sha256 FROM results WHERE status = 'ok' AND dedup_of IS NULL AND sha256 IS NOT NULL "
+    """Bytes scored (not copied) a given way, in digest order (parameters: ``scoring_params``).
+
+    No DISTINCT: a digest twice changes no membership test (``HashSet``), and DuckDB's sort spills
+    within the plan's memory limit where the DISTINCT's hash table over 10M digests did not
+    (BENCHMARKS.md, "The results store at scale")."""
+    return ("SELECT sha256 FROM results WHERE status = 'ok' AND dedup_of IS NULL AND sha256 IS NOT NULL "
             f"AND {same_scoring_sql()} ORDER BY sha256")
 
 

@@ -21,11 +21,10 @@ import duckdb
 import numpy as np
 import pyarrow.parquet as pq
 
-from .dedup import HashSet, Scoring, known_hashes_sql, same_scoring_sql, scoring_params
+from .dedup import SCORING_COLUMNS, HashSet, Scoring, known_hashes_sql, same_scoring_sql, scoring_params
 from .listing import LISTING_SCHEMA, iter_listing, listing_batches
-from .query import LATEST_SQL, QueryLimits, duck
 from .storage import StorageConfig
-from .store import parquet_sql, snapshot
+from .store import QueryLimits, duck, parquet_sql, snapshot, sql_str
 
 
 # DuckDB spills the listing's sort and the anti-join to disk beyond this, so the driver's memory
@@ -43,6 +42,17 @@ class Plan:
     known_hashes: list[np.ndarray] = field(default_factory=list)  # HashSet chunks (sweep only)
 
 
+# The newest committed row of each listed uri, ordered as the view `latest` orders them (newest
+# scanned_at, then run_id), with the columns _DONE reads. An aggregate (arg_max), not a window:
+# DuckDB's hash aggregate spills within PLAN_MEMORY_LIMIT, where the window over every row of a
+# 10M-row table ran out of memory (BENCHMARKS.md, "The results store at scale").
+_LAST_COLUMNS = ("size_bytes", "etag_or_mtime", "status", "error_kind") + SCORING_COLUMNS
+_LAST = (
+    "SELECT uri, unnest(r) FROM (SELECT uri, arg_max(r, k) AS r FROM ("
+    f"SELECT uri, struct_pack({', '.join(_LAST_COLUMNS)}) AS r, "
+    "struct_pack(t := coalesce(scanned_at, '-infinity'::TIMESTAMPTZ), run := coalesce(run_id, '')) AS k "
+    "FROM results WHERE uri IN (SELECT uri FROM listing)) GROUP BY uri)")
+
 _DONE = """
     last.uri IS NOT NULL
     AND (l.size_bytes IS NULL OR last.size_bytes IS NOT DISTINCT FROM l.size_bytes)
@@ -50,11 +60,6 @@ _DONE = """
     AND (last.status = 'skipped'
          OR (last.status = 'error' AND last.error_kind = 'input')
          OR (last.status = 'ok' AND (NOT $rescore OR (""" + same_scoring_sql("last.") + "))))"
-
-
-def _sql_str(path: str) -> str:
-    """A local path of ours as an SQL string literal (DDL and COPY take no bound parameters)."""
-    return "'" + path.replace("'", "''") + "'"
 
 
 def plan_run(spec: str, output: str, storage: StorageConfig, workdir: str, *, incremental: bool, rescore: bool,
@@ -75,18 +80,17 @@ def plan_run(spec: str, output: str, storage: StorageConfig, workdir: str, *, in
     try:
         con.execute("SET preserve_insertion_order = false")
         # One row per uri even when a manifest names a file twice.
-        con.execute(f"CREATE VIEW listing AS SELECT * FROM read_parquet({_sql_str(listing_path)}) "
+        con.execute(f"CREATE VIEW listing AS SELECT * FROM read_parquet({sql_str(listing_path)}) "
                     "QUALIFY row_number() OVER (PARTITION BY uri) = 1")
         history = snap is not None
         params: dict = {}
         if history:
             con.execute(f"CREATE VIEW results AS SELECT * FROM {parquet_sql(snap)}")
-            con.execute(f"CREATE VIEW latest AS {LATEST_SQL}")
-            query = f"SELECT l.* FROM listing l LEFT JOIN latest last ON l.uri = last.uri WHERE NOT ({_DONE})"
+            query = f"SELECT l.* FROM listing l LEFT JOIN ({_LAST}) last ON l.uri = last.uri WHERE NOT ({_DONE})"
             params = {"rescore": rescore, **scoring_params(scoring)}
         else:
             query = "SELECT * FROM listing"
-        con.execute(f"COPY (SELECT * FROM ({query}) ORDER BY uri) TO {_sql_str(todo_path)} (FORMAT parquet)", params)
+        con.execute(f"COPY (SELECT * FROM ({query}) ORDER BY uri) TO {sql_str(todo_path)} (FORMAT parquet)", params)
         chunks = []
         if history:
             reader = con.execute(known_hashes_sql(), scoring_params(scoring)).fetch_record_batch(1 << 16)

@@ -136,7 +136,7 @@ def delta_options(storage: StorageConfig, uri: str) -> dict:
         opts["AWS_ENDPOINT_URL"] = storage.endpoint_url
         if storage.endpoint_url.startswith("http://"):
             opts["AWS_ALLOW_HTTP"] = "true"
-    opts["AWS_REGION"] = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    opts["AWS_REGION"] = _region()
     if storage.anon:
         opts["AWS_SKIP_SIGNATURE"] = "true"
     else:
@@ -146,6 +146,10 @@ def delta_options(storage: StorageConfig, uri: str) -> dict:
             if creds[2]:
                 opts["AWS_SESSION_TOKEN"] = creds[2]
     return opts
+
+
+def _region() -> str:
+    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
 
 
 def _credentials() -> tuple[str, str, str | None] | None:
@@ -206,7 +210,7 @@ class QueryLimits:
 def _s3_secret(con, storage: StorageConfig) -> None:
     """An S3 secret for DuckDB's own reader: endpoint and credentials from the standard chain (DuckDB
     shows secrets redacted; they never reach a row or a log)."""
-    parts = ["TYPE s3", f"REGION {sql_str(os.environ.get('AWS_REGION') or os.environ.get('AWS_DEFAULT_REGION') or 'us-east-1')}"]
+    parts = ["TYPE s3", f"REGION {sql_str(_region())}"]
     if storage.endpoint_url:
         u = urllib.parse.urlparse(storage.endpoint_url)
         parts += [f"ENDPOINT {sql_str(u.netloc)}", "URL_STYLE 'path'", f"USE_SSL {str(u.scheme == 'https').lower()}"]
