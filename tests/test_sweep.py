@@ -501,3 +501,44 @@ def test_object_store_gone_during_commits_fails_then_the_next_sweep_completes(ra
         assert runs["s3gone"].state == "failed" and runs["back"].state == "complete"
     finally:
         moto.stop()
+
+
+def test_compaction_and_queries_while_a_sweep_commits(ray_local, synth_ckpt, tmp_path):
+    """`compact` run again and again, and queries, while a real sweep commits every few rows: the
+    sweep ends complete, every uri once, and no query ever saw a row twice."""
+    import threading
+
+    from pipeline.store import CompactConfig, compact, open_table
+
+    arc, out = tmp_path / "arc", str(tmp_path / "out")
+    arc.mkdir()
+    for i in range(24):
+        (arc / f"img{i:02d}.png").write_bytes(_png(1300 + i, 32, 32))
+    cfg = ScanConfig(input=str(arc), output=out, checkpoint=str(synth_ckpt), incremental=True, allow_download=False,
+                     rows_per_part=2, commit_every_s=0.2)
+    done, seen, compactions, errors = threading.Event(), [], [], []
+
+    def housekeeping():
+        log = Path(out, "results", "_delta_log")
+        while not done.is_set():
+            try:
+                if log.is_dir() and len(list(log.glob("*.json"))) >= 2:
+                    compactions.append(compact(CompactConfig(output=out))["results"]["compacted"])
+                    seen.append(run_sql(out, "SELECT count(*), count(DISTINCT (uri, run_id)) FROM results")[1][0])
+            except Exception as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+            time.sleep(0.2)
+
+    t = threading.Thread(target=housekeeping, daemon=True)
+    t.start()
+    try:
+        s = run_scan(cfg, predictor_cls=slow_standin(0.1), **QUIET)
+    finally:
+        done.set()
+        t.join(timeout=60)
+    assert not errors, errors
+    assert s.ok == 24 and read_runs(out)[-1].state == "complete"
+    assert sum(compactions) > 0 and seen and all(n == d for n, d in seen), (compactions, seen)
+    _once_each(out, 24)
+    ops = [h["operation"] for h in open_table(out, StorageConfig()).history()]
+    assert "OPTIMIZE" in ops and ops.count("WRITE") >= 5  # compactions interleaved with the sweep's commits
