@@ -459,6 +459,13 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("TRUFOR_DEBUG"):
             traceback.print_exc()
         return EXIT_FAILED if isinstance(e, RunFailed) else EXIT_BUSY if isinstance(e, LeaseBusy) else EXIT_USAGE
+    except Exception as e:  # noqa: BLE001 - anything else (an object store unreachable, ...): one line, never a traceback
+        from pipeline.storage import one_line, redact
+
+        print(f"trufor-scan: error: {type(e).__name__}: {one_line(redact(str(e)), 2000)}", file=sys.stderr)
+        if os.environ.get("TRUFOR_DEBUG"):
+            traceback.print_exc()
+        return EXIT_FAILED
 
 
 COMMANDS = ("predict", "scan", "sweep", "query", "top", "contradictions", "migrate", "compact", "calibrate", "duplicates", "report", "show", "export", "train-noiseprint", "eval-noiseprint", "make-camera-corpus",

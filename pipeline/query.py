@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import datetime as dt
 import io
 import json
@@ -118,7 +119,7 @@ def connect(output: str, storage: StorageConfig | None = None, tables: dict[str,
                                 f"{output.rstrip('/')}/{RESULTS_DIR}/)")
     limits = limits or QueryLimits()
     if limits.temp_dir is None:
-        limits = QueryLimits(**{**limits.__dict__, "temp_dir": spill_dir()})
+        limits = dataclasses.replace(limits, temp_dir=spill_dir())
     con = duck(storage, [snap.uri], sandbox=True, limits=limits)
     try:
         for name, table in (tables or {}).items():

@@ -34,8 +34,9 @@ class ScanRow:
     Model outputs: score = sigmoid(det_logit); the 8 pooled features fed to the detector;
     frac_anom_conf = fraction of pixels with anomaly > 0.5 and confidence > 0.5;
     frac_anom = fraction with anomaly > 0.5; max_anom_conf = max of anomaly * confidence.
-    Maps: map_uri (content-addressed by sha256, shared by identical files; ``pipeline.maps.load``),
-    preview_uri (a PNG a person can open), map_codec.
+    Maps: map_uri (content-addressed by sha256, shared by identical files; relative to OUTPUT:
+    ``pipeline.store.resolve_ref`` then ``pipeline.maps.load``), preview_uri (a PNG a person can
+    open), map_codec.
     dedup_of: set when this file's bytes (sha256) had already been scored the same way (weights,
     Noiseprint++, noise-anomaly model: ``pipeline.dedup.SCORING_COLUMNS``): the uri of that row,
     whose outcome and maps this row repeats (the file was not scored again).

@@ -433,3 +433,13 @@ def test_reproduce_sh_quotes_every_value_from_the_row(tmp_path):
                            env={**os.environ, **env})
         assert p.returncode != 0 and not marker.exists(), p.stderr
     assert shlex.quote(evil) in script.read_text()
+
+
+def test_an_unreachable_store_is_one_line_never_a_traceback(tmp_path):
+    """OUTPUT on an S3 endpoint where nothing listens: one line, exit 1 (the job could not run), no traceback."""
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"}
+    p = subprocess.run([sys.executable, "-m", "jobs.cli", "query", "s3://nothing-here/out", "SELECT 1",
+                        "--s3-endpoint", "http://127.0.0.1:9"], capture_output=True, text=True, timeout=120,
+                       cwd=REPO, env=env)
+    assert p.returncode == 1 and p.stderr.startswith("trufor-scan: error: ") and p.stderr.count("\n") == 1, p.stderr
+    assert "Traceback" not in p.stderr and "Could not connect" in p.stderr
