@@ -307,7 +307,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         add_options(pr, PredictConfig, "predict")
     pr.set_defaults(func=_cmd_predict)
 
-    for name, text in (("scan", "score an archive (folder, s3:// prefix or manifest) into Parquet + maps with Ray"),
+    for name, text in (("scan", "score an archive (folder, s3:// prefix or manifest) into the Delta table + maps with Ray"),
                        ("sweep", "the nightly command: scan only what OUTPUT has not scored yet (new or changed "
                                  "files, transient errors, interrupted runs); copies of scored bytes are not rescored")):
         sc = sub.add_parser(name, help=text)
@@ -330,19 +330,21 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
             add_options(rd, ReadConfig, name)
         rd.set_defaults(func={"query": _cmd_query, "top": _cmd_top, "contradictions": _cmd_contradictions}[name])
 
-    for name, text, module, cls, func in (
-            ("migrate", "convert an OUTPUT of the old layout (parts + _runs/*.json) into the Delta table, every row kept",
-             "pipeline.migrate", "MigrateConfig", _cmd_migrate),
-            ("compact", "Delta optimize: many small files into few (safe beside a sweep); --vacuum deletes old files",
-             "pipeline.store", "CompactConfig", _cmd_compact)):
-        hk = sub.add_parser(name, help=text)
+    def derived(name: str, text: str, module: str, cls: str, func) -> None:
+        """A command whose options are derived from the config class ``module.cls``."""
+        cmd = sub.add_parser(name, help=text)
         if full(name):
             import importlib
 
             from pipeline.options import add_options
 
-            add_options(hk, getattr(importlib.import_module(module), cls), name)
-        hk.set_defaults(func=func)
+            add_options(cmd, getattr(importlib.import_module(module), cls), name)
+        cmd.set_defaults(func=func)
+
+    derived("migrate", "convert an OUTPUT of the old layout (parts + _runs/*.json) into the Delta table, every row kept",
+            "pipeline.migrate", "MigrateConfig", _cmd_migrate)
+    derived("compact", "Delta optimize: many small files into few (safe beside a sweep); --vacuum deletes old files",
+            "pipeline.store", "CompactConfig", _cmd_compact)
 
     ca = sub.add_parser("calibrate", help="per-source thresholds for a target false-positive rate, from known-pristine "
                                           "images scanned into OUTPUT")
@@ -416,14 +418,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
              "noiseprint_lab.localizers", "FitConfig", _cmd_fit_noise_anomaly),
             ("eval-splices", "localisation metrics of Noiseprint++ localisers on a splice benchmark (JSON)",
              "noiseprint_lab.splice_eval", "EvalConfig", _cmd_eval_splices)):
-        sp = sub.add_parser(name, help=text)
-        if full(name):
-            import importlib
-
-            from pipeline.options import add_options
-
-            add_options(sp, getattr(importlib.import_module(module), cls), name)
-        sp.set_defaults(func=func)
+        derived(name, text, module, cls, func)
 
     dm = sub.add_parser("make-demo-archive", help="a small archive to try a scan on (the default input of `make scan`)")
     dm.add_argument("--out", required=True)
