@@ -14,7 +14,8 @@ import pyarrow as pa
 
 from .options import opt
 from .storage import StorageConfig, StorageOptions
-from .store import MEMORY_FRACTION, RESULTS_DIR, QueryLimits, duck, parquet_sql, parse_as_of, snapshot, spill_dir
+from .store import (MEMORY_FRACTION, RESULTS_DIR, RUN_SCHEMA, RUNS_DIR, QueryLimits, Snapshot, duck, parquet_sql,
+                    parse_as_of, runs_sql, snapshot, spill_dir, table_uri)
 
 DEFAULT_MIN_SCORE = 0.5  # "flagged" for top/contradictions without a calibration
 TOP_COLUMNS = ("uri", "score", "frac_anom_conf", "max_anom_conf", "map_uri", "preview_uri", "scan_date", "run_id",
@@ -101,10 +102,11 @@ class QueryTimeout(QueryError):
 def connect(output: str, storage: StorageConfig | None = None, tables: dict[str, pa.Table | None] | None = None,
             views=None, rows_name: str = "results", as_of=None,
             limits: QueryLimits | None = None) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection that sees the views ``results`` and ``latest`` and nothing else.
+    """An in-memory DuckDB connection that sees the views ``results``, ``latest`` and ``runs`` and nothing else.
 
     ``results`` holds every row in the table (``as_of``: as it was at that version or time);
-    ``latest`` one row per uri (its most recent scan). ``tables``: more Arrow tables to see (e.g. a
+    ``latest`` one row per uri (its most recent scan); ``runs`` each run's newest record (its state,
+    counts, weights; always the newest, whatever ``as_of``). ``tables``: more Arrow tables to see (e.g. a
     manifest to join). ``views(con)``, when given, defines the views instead, over the rows view
     ``rows_name`` (``pipeline.calibration`` adds verdicts this way).
 
@@ -120,12 +122,15 @@ def connect(output: str, storage: StorageConfig | None = None, tables: dict[str,
     limits = limits or QueryLimits()
     if limits.temp_dir is None:
         limits = dataclasses.replace(limits, temp_dir=spill_dir())
-    con = duck(storage, [snap.uri], sandbox=True, limits=limits)
+    runs = snapshot(output, storage, RUNS_DIR) or Snapshot(uri=table_uri(output, RUNS_DIR), version=-1, files=(),
+                                                           schema=RUN_SCHEMA)
+    con = duck(storage, [snap.uri, runs.uri], sandbox=True, limits=limits)
     try:
         for name, table in (tables or {}).items():
             if table is not None:
                 con.register(name, table)
         con.execute(f"CREATE VIEW {rows_name} AS SELECT * FROM {parquet_sql(snap)}")
+        con.execute(f"CREATE VIEW runs AS {runs_sql(parquet_sql(runs))}")
         if views is None:
             con.execute(f"CREATE VIEW latest AS {LATEST_SQL}")
         else:

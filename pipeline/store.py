@@ -419,6 +419,12 @@ def mark_abandoned(output: str, storage: StorageConfig, run_id: str, why: str) -
             record_run(output, storage, r)
 
 
+def runs_sql(records: str) -> str:
+    """Each run's newest record from the table expression ``records`` (the run's state)."""
+    return (f"SELECT * FROM {records} QUALIFY row_number() OVER "
+            "(PARTITION BY run_id ORDER BY updated_at DESC, state <> 'running' DESC) = 1")
+
+
 def read_runs(output: str, storage: StorageConfig | None = None, migrating: bool = False) -> list[RunRecord]:
     """Every run's newest record, oldest run first."""
     storage = storage or StorageConfig()
@@ -427,9 +433,7 @@ def read_runs(output: str, storage: StorageConfig | None = None, migrating: bool
         return []
     con = duck(storage, [snap.uri])
     try:
-        cur = con.execute(f"SELECT * FROM {parquet_sql(snap)} QUALIFY row_number() OVER "
-                          "(PARTITION BY run_id ORDER BY updated_at DESC, state <> 'running' DESC) = 1 "
-                          "ORDER BY started_at, run_id")
+        cur = con.execute(f"{runs_sql(parquet_sql(snap))} ORDER BY started_at, run_id")
         cols = [d[0] for d in cur.description]
         return [RunRecord(**{c: v for c, v in zip(cols, r) if c in RunRecord.__dataclass_fields__})
                 for r in cur.fetchall()]

@@ -106,7 +106,8 @@ def test_sandbox_sees_only_the_table(tmp_path):
             run_sql(str(out), sql)
     assert not (tmp_path / "x.csv").exists() and not (out / "results" / "x.duckdb").exists()
     assert run_sql(str(out), "SELECT count(*) FROM results")[1] == [(3,)]  # its files untouched
-    # Its own table it may read any way it likes, delta_scan included.
+    assert run_sql(str(out), "SELECT run_id, state, ok, commits FROM runs")[1] == [("r1", "complete", 3, 1)]
+    # Its own table it may read any way it likes.
     assert run_sql(str(out), f"SELECT count(*) FROM read_parquet('{out}/results/*.parquet')")[1] == [(3,)]
 
 
