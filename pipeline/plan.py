@@ -14,7 +14,6 @@ object store, inference, rows lost in the pipeline), which is how a sweep comple
 from __future__ import annotations
 
 import os
-import threading
 from dataclasses import dataclass, field
 
 import duckdb
@@ -72,11 +71,8 @@ def plan_run(spec: str, output: str, storage: StorageConfig, workdir: str, *, in
             w.write_batch(batch)
             listed += batch.num_rows
     snap = snapshot(output, storage) if incremental else None
-    con = duck(storage, [snap.uri] if snap else [],
-               limits=QueryLimits(memory_limit=PLAN_MEMORY_LIMIT, temp_dir=os.path.join(workdir, "duckdb.tmp")))
-    timer = threading.Timer(PLAN_TIMEOUT_S, con.interrupt)
-    timer.daemon = True
-    timer.start()
+    con = duck(storage, [snap.uri] if snap else [], limits=QueryLimits(
+        timeout_s=PLAN_TIMEOUT_S, memory_limit=PLAN_MEMORY_LIMIT, temp_dir=os.path.join(workdir, "duckdb.tmp")))
     try:
         con.execute("SET preserve_insertion_order = false")
         # One row per uri even when a manifest names a file twice.
@@ -98,7 +94,6 @@ def plan_run(spec: str, output: str, storage: StorageConfig, workdir: str, *, in
     except duckdb.InterruptException:
         raise TimeoutError(f"planning the run took longer than {PLAN_TIMEOUT_S:g} s and was interrupted") from None
     finally:
-        timer.cancel()
         con.close()
     return Plan(listed=listed, to_scan=pq.ParquetFile(todo_path).metadata.num_rows, path=todo_path,
                 known_hashes=chunks)

@@ -6,7 +6,6 @@ import dataclasses
 import datetime as dt
 import io
 import json
-import threading
 from dataclasses import dataclass, field
 
 import duckdb
@@ -15,7 +14,7 @@ import pyarrow as pa
 from .options import opt
 from .storage import StorageConfig, StorageOptions
 from .store import (MEMORY_FRACTION, RESULTS_DIR, RUN_SCHEMA, RUNS_DIR, QueryLimits, Snapshot, duck, parquet_sql,
-                    parse_as_of, runs_sql, snapshot, spill_dir, table_uri)
+                    TimedConnection, parse_as_of, runs_sql, snapshot, spill_dir, table_uri)
 
 DEFAULT_MIN_SCORE = 0.5  # "flagged" for top/contradictions without a calibration
 TOP_COLUMNS = ("uri", "score", "frac_anom_conf", "max_anom_conf", "map_uri", "preview_uri", "scan_date", "run_id",
@@ -101,7 +100,7 @@ class QueryTimeout(QueryError):
 
 def connect(output: str, storage: StorageConfig | None = None, tables: dict[str, pa.Table | None] | None = None,
             views=None, rows_name: str = "results", as_of=None,
-            limits: QueryLimits | None = None) -> duckdb.DuckDBPyConnection:
+            limits: QueryLimits | None = None) -> TimedConnection:
     """An in-memory DuckDB connection that sees the views ``results``, ``latest`` and ``runs`` and nothing else.
 
     ``results`` holds every row in the table (``as_of``: as it was at that version or time);
@@ -147,7 +146,7 @@ def connect(output: str, storage: StorageConfig | None = None, tables: dict[str,
 READ_STATEMENTS = (duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN)
 
 
-def read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
+def read_only(con: TimedConnection, sql: str) -> None:
     """Refuse anything but one reading statement (QueryError, one line)."""
     try:
         statements = con.extract_statements(sql)
@@ -171,16 +170,9 @@ def run_sql(output: str, sql: str, params: list | None = None, storage: StorageC
         QueryError: DuckDB refused or failed the statement.
     """
     limits = limits or QueryLimits()
-    con = (connector or connect)(output, storage, as_of=as_of, limits=limits)
+    con = (connector or connect)(output, storage, as_of=as_of, limits=limits)  # interrupted past timeout_s
     try:
         read_only(con, sql)
-    except Exception:
-        con.close()
-        raise
-    timer = threading.Timer(limits.timeout_s, con.interrupt)
-    timer.daemon = True
-    timer.start()
-    try:
         cur = con.execute(sql, params or [])
         cols = [d[0] for d in cur.description] if cur.description else []
         return cols, cur.fetchall()
@@ -190,7 +182,6 @@ def run_sql(output: str, sql: str, params: list | None = None, storage: StorageC
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise QueryError(f"SQL failed: {first}") from None
     finally:
-        timer.cancel()
         con.close()
 
 

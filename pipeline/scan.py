@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -35,7 +34,7 @@ from .schema import ERROR_TRANSIENT, STATUS_ERROR, ScanRow, rows_to_table
 from .storage import StorageOptions, local_copy, one_line, redact
 from .lease import DEFAULT_TTL_S, Lease, LeaseLost
 from .store import (MAPS_DIR, RESULTS_DIR, RUNS_DIR, STATE_COMPLETE, STATE_FAILED, ResultWriter, RunFailed, RunRecord,
-                    StoreError, check_layout, mark_abandoned, root_of)
+                    StoreError, check_layout, duck, mark_abandoned, root_of)
 
 # What makes a run fail as a whole (not a row): the results store cannot be written.
 STORE_FAILURES = (StoreError, LeaseLost, OSError)
@@ -242,7 +241,7 @@ def _pipeline(cfg: ScanConfig, plan: Plan, pcfg: PredictorConfig, predictor_cls,
 
 def _lost_rows(plan: Plan, writer: ResultWriter, held: set[str], run_id: str, reason: str) -> Iterator[pa.Table]:
     """Error rows for every planned file with no row committed by this run (streamed in DuckDB)."""
-    con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
+    con = duck(None, [])  # local files only, under the default limits (a deadline, a memory limit)
     try:
         con.register("written", writer.committed_uris())
         con.execute("CREATE TEMP TABLE held(uri VARCHAR)")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import threading
 import time
 import urllib.parse
 from dataclasses import asdict, dataclass, field, fields
@@ -223,17 +224,19 @@ def _s3_secret(con, storage: StorageConfig) -> None:
 
 
 def duck(storage: StorageConfig | None, roots: list[str], sandbox: bool = False,
-         limits: QueryLimits | None = None) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection that reads the tables at ``roots`` with its own readers (httpfs for s3://).
+         limits: QueryLimits | None = None) -> TimedConnection:
+    """A DuckDB connection that reads the tables at ``roots`` with its own readers (httpfs for s3://),
+    under ``limits`` (its statements are interrupted ``limits.timeout_s`` after it was opened).
 
     ``sandbox``: afterwards only files under ``roots`` can be read (DuckDB's allowed directories),
     external access is off and the configuration locked, so user SQL cannot read or write other
     files (read_csv, COPY ... TO, glob), ATTACH databases, or INSTALL/LOAD extensions, nor switch this
     back on.
     """
+    limits = limits or QueryLimits()
     config = {"autoinstall_known_extensions": False, "autoload_known_extensions": False,
-              "extension_directory": extension_directory(), **(limits or QueryLimits()).config()}
-    con = duckdb.connect(config=config)
+              "extension_directory": extension_directory(), **limits.config()}
+    con = TimedConnection(duckdb.connect(config=config), limits.timeout_s)
     try:
         if any(is_remote(r) for r in roots):
             con.execute("LOAD httpfs")
@@ -247,6 +250,31 @@ def duck(storage: StorageConfig | None, roots: list[str], sandbox: bool = False,
         con.close()
         raise
     return con
+
+
+class TimedConnection:
+    """A DuckDB connection with a deadline: whatever statement runs ``timeout_s`` seconds after it was
+    opened is interrupted (``duckdb.InterruptException``), so no caller can hang on it. Everything
+    else is the connection's own; ``close`` also disarms the deadline."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, timeout_s: float):
+        self._con, self.timeout_s = con, timeout_s
+        self._timer = threading.Timer(timeout_s, self._interrupt)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _interrupt(self) -> None:
+        try:
+            self._con.interrupt()
+        except duckdb.Error:  # already closed
+            pass
+
+    def close(self) -> None:
+        self._timer.cancel()
+        self._con.close()
+
+    def __getattr__(self, name: str):
+        return getattr(self._con, name)
 
 
 _SPILL: list[str] = []

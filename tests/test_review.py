@@ -85,8 +85,6 @@ def test_report_page_escapes_data_and_counts(generated, tmp_path):
 def test_report_summary_matches_sql(generated, tmp_path):
     cfg = ReportConfig(output=str(generated["out"]), out=str(tmp_path / "p"), k=5, min_score=0.5)
     candidates, s = query_report(cfg, StorageConfig())
-    import duckdb
-
     from pipeline.query import connect
 
     con = connect(str(generated["out"]))
@@ -94,7 +92,7 @@ def test_report_summary_matches_sql(generated, tmp_path):
     n_ok_above = con.execute("SELECT count(*) FROM latest WHERE status = 'ok' AND score >= 0.5").fetchone()[0]
     errors = con.execute("SELECT count(*) FROM latest WHERE status = 'error'").fetchone()[0]
     con.close()
-    assert isinstance(con, duckdb.DuckDBPyConnection)
+    assert con.timeout_s > 0  # every connection to the store has a deadline
     assert s.by_status == by_status and s.images == N_ROWS + 3 and s.candidates_total == n_ok_above
     assert [c["score"] for c in candidates] == sorted((c["score"] for c in candidates), reverse=True)
     assert len(candidates) == 5 and all(c["score"] >= 0.5 for c in candidates)

@@ -444,3 +444,22 @@ def test_an_unreachable_store_is_one_line_never_a_traceback(tmp_path):
                        cwd=REPO, env=env)
     assert p.returncode == 1 and p.stderr.startswith("trufor-scan: error: ") and p.stderr.count("\n") == 1, p.stderr
     assert "Traceback" not in p.stderr and "Could not connect" in p.stderr
+
+
+def test_every_store_connection_has_a_deadline(tmp_path):
+    """Not only `query`: the connections report, show, export, duplicates, calibrate and the sweep's
+    dedup open are interrupted past their deadline too (a statement that would run for hours)."""
+    import duckdb
+
+    from pipeline.query import connect
+
+    out = tmp_path / "out"
+    _write(out, "r1", [_rows(3, "r1")])
+    con = connect(str(out), limits=QueryLimits(timeout_s=1, threads=1))
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(duckdb.InterruptException):
+            con.execute("SELECT count(*) FROM range(1e11::BIGINT) a, range(1e11::BIGINT) b").fetchall()
+    finally:
+        con.close()
+    assert time.monotonic() - t0 < 15
