@@ -515,15 +515,16 @@ def test_compaction_and_queries_while_a_sweep_commits(ray_local, synth_ckpt, tmp
     arc.mkdir()
     for i in range(24):
         (arc / f"img{i:02d}.png").write_bytes(_png(1300 + i, 32, 32))
+    # Batches of 2 at 0.25 s an image: rows arrive over several seconds, so commits and compactions interleave.
     cfg = ScanConfig(input=str(arc), output=out, checkpoint=str(synth_ckpt), incremental=True, allow_download=False,
-                     rows_per_part=2, commit_every_s=0.2)
+                     rows_per_part=2, commit_every_s=0.2, batch_size=2)
     done, seen, compactions, errors = threading.Event(), [], [], []
 
     def housekeeping():
         log = Path(out, "results", "_delta_log")
         while not done.is_set():
             try:
-                if log.is_dir() and len(list(log.glob("*.json"))) >= 2:
+                if log.is_dir() and len(list(log.glob("*.json"))) >= 2:  # something to compact
                     compactions.append(compact(CompactConfig(output=out))["results"]["compacted"])
                     seen.append(run_sql(out, "SELECT count(*), count(DISTINCT (uri, run_id)) FROM results")[1][0])
             except Exception as e:  # noqa: BLE001 - reported below
@@ -533,7 +534,7 @@ def test_compaction_and_queries_while_a_sweep_commits(ray_local, synth_ckpt, tmp
     t = threading.Thread(target=housekeeping, daemon=True)
     t.start()
     try:
-        s = run_scan(cfg, predictor_cls=slow_standin(0.1), **QUIET)
+        s = run_scan(cfg, predictor_cls=slow_standin(0.25), **QUIET)
     finally:
         done.set()
         t.join(timeout=60)
