@@ -1,7 +1,7 @@
 """Near-duplicate search at archive scale (`make bench-duplicates`): our multi-index hashing vs all pairs.
 
 Prints, for generated 64-bit hashes (random, a tenth of them planted near-copies of others with up
-to D bits flipped), the time of ``pipeline.neardup.near_pairs`` and of ``cluster_labels``, against
+to D bits flipped), the time of ``pipeline.results.duplicates.near_pairs`` and of ``cluster_labels``, against
 baselines measured in the same run: faiss's exhaustive binary range search (all pairs; at 1M rows
 timed on a slice of the queries and scaled, said so in the output) and faiss's own multi-index
 hashing (IndexBinaryMultiHash). Pair sets are compared with the exhaustive search where it runs in
@@ -24,7 +24,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.neardup import DEFAULT_MAX_DISTANCE, cluster_labels, hamming, hex_to_codes, near_pairs, phash_hex  # noqa: E402
+from pipeline.results.duplicates import DEFAULT_MAX_DISTANCE, cluster_labels, hamming, hex_to_codes, near_pairs
+from pipeline.scan.decode import phash_hex  # noqa: E402
 from trufor_core.image import decode_rgb  # noqa: E402
 
 IMAGES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "images"

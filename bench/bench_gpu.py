@@ -10,7 +10,7 @@ given; speed does not depend on the weights' values. Per image size and precisio
   (sum of CUDA-event times of the forwards / wall time) and the peak GPU memory;
 - official: the official script's loop on the same GPU and images, reimplemented as it runs
   (decode, batch 1, fp32, cuDNN off as in trufor.yaml, maps copied back, .npz written), fp32 only;
-- predictor: ``pipeline.predictor.TruForPredictor`` fed as a scan actor is (decode, hashing in a
+- predictor: ``pipeline.scan.predictor.TruForPredictor`` fed as a scan actor is (decode, hashing in a
   thread pool, batches of 4; maps stored by a second pool, as the scan's map stage), images/s, and
   "in forward": the share of the predictor's wall time spent in its forward passes (the rest is the
   model waiting: batch assembly, row building, or decode not keeping up).
@@ -111,10 +111,10 @@ def bench_official(model, jpegs, dev) -> float:
 def bench_predictor(ckpt, jpegs, dev, precision, workdir) -> tuple[float, float]:
     """TruForPredictor as a scan actor runs it: decoded batches of 4 from a thread pool, maps stored by
     a second pool (the scan's map stage). Returns (images/s, share of the wall time in forwards)."""
-    from pipeline.maps import store_maps
-    from pipeline.predictor import PredictorConfig, TruForPredictor
-    from pipeline.preprocess import load_batch
-    from pipeline.storage import StorageConfig
+    from pipeline.base.maps import store_maps
+    from pipeline.scan.predictor import PredictorConfig, TruForPredictor
+    from pipeline.scan.decode import load_batch
+    from pipeline.base.storage import StorageConfig
 
     files = []
     for i, j in enumerate(jpegs):

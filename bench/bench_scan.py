@@ -106,8 +106,8 @@ def main() -> None:
 
     import torch
 
-    from pipeline.scan import ScanConfig, run_scan
-    from pipeline.query import run_sql
+    from pipeline.scan.driver import ScanConfig, run_scan
+    from pipeline.base.sql import run_sql
     from trufor_core import EvalConfig, load_trufor
     from trufor_core.checkpoint import write_synthetic_checkpoint
     from trufor_core.image import decode_rgb

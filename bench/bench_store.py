@@ -3,7 +3,7 @@
     python bench/bench_store.py [--rows 1000000 10000000] [--interval 10000] [--nightly 365]
 
 Rows are GENERATED (labelled ``model_name = GENERATED``, no model ran), written through the
-scan's own writer (``pipeline.store.ResultWriter``: one Delta transaction per interval), so what is
+scan's own writer (``pipeline.base.store.ResultWriter``: one Delta transaction per interval), so what is
 measured is the store alone. Every figure that includes memory is measured in a fresh child
 process (peak RSS is per process):
 
@@ -43,7 +43,7 @@ def generated(start: int, n: int, run_id: str):
     import numpy as np
     import pyarrow as pa
 
-    from pipeline.schema import ROW_SCHEMA
+    from pipeline.base.schema import ROW_SCHEMA
 
     rng = np.random.default_rng(start)
     idx = np.arange(start, start + n)
@@ -68,8 +68,8 @@ def generated(start: int, n: int, run_id: str):
 
 
 def _writer(out: str, run_id: str, interval: int):
-    from pipeline.storage import StorageConfig
-    from pipeline.store import ResultWriter, RunRecord
+    from pipeline.base.storage import StorageConfig
+    from pipeline.base.store import ResultWriter, RunRecord
 
     return ResultWriter(out, RunRecord(run_id=run_id, command="bench", input="generated", code_version="bench"),
                         "2026-01-01", StorageConfig(), rows_per_part=10**12, commit_every_s=10**9)
@@ -98,25 +98,25 @@ def child(kind: str, out: str, arg: str) -> dict:
     """One measurement in this (fresh) process (its peak RSS above the baseline after the imports)."""
     import importlib
 
-    for m in ("pipeline.plan", "pipeline.query", "pipeline.store"):  # before the baseline: the growth is the work's
+    for m in ("pipeline.scan.plan", "pipeline.results.query", "pipeline.base.store"):  # before the baseline: the growth is the work's
         importlib.import_module(m)
 
     base = _rss_mb()
     t0 = time.perf_counter()
     if kind == "plan":
-        from pipeline.plan import plan_run
-        from pipeline.storage import StorageConfig
+        from pipeline.scan.plan import plan_run
+        from pipeline.base.storage import StorageConfig
 
         with tempfile.TemporaryDirectory() as work:
             plan = plan_run(arg, out, StorageConfig(), work, incremental=True, rescore=False, max_bytes=None,
                             scoring=("w" * 64, None, None))
         extra = {"listed": plan.listed, "to_scan": plan.to_scan}
     elif kind == "top":
-        from pipeline.query import top
+        from pipeline.results.query import top
 
         extra = {"rows": len(top(out, k=50, min_score=0.0)[1])}
     elif kind == "compact":
-        from pipeline.store import CompactConfig, compact
+        from pipeline.base.store import CompactConfig, compact
 
         extra = compact(CompactConfig(output=out))["results"]
     else:

@@ -8,7 +8,7 @@ Every figure is measured in a fresh child process (peak RSS is per process):
   the local S3 endpoint (moto's server, ListObjectsV2 pages of 1000) and over a manifest of N
   lines; entries/s and the driver's peak RSS above its baseline after imports;
 - pipeline: ``run_scan`` in sweep mode over N small PNGs with the STAND-IN predictor (no model,
-  no score: ``pipeline.standin``; clearly not a result), so what is measured is listing, reading,
+  no score: ``pipeline.scan.standin``; clearly not a result), so what is measured is listing, reading,
   hashing, decoding, Ray Data, dedup marks, Delta commits and the run records: rows/s, commits
   written, driver peak RSS; then a second sweep over the same N (nothing new): the anti-join's time.
 The slope (RSS per 1000 entries) between the two sizes is what tells whether the driver holds
@@ -36,10 +36,10 @@ def _rss_mb() -> float:
 
 
 def child(kind: str, spec: str, out: str, ckpt: str, endpoint: str | None) -> dict:
-    from pipeline.plan import plan_run
-    from pipeline.scan import ScanConfig, run_scan
-    from pipeline.standin import StandInPredictor
-    from pipeline.storage import StorageConfig
+    from pipeline.scan.plan import plan_run
+    from pipeline.scan.driver import ScanConfig, run_scan
+    from pipeline.scan.standin import StandInPredictor
+    from pipeline.base.storage import StorageConfig
 
     base = _rss_mb()
     t0 = time.perf_counter()

@@ -17,10 +17,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline import maps
-from pipeline.store import STATE_COMPLETE, ResultWriter, RunRecord
-from pipeline.schema import ERROR_INPUT, ERROR_TRANSIENT, STATUS_ERROR, STATUS_OK, STATUS_SKIPPED, ScanRow, rows_to_table
-from pipeline.storage import StorageConfig
+from pipeline.base import maps
+from pipeline.base.store import STATE_COMPLETE, ResultWriter, RunRecord
+from pipeline.base.schema import (ERROR_INPUT, ERROR_TRANSIENT, STATUS_ERROR, STATUS_OK, STATUS_SKIPPED, ScanRow,
+                                  rows_to_table)
+from pipeline.base.storage import StorageConfig
 
 GENERATED_MODEL = "GENERATED (no model: bench/report_data.py)"
 WEIGHTS_SHA = "0" * 64

@@ -10,7 +10,7 @@ from trufor_core.weights import LICENCE_NOTICE, OFFICIAL_WEIGHTS_URL, OFFICIAL_Z
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from pipeline.options import from_args
+    from pipeline.base.options import from_args
 
     from .predict import PredictConfig, run_predict
 
@@ -26,8 +26,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_scan(args: argparse.Namespace) -> int:
-    from pipeline.options import from_args
-    from pipeline.scan import ScanConfig, run_scan
+    from pipeline.base.options import from_args
+    from pipeline.scan.driver import ScanConfig, run_scan
 
     summary = run_scan(from_args(ScanConfig, args, args.command, incremental=args.command == "sweep"))
     print(summary.text(), file=sys.stderr)
@@ -36,25 +36,26 @@ def _cmd_scan(args: argparse.Namespace) -> int:
 
 def _read_config(args: argparse.Namespace):
     """(ReadConfig, storage, the calibration it names or None) of `query`, `top` or `contradictions`."""
-    from pipeline.options import from_args
-    from pipeline.query import ReadConfig
+    from pipeline.base.options import from_args
+    from pipeline.results.query import ReadConfig
 
     cfg = from_args(ReadConfig, args, args.command)
     storage, spec = cfg.storage(), cfg.calibration_spec()
     if spec is None:
         return cfg, storage, None
-    from pipeline.calibration import load_calibration
+    from pipeline.results.calibration import load_calibration
 
     return cfg, storage, load_calibration(spec, cfg.output, storage)
 
 
 def _cmd_query(args: argparse.Namespace) -> int:
-    from pipeline.query import format_rows, run_sql
+    from pipeline.base.sql import run_sql
+    from pipeline.results.query import format_rows
 
     cfg, storage, cal = _read_config(args)
     calibrated = None
     if cal:
-        from pipeline.calibration import connector
+        from pipeline.results.calibration import connector
 
         calibrated = connector(cal)
     cols, rows = run_sql(cfg.output, cfg.sql, storage=storage, connector=calibrated, as_of=cfg.as_of,
@@ -64,11 +65,11 @@ def _cmd_query(args: argparse.Namespace) -> int:
 
 
 def _cmd_top(args: argparse.Namespace) -> int:
-    from pipeline.query import format_rows, top
+    from pipeline.results.query import format_rows, top
 
     cfg, storage, cal = _read_config(args)
     if cal:
-        from pipeline.calibration import top_calibrated
+        from pipeline.results.calibration import top_calibrated
 
         cols, rows = top_calibrated(cfg.output, cal, k=cfg.k, min_score=cfg.flag_score(), since=cfg.since_date(),
                                     storage=storage, as_of=cfg.as_of)
@@ -80,8 +81,8 @@ def _cmd_top(args: argparse.Namespace) -> int:
 
 
 def _cmd_contradictions(args: argparse.Namespace) -> int:
-    from pipeline.credentials import contradictions
-    from pipeline.query import format_rows
+    from pipeline.results.contradictions import contradictions
+    from pipeline.results.query import format_rows
 
     cfg, storage, cal = _read_config(args)
     cols, rows = contradictions(cfg.output, k=cfg.k, min_score=cfg.flag_score(), storage=storage,
@@ -91,8 +92,8 @@ def _cmd_contradictions(args: argparse.Namespace) -> int:
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
-    from pipeline.migrate import MigrateConfig, migrate
-    from pipeline.options import from_args
+    from pipeline.base.migrate import MigrateConfig, migrate
+    from pipeline.base.options import from_args
 
     cfg = from_args(MigrateConfig, args, "migrate")
     print(migrate(cfg.output, cfg.storage(), cfg.wait).text(cfg.output), file=sys.stderr)
@@ -100,8 +101,8 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def _cmd_compact(args: argparse.Namespace) -> int:
-    from pipeline.options import from_args
-    from pipeline.store import CompactConfig, compact
+    from pipeline.base.options import from_args
+    from pipeline.base.store import CompactConfig, compact
 
     cfg = from_args(CompactConfig, args, "compact")
     for name, r in compact(cfg).items():
@@ -113,9 +114,9 @@ def _cmd_compact(args: argparse.Namespace) -> int:
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
-    from pipeline.calibration import CalibrateConfig, calibrate
-    from pipeline.options import from_args
-    from pipeline.query import format_rows
+    from pipeline.results.calibration import CalibrateConfig, calibrate
+    from pipeline.base.options import from_args
+    from pipeline.results.query import format_rows
 
     cal = calibrate(from_args(CalibrateConfig, args, "calibrate"))
     cols = ["source", "n", "threshold", "false_positives", "fpr", "fpr_ci95", "too_small_for_target", "forged_n", "tpr"]
@@ -129,9 +130,10 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def _cmd_duplicates(args: argparse.Namespace) -> int:
-    from pipeline.neardup import DuplicatesConfig, cluster_summary, find_duplicates, member_lines, write_members
-    from pipeline.options import from_args
-    from pipeline.query import format_rows
+    from pipeline.results.duplicates import (DuplicatesConfig, cluster_summary, find_duplicates, member_lines,
+                                             write_members)
+    from pipeline.base.options import from_args
+    from pipeline.results.query import format_rows
 
     cfg = from_args(DuplicatesConfig, args, "duplicates")
     members = find_duplicates(cfg)
@@ -148,8 +150,8 @@ def _cmd_duplicates(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from pipeline.options import from_args
-    from pipeline.report import ReportConfig, build_report
+    from pipeline.base.options import from_args
+    from pipeline.review.report import ReportConfig, build_report
 
     res = build_report(from_args(ReportConfig, args, "report"))
     print(res.text(), file=sys.stderr)
@@ -157,8 +159,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    from pipeline.evidence import ShowConfig, show
-    from pipeline.options import from_args
+    from pipeline.review.evidence import ShowConfig, show
+    from pipeline.base.options import from_args
 
     cfg = from_args(ShowConfig, args, "show")
     row = show(cfg)
@@ -167,8 +169,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from pipeline.evidence import ExportConfig, export
-    from pipeline.options import from_args
+    from pipeline.review.evidence import ExportConfig, export
+    from pipeline.base.options import from_args
 
     res = export(from_args(ExportConfig, args, "export"))
     for folder in res.folders:
@@ -195,7 +197,7 @@ def _cmd_train_noiseprint(args: argparse.Namespace) -> int:
 def _cmd_eval_noiseprint(args: argparse.Namespace) -> int:
     import json
 
-    from pipeline.storage import StorageConfig
+    from pipeline.base.storage import StorageConfig
 
     from noiseprint_lab.metrics import evaluate
 
@@ -218,7 +220,7 @@ def _cmd_make_camera_corpus(args: argparse.Namespace) -> int:
 
 def _cmd_make_splice_benchmark(args: argparse.Namespace) -> int:
     from noiseprint_lab.splices import BenchmarkConfig, make_splice_benchmark
-    from pipeline.options import from_args
+    from pipeline.base.options import from_args
 
     cfg = from_args(BenchmarkConfig, args, "make-splice-benchmark")
     desc = make_splice_benchmark(cfg.corpus, cfg.out, cfg.per_subset, cfg.seed)
@@ -229,7 +231,7 @@ def _cmd_make_splice_benchmark(args: argparse.Namespace) -> int:
 
 def _cmd_fit_noise_anomaly(args: argparse.Namespace) -> int:
     from noiseprint_lab.localizers import FitConfig, fit_from_corpus
-    from pipeline.options import from_args
+    from pipeline.base.options import from_args
 
     cfg = from_args(FitConfig, args, "fit-noise-anomaly")
     model = fit_from_corpus(cfg, log=lambda m: print(m, file=sys.stderr))
@@ -242,7 +244,7 @@ def _cmd_eval_splices(args: argparse.Namespace) -> int:
     import json
 
     from noiseprint_lab.splice_eval import EvalConfig, evaluate_splices
-    from pipeline.options import from_args
+    from pipeline.base.options import from_args
 
     cfg = from_args(EvalConfig, args, "eval-splices")
     print(json.dumps(evaluate_splices(cfg.benchmark, cfg.weights, cfg.noise_anomaly,
@@ -300,7 +302,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
     pr = sub.add_parser("predict", help="score images like the official test script (one .npz per image)")
     if full("predict"):
-        from pipeline.options import add_options
+        from pipeline.base.options import add_options
 
         from .predict import PredictConfig
 
@@ -312,8 +314,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                                  "files, transient errors, interrupted runs); copies of scored bytes are not rescored")):
         sc = sub.add_parser(name, help=text)
         if full(name):
-            from pipeline.options import add_options
-            from pipeline.scan import ScanConfig
+            from pipeline.base.options import add_options
+            from pipeline.scan.driver import ScanConfig
 
             add_options(sc, ScanConfig, name)
         sc.set_defaults(func=_cmd_scan)
@@ -324,8 +326,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                                           "while TruFor flags them")):
         rd = sub.add_parser(name, help=text)
         if full(name):
-            from pipeline.options import add_options
-            from pipeline.query import ReadConfig
+            from pipeline.base.options import add_options
+            from pipeline.results.query import ReadConfig
 
             add_options(rd, ReadConfig, name)
         rd.set_defaults(func={"query": _cmd_query, "top": _cmd_top, "contradictions": _cmd_contradictions}[name])
@@ -336,21 +338,21 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         if full(name):
             import importlib
 
-            from pipeline.options import add_options
+            from pipeline.base.options import add_options
 
             add_options(cmd, getattr(importlib.import_module(module), cls), name)
         cmd.set_defaults(func=func)
 
     derived("migrate", "convert an OUTPUT of the old layout (parts + _runs/*.json) into the Delta table, every row kept",
-            "pipeline.migrate", "MigrateConfig", _cmd_migrate)
+            "pipeline.base.migrate", "MigrateConfig", _cmd_migrate)
     derived("compact", "Delta optimize: many small files into few (safe beside a sweep); --vacuum deletes old files",
-            "pipeline.store", "CompactConfig", _cmd_compact)
+            "pipeline.base.store", "CompactConfig", _cmd_compact)
 
     ca = sub.add_parser("calibrate", help="per-source thresholds for a target false-positive rate, from known-pristine "
                                           "images scanned into OUTPUT")
     if full("calibrate"):
-        from pipeline.calibration import CalibrateConfig
-        from pipeline.options import add_options
+        from pipeline.results.calibration import CalibrateConfig
+        from pipeline.base.options import add_options
 
         add_options(ca, CalibrateConfig, "calibrate")
     ca.set_defaults(func=_cmd_calibrate)
@@ -358,16 +360,16 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     du = sub.add_parser("duplicates", help="near-copies (resized, recompressed, lightly cropped) grouped into clusters, "
                                            "with the best copy and the score spread")
     if full("duplicates"):
-        from pipeline.neardup import DuplicatesConfig
-        from pipeline.options import add_options
+        from pipeline.results.duplicates import DuplicatesConfig
+        from pipeline.base.options import add_options
 
         add_options(du, DuplicatesConfig, "duplicates")
     du.set_defaults(func=_cmd_duplicates)
 
     rp = sub.add_parser("report", help="a review page of the top candidates (static HTML that opens from disk)")
     if full("report"):
-        from pipeline.options import add_options
-        from pipeline.report import ReportConfig
+        from pipeline.base.options import add_options
+        from pipeline.review.report import ReportConfig
 
         add_options(rp, ReportConfig, "report")
     rp.set_defaults(func=_cmd_report)
@@ -378,8 +380,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                              "ExportConfig")):
         ev = sub.add_parser(name, help=text)
         if full(name):
-            from pipeline import evidence
-            from pipeline.options import add_options
+            from pipeline.review import evidence
+            from pipeline.base.options import add_options
 
             add_options(ev, getattr(evidence, cls), name)
         ev.set_defaults(func=_cmd_show if name == "show" else _cmd_export)
@@ -446,16 +448,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (WeightsError, FileNotFoundError, FileExistsError, ValueError, RuntimeError) as e:
-        from pipeline.lease import LeaseBusy
-        from pipeline.store import RunFailed
-        from pipeline.storage import one_line, redact
+        from pipeline.base.lease import LeaseBusy
+        from pipeline.base.store import RunFailed
+        from pipeline.base.storage import one_line, redact
 
         print(f"trufor-scan: error: {one_line(redact(str(e)), 2000)}", file=sys.stderr)
         if os.environ.get("TRUFOR_DEBUG"):
             traceback.print_exc()
         return EXIT_FAILED if isinstance(e, RunFailed) else EXIT_BUSY if isinstance(e, LeaseBusy) else EXIT_USAGE
     except Exception as e:  # noqa: BLE001 - anything else (an object store unreachable, ...): one line, never a traceback
-        from pipeline.storage import one_line, redact
+        from pipeline.base.storage import one_line, redact
 
         print(f"trufor-scan: error: {type(e).__name__}: {one_line(redact(str(e)), 2000)}", file=sys.stderr)
         if os.environ.get("TRUFOR_DEBUG"):

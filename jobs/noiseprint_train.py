@@ -23,8 +23,8 @@ import torch
 from noiseprint_lab.data import load_corpus, sample_batch
 from noiseprint_lab.training import (TrainConfig, build_dncnn, clone_state, export_noiseprint, final_weights,
                                      start_step, steps_for, to_input, training_loss, update_average)
-from pipeline.options import add_options, from_args
-from pipeline.storage import StorageConfig
+from pipeline.base.options import add_options, from_args
+from pipeline.base.storage import StorageConfig
 
 LATEST_RUN_FILE = "LATEST_RUN"
 
@@ -162,7 +162,7 @@ def run_training(cfg: TrainConfig, log=lambda m: print(m, file=sys.stderr)) -> d
         name = f"noiseprint-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         with out_fs.open(latest, "wb") as f:
             f.write(name.encode())
-    from pipeline.scan import RAY_ENV_DEFAULTS
+    from pipeline.scan.driver import RAY_ENV_DEFAULTS
 
     for k, v in {**RAY_ENV_DEFAULTS, **TRAIN_ENV_DEFAULTS}.items():
         os.environ.setdefault(k, v)

@@ -14,39 +14,31 @@ import numpy as np
 import torch
 
 from trufor_core import EvalConfig, load_trufor
-from trufor_core.model import PRECISION_HELP, PRECISIONS, autocast, describe_device, resolve_device
+from trufor_core.model import autocast, describe_device, resolve_device
 from trufor_core.image import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, decode_rgb, to_model_input
 from trufor_core.weights import resolve_weights
 
-from pipeline.listing import iter_listing
-from pipeline.options import opt
-from pipeline.progress import note_slow, progress
-from pipeline.storage import StorageConfig, local_path
+from pipeline.base.listing import iter_listing
+from pipeline.base.options import opt
+from pipeline.base.weights import WeightsOptions
+from pipeline.base.progress import note_slow, progress
+from pipeline.base.storage import StorageConfig, local_path
 
 NAME_MAX = 255  # bytes in one file name (ext4, xfs, APFS)
 
 
 @dataclass(frozen=True)
-class PredictConfig:
+class PredictConfig(WeightsOptions):
     """Settings of one `predict` run; the command line is derived from these fields."""
 
     input: str = field(metadata=opt("a file, a directory (recursive, listed as `scan` lists it) or a glob",
                                     flag=("--input", "-in")))
     output: str = field(metadata=opt("output directory, or a .npz file for one image", flag=("--output", "-out")))
-    checkpoint: str | None = field(default=None, metadata=opt(
-        "trufor.pth.tar (default: $TRUFOR_WEIGHTS, then the cache, then download)"))
-    noiseprint_weights: str | None = field(default=None, metadata=opt(
-        "a noiseprint++.th-format file replacing the Noiseprint++ weights"))
     save_np: bool = field(default=False, metadata=opt("also store the Noiseprint++ map as np++",
                                                       flag=("--save-np", "--save_np")))
     overwrite: bool = field(default=False, metadata=opt("replace existing outputs (the official script keeps them)"))
     device: str = field(default="auto", metadata=opt("auto, cpu, cuda or cuda:N"))
-    variant: str = field(default="test_docker", metadata=opt(
-        "train_test: confidence-head BN eps 1e-3 as in TruFor_train_test", choices=("test_docker", "train_test")))
     max_pixels: int = field(default=DEFAULT_MAX_PIXELS, metadata=opt("refuse images with more pixels"))
-    precision: str = field(default="fp32", metadata=opt(PRECISION_HELP, choices=tuple(PRECISIONS)))
-    allow_download: bool = field(default=True, metadata=opt("fail instead of downloading missing weights",
-                                                           flag="--no-download"))
 
 
 @dataclass
@@ -62,7 +54,7 @@ class PredictSummary:
 def list_inputs(spec: str) -> tuple[list[str], list[str], list[tuple[str, str]]]:
     """Files named by a file, a directory or a glob: (images, not_images, refused).
 
-    A directory is listed by the scan's own walker (``pipeline.listing``): recursive, symlink
+    A directory is listed by the scan's own walker (``pipeline.base.listing``): recursive, symlink
     loops and special files (FIFOs, sockets, devices) refused with a reason instead of followed or
     opened, names that are not UTF-8 kept. In directory/glob mode files without an image
     extension are returned separately so they are reported, not silently dropped; a single named

@@ -14,8 +14,8 @@ from fractions import Fraction
 import numpy as np
 from PIL import Image, ImageFilter
 
-from pipeline.listing import list_input
-from pipeline.storage import StorageConfig
+from pipeline.base.listing import list_input
+from pipeline.base.storage import StorageConfig
 from trufor_core.image import IMAGE_EXTENSIONS, ImageDecodeError, decode_image
 
 HELD_OUT_DIR = "eval"

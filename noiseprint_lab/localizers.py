@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.options import opt
+from pipeline.base.options import opt
 from trufor_core.image import to_model_input
 from trufor_core.noiseprint import DnCNN
 

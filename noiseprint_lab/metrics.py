@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pipeline.storage import StorageConfig
+from pipeline.base.storage import StorageConfig
 
 from .data import EVAL_HISTORIES, Corpus, load_corpus, sample_patch
 from .training import build_dncnn, to_input

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline.options import opt
+from pipeline.base.options import opt
 
 from .localizers import NoiseAnomalyModel, check_fitted_on, em_heatmap, noiseprint
 from .metrics import roc_auc

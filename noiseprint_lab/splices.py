@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline.options import opt
-from pipeline.storage import StorageConfig
+from pipeline.base.options import opt
+from pipeline.base.storage import StorageConfig
 
 from .data import EVAL_HISTORIES, HISTORIES, apply_history, load_corpus
 

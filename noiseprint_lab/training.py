@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.options import opt
-from pipeline.storage import StorageConfig, local_copy
+from pipeline.base.options import opt
+from pipeline.base.storage import StorageConfig, local_copy
 from trufor_core.checkpoint import CheckpointError, map_noiseprint_state_dict, map_official_state_dict, read_torch_file
 from trufor_core.noiseprint import DnCNN
 

@@ -77,8 +77,8 @@ def heic_bytes(rgb: np.ndarray, bits: int = 8, quality: int = 95) -> bytes:
 
 def write_parts(output, run_id: str, date: str, tables: list, state: str = "complete"):
     """Commit ``tables`` as one run's commits, through the scan's own writer."""
-    from pipeline.storage import StorageConfig
-    from pipeline.store import ResultWriter, RunRecord
+    from pipeline.base.storage import StorageConfig
+    from pipeline.base.store import ResultWriter, RunRecord
 
     w = ResultWriter(str(output), RunRecord(run_id=run_id, command="test", input="-", code_version="test"),
                      date, StorageConfig(), rows_per_part=10**6, commit_every_s=3600)

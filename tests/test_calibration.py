@@ -13,10 +13,10 @@ import pytest
 from conftest import write_parts
 
 from jobs.cli import main as cli_main
-from pipeline.calibration import (CalibrateConfig, CalibrationError, calibrate, clopper_pearson, connector,
-                                  load_calibration, min_reference_size, pick_threshold, top_calibrated)
-from pipeline.query import QueryError, run_sql
-from pipeline.schema import ScanRow, rows_to_table
+from pipeline.results.calibration import (CalibrateConfig, CalibrationError, calibrate, clopper_pearson, connector,
+                                          load_calibration, min_reference_size, pick_threshold, top_calibrated)
+from pipeline.base.sql import QueryError, run_sql
+from pipeline.base.schema import ScanRow, rows_to_table
 
 W = "a" * 64
 
@@ -156,7 +156,7 @@ def test_an_edited_calibration_is_refused(calibrated, tmp_path):
         load_calibration("latest", cfg.output, cfg.storage())
     assert cli_main(["top", cfg.output, "--calibrated"]) == 2
     # Even with a recomputed id, a sources manifest must be a file under OUTPUT/_calibrations/.
-    from pipeline.calibration import content_id
+    from pipeline.results.calibration import content_id
 
     for where in ("/etc/passwd", "../../x.csv", str(tmp_path / "fifo.csv")):
         body = json.loads(open(path).read())
@@ -168,8 +168,8 @@ def test_an_edited_calibration_is_refused(calibrated, tmp_path):
     os.mkfifo(tmp_path / "fifo.json")
     with pytest.raises(CalibrationError, match="not a regular file"):
         load_calibration(str(tmp_path / "fifo.json"), cfg.output, cfg.storage())
-    from pipeline.listing import read_manifest_table
-    from pipeline.storage import StorageConfig
+    from pipeline.base.listing import read_manifest_table
+    from pipeline.base.storage import StorageConfig
 
     os.mkfifo(tmp_path / "fifo.csv")
     with pytest.raises(ValueError, match="not a regular file"):

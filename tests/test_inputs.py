@@ -19,12 +19,12 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from pipeline.listing import iter_listing
-from pipeline.store import ResultWriter, RunRecord, open_table, read_runs
-from pipeline.preprocess import ReadError, load_one, read_input
-from pipeline.query import run_sql
-from pipeline.schema import ERROR_INPUT, ERROR_TRANSIENT, ScanRow, rows_to_table
-from pipeline.storage import StorageConfig, local_path, local_uri
+from pipeline.base.listing import iter_listing
+from pipeline.base.store import ResultWriter, RunRecord, open_table, read_runs
+from pipeline.scan.decode import ReadError, load_one, read_input
+from pipeline.base.sql import run_sql
+from pipeline.base.schema import ERROR_INPUT, ERROR_TRANSIENT, ScanRow, rows_to_table
+from pipeline.base.storage import StorageConfig, local_path, local_uri
 
 ST = StorageConfig()
 MB = 2**20
@@ -214,8 +214,8 @@ def test_scan_options_are_declared_once_on_the_config():
     import dataclasses
 
     from jobs.cli import build_parser
-    from pipeline.options import cli_fields, from_args
-    from pipeline.scan import ScanConfig
+    from pipeline.base.options import cli_fields, from_args
+    from pipeline.scan.driver import ScanConfig
 
     argv = ["sweep", "in/", "--output", "out/", "--rescore", "--checkpoint", "c.pth", "--noiseprint-weights", "n.th",
             "--noise-anomaly", "na.pt", "--c2pa-trust-anchors", "ca.pem", "--actors", "3", "--gpus-per-actor", "0.5", "--cpus-per-actor", "2", "--batch-size", "7",

@@ -1,5 +1,6 @@
-"""Fast tier: the code's shape. No import cycles between the project's modules (counting imports
-inside functions too: a lazy import only hides a cycle), and the library packages need no Ray."""
+"""Fast tier: the code's shape. Packages import only downwards (``LAYERS``), no import cycles between
+the project's modules (counting imports inside functions too: a lazy import only hides a cycle or
+an upward arrow), and the library packages need no Ray."""
 from __future__ import annotations
 
 import ast
@@ -9,6 +10,16 @@ import sys
 from conftest import REPO
 
 PACKAGES = ("trufor_core", "pipeline", "jobs", "noiseprint_lab")
+# Lowest first: a module may import its own layer and the layers before it, never a later one.
+# pipeline.scan and pipeline.results do not import each other (tested: either order would hold).
+LAYERS = ("trufor_core", "pipeline.base", "noiseprint_lab", "pipeline.scan", "pipeline.results", "pipeline.review",
+          "jobs")
+
+
+def layer_of(module: str) -> int | None:
+    """Index in LAYERS of the layer a module belongs to (None: outside them, e.g. ``pipeline`` itself)."""
+    hits = [i for i, layer in enumerate(LAYERS) if module == layer or module.startswith(layer + ".")]
+    return hits[-1] if hits else None
 
 
 def _module_name(path) -> str:
@@ -67,6 +78,18 @@ def test_no_import_cycles():
     assert "noiseprint_lab.training" in graph["jobs.noiseprint_train"]  # the graph sees relative and absolute imports
     assert find_cycle({"a": {"b"}, "b": {"a"}}) == ["a", "b", "a"]  # and the check finds a cycle
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+
+
+def test_packages_import_only_downwards():
+    graph = import_graph()
+    assert all(layer_of(m) is not None for m in graph if m != "pipeline"), "a module outside LAYERS"
+    assert layer_of("pipeline.results.query") == LAYERS.index("pipeline.results")
+    upward = sorted(f"{m} -> {d}" for m, deps in graph.items() for d in deps
+                    if layer_of(m) is not None and layer_of(d) is not None and layer_of(d) > layer_of(m))
+    assert upward == [], "imports that point up the layers:\n" + "\n".join(upward)
+    sideways = sorted(f"{m} -> {d}" for m, deps in graph.items() for d in deps
+                      if {layer_of(m), layer_of(d)} == {LAYERS.index("pipeline.scan"), LAYERS.index("pipeline.results")})
+    assert sideways == [], sideways
 
 
 def test_library_packages_import_without_ray():

@@ -10,8 +10,9 @@ import pytest
 from PIL import Image
 
 from conftest import IMAGES
-from pipeline.neardup import (DEFAULT_MAX_DISTANCE, DuplicatesConfig, MEMBER_SCHEMA, cluster_labels, cluster_members,
-                              cluster_summary, hamming, hex_to_codes, near_pairs, phash_hex)
+from pipeline.results.duplicates import (DEFAULT_MAX_DISTANCE, DuplicatesConfig, MEMBER_SCHEMA, cluster_labels,
+                                         cluster_members, cluster_summary, hamming, hex_to_codes, near_pairs)
+from pipeline.scan.decode import phash_hex
 
 
 def _planted(n: int, max_flips: int, seed: int) -> np.ndarray:

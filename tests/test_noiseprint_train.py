@@ -337,9 +337,9 @@ def test_train_two_workers_export_and_eval(shared, corpus_dir, tmp_path):
     # ... and its sha256 shows in the scan rows (the scanner's predictor on a hand-built batch).
     import hashlib
 
-    from pipeline.maps import store_maps
-    from pipeline.predictor import PredictorConfig, TruForPredictor
-    from pipeline.schema import table_to_rows
+    from pipeline.base.maps import store_maps
+    from pipeline.scan.predictor import PredictorConfig, TruForPredictor
+    from pipeline.base.schema import table_to_rows
 
     rgb = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     pix = np.empty(1, dtype=object)

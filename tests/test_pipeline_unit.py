@@ -12,14 +12,15 @@ import pytest
 from PIL import Image
 
 from conftest import heic_bytes, write_parts
-from pipeline import maps
-from pipeline.listing import list_input, read_manifest
-from pipeline.store import resolve_ref
-from pipeline.predictor import PredictorConfig, TruForPredictor, group_batches
-from pipeline.preprocess import load_batch, load_one
-from pipeline.query import QueryError, format_rows, run_sql, top
-from pipeline.schema import COLUMNS, ROW_SCHEMA, ScanRow, rows_to_table, table_to_rows
-from pipeline.storage import StorageConfig, redact
+from pipeline.base import maps
+from pipeline.base.listing import list_input, read_manifest
+from pipeline.base.store import resolve_ref
+from pipeline.scan.predictor import PredictorConfig, TruForPredictor, group_batches
+from pipeline.scan.decode import load_batch, load_one
+from pipeline.base.sql import QueryError, run_sql
+from pipeline.results.query import format_rows, top
+from pipeline.base.schema import COLUMNS, ROW_SCHEMA, ScanRow, rows_to_table, table_to_rows
+from pipeline.base.storage import StorageConfig, redact
 from tolerances import F32_ATOL, MAP_CODEC_ATOL, MAP_ROUNDTRIP_ATOL, assert_close, assert_f32_close
 
 ST = StorageConfig()

@@ -25,10 +25,10 @@ from tolerances import FIGURE_PANEL_MEAN_ABS
 sys.path.insert(0, str(REPO / "bench"))
 from report_data import make_results  # noqa: E402
 
-from pipeline.evidence import ExportConfig, ShowConfig, export, render_figure, show  # noqa: E402
-from pipeline.report import ReportConfig, build_report, query_report  # noqa: E402
-from pipeline.review import colorize, find_row, load_maps, map_to_gray8, read_original, resize_map  # noqa: E402
-from pipeline.storage import StorageConfig  # noqa: E402
+from pipeline.review.evidence import ExportConfig, ShowConfig, export, render_figure, show  # noqa: E402
+from pipeline.review.report import ReportConfig, build_report, query_report  # noqa: E402
+from pipeline.review.figures import colorize, find_row, load_maps, map_to_gray8, read_original, resize_map  # noqa: E402
+from pipeline.base.storage import StorageConfig  # noqa: E402
 
 URI_ATTACK = 's3://bucket/<script>window.__pwned = 1</script>".jpg'
 EXIF_ATTACK = "<img src=x onerror=\"window.__pwned = 2\">"
@@ -85,7 +85,7 @@ def test_report_page_escapes_data_and_counts(generated, tmp_path):
 def test_report_summary_matches_sql(generated, tmp_path):
     cfg = ReportConfig(output=str(generated["out"]), out=str(tmp_path / "p"), k=5, min_score=0.5)
     candidates, s = query_report(cfg, StorageConfig())
-    from pipeline.query import connect
+    from pipeline.base.sql import connect
 
     con = connect(str(generated["out"]))
     by_status = dict(con.execute("SELECT status, count(*) FROM latest GROUP BY status").fetchall())

@@ -19,11 +19,12 @@ from PIL import Image
 from conftest import IMAGES, REPO, S3_KEY, S3_SECRET, C2paTestSigner, heic_bytes
 from page_check import browser_missing, check_report
 from tolerances import F32_ATOL, MAP_CODEC_ATOL, assert_close, assert_f32_close
-from pipeline import maps
-from pipeline.query import run_sql, top
-from pipeline.scan import RAY_ENV_DEFAULTS, ScanConfig, run_scan
-from pipeline.storage import StorageConfig
-from pipeline.store import resolve_ref
+from pipeline.base import maps
+from pipeline.base.sql import run_sql
+from pipeline.results.query import top
+from pipeline.scan.driver import RAY_ENV_DEFAULTS, ScanConfig, run_scan
+from pipeline.base.storage import StorageConfig
+from pipeline.base.store import resolve_ref
 
 sys.path.insert(0, str(REPO / "bench"))
 pytestmark = pytest.mark.slow

@@ -17,12 +17,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import REPO
-from pipeline.lease import Lease, LeaseBusy, LeaseLost
-from pipeline.query import QueryError, QueryLimits, QueryTimeout, run_sql, top
-from pipeline.schema import ScanRow, rows_to_table
-from pipeline.storage import StorageConfig
-from pipeline.store import (CompactConfig, ResultWriter, RunRecord, StoreError, compact, open_table, read_runs,
-                            resolve_ref)
+from pipeline.base.lease import Lease, LeaseBusy, LeaseLost
+from pipeline.base.sql import QueryError, QueryTimeout, run_sql
+from pipeline.base.store import QueryLimits
+from pipeline.results.query import top
+from pipeline.base.schema import ScanRow, rows_to_table
+from pipeline.base.storage import StorageConfig
+from pipeline.base.store import (CompactConfig, ResultWriter, RunRecord, StoreError, compact, open_table, read_runs,
+                                 resolve_ref)
 
 ST = StorageConfig()
 
@@ -165,7 +167,7 @@ def test_plain_tools_read_the_table(tmp_path):
 def test_300_queries_and_100_plans_in_one_process_never_hang(tmp_path):
     """The old pyarrow-dataset bridge hung after 12-97 queries in one process; DuckDB's own reader
     must not. A deadline fails this test (never the suite)."""
-    from pipeline.plan import plan_run
+    from pipeline.scan.plan import plan_run
 
     out, arc = tmp_path / "out", tmp_path / "arc"
     arc.mkdir()
@@ -207,8 +209,8 @@ def test_compaction_beside_a_writer_and_readers_then_vacuum(tmp_path):
         "import sys, datetime as dt\n"
         "sys.path.insert(0, sys.argv[2])\n"
         "from test_store import _rows\n"
-        "from pipeline.store import ResultWriter, RunRecord\n"
-        "from pipeline.storage import StorageConfig\n"
+        "from pipeline.base.store import ResultWriter, RunRecord\n"
+        "from pipeline.base.storage import StorageConfig\n"
         "w = ResultWriter(sys.argv[1], RunRecord(run_id='writer', command='t', input='-', code_version='t'),"
         " '2026-11-02', StorageConfig(), rows_per_part=10**9, commit_every_s=3600)\n"
         "for i in range(15):\n"
@@ -391,7 +393,7 @@ def test_migrate_refuses_a_manifest_naming_a_file_outside(tmp_path):
 def test_migrate_twice_after_an_interruption_copies_nothing_twice(tmp_path):
     """A migration killed after some runs were committed: the next one skips those (application
     transactions), and the count still matches."""
-    from pipeline import migrate as mig
+    from pipeline.base import migrate as mig
 
     out = tmp_path / "old"
     n = _legacy(out, {"a": [_rows(4, "a")], "b": [_rows(5, "b", start=20)]})
@@ -421,7 +423,7 @@ def test_migrate_twice_after_an_interruption_copies_nothing_twice(tmp_path):
 
 def test_reproduce_sh_quotes_every_value_from_the_row(tmp_path):
     """Shell metacharacters planted in every row field the script uses never run."""
-    from pipeline.evidence import _reproduce_sh
+    from pipeline.review.evidence import _reproduce_sh
 
     marker = tmp_path / "PWNED"
     evil = f'0"; touch {marker}; echo "0\'$(touch {marker})`touch {marker}`'
@@ -451,7 +453,7 @@ def test_every_store_connection_has_a_deadline(tmp_path):
     dedup open are interrupted past their deadline too (a statement that would run for hours)."""
     import duckdb
 
-    from pipeline.query import connect
+    from pipeline.base.sql import connect
 
     out = tmp_path / "out"
     _write(out, "r1", [_rows(3, "r1")])

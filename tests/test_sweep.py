@@ -19,11 +19,11 @@ import pytest
 from PIL import Image
 
 from conftest import S3_KEY, S3_SECRET, kill_ray_processes
-from pipeline.store import read_runs
-from pipeline.query import run_sql
-from pipeline.scan import RAY_ENV_DEFAULTS, ScanConfig, run_scan
-from pipeline.standin import STAND_IN_MODEL, StandInPredictor, slow_standin
-from pipeline.storage import StorageConfig
+from pipeline.base.store import read_runs
+from pipeline.base.sql import run_sql
+from pipeline.scan.driver import RAY_ENV_DEFAULTS, ScanConfig, run_scan
+from pipeline.scan.standin import STAND_IN_MODEL, StandInPredictor, slow_standin
+from pipeline.base.storage import StorageConfig
 
 pytestmark = pytest.mark.slow
 QUIET = {"log": lambda m: None}
@@ -77,8 +77,8 @@ def _other_weights(src: Path, dst: Path) -> Path:
 
 _KILLED_DRIVER = """
 import sys
-from pipeline.scan import ScanConfig, run_scan
-from pipeline.standin import slow_standin
+from pipeline.scan.driver import ScanConfig, run_scan
+from pipeline.scan.standin import slow_standin
 
 run_scan(ScanConfig(input=sys.argv[1], output=sys.argv[2], checkpoint=sys.argv[3], incremental=True, batch_size=1,
                     rows_per_part=3, commit_every_s=0.5, allow_download=False, ray_temp_dir=sys.argv[4], lease_ttl=3,
@@ -286,7 +286,7 @@ def _broken_init(self, cfg, known_hashes=None):
 def test_pipeline_failure_records_every_row_then_exits_1(ray_local, synth_ckpt, tmp_path):
     """The pipeline itself fails (every actor dies on start): each planned file still gets a row,
     a transient error naming the failure; the run is marked failed and raises RunFailed (exit 1)."""
-    from pipeline.store import RunFailed
+    from pipeline.base.store import RunFailed
 
     arc, out = tmp_path / "arc", str(tmp_path / "out")
     arc.mkdir()
@@ -326,7 +326,7 @@ def test_two_sweeps_at_once_score_each_uri_once(ray_local, synth_ckpt, tmp_path,
     import threading
 
     from jobs.cli import EXIT_BUSY
-    from pipeline.lease import Lease, LeaseBusy
+    from pipeline.base.lease import Lease, LeaseBusy
 
     arc = tmp_path / "arc"
     arc.mkdir()
@@ -401,8 +401,8 @@ def test_disk_full_mid_run_fails_in_one_line_then_the_next_sweep_completes(ray_l
     line (exit 1), leaves no temporary file, and the next sweep (once there is room) completes the work."""
     import threading
 
-    from pipeline import store
-    from pipeline.store import RunFailed
+    from pipeline.base import store
+    from pipeline.base.store import RunFailed
 
     mnt = tmp_path / "disk"
     if not _tmpfs(mnt, "8m"):
@@ -455,8 +455,8 @@ def test_object_store_gone_during_commits_fails_then_the_next_sweep_completes(ra
 
     import s3fs
 
-    from pipeline import store
-    from pipeline.store import RunFailed
+    from pipeline.base import store
+    from pipeline.base.store import RunFailed
 
     monkeypatch.setattr(store, "COMMIT_BACKOFF_S", 0.2)
     moto = _Moto()
@@ -509,7 +509,7 @@ def test_compaction_and_queries_while_a_sweep_commits(ray_local, synth_ckpt, tmp
     sweep ends complete, every uri once, and no query ever saw a row twice."""
     import threading
 
-    from pipeline.store import CompactConfig, compact, open_table
+    from pipeline.base.store import CompactConfig, compact, open_table
 
     arc, out = tmp_path / "arc", str(tmp_path / "out")
     arc.mkdir()

@@ -40,7 +40,7 @@ F32_ATOL = {
 # by up to 4.9e-4 at |v| >= 1 (fixture README), added on top of the float32 tolerance.
 F16_STORAGE_ATOL = 5e-4
 
-# Stored maps (pipeline.maps: float16 stride-4 logits, rebuilt on load) vs the model's float32 maps:
+# Stored maps (pipeline.base.maps: float16 stride-4 logits, rebuilt on load) vs the model's float32 maps:
 # the codec's promise (under one 8-bit grey level), and what the float16 rounding alone gives.
 MAP_CODEC_ATOL = 1 / 255
 MAP_ROUNDTRIP_ATOL = 1e-3

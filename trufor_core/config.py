@@ -16,6 +16,10 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".tif", ".tiff", "
 DEFAULT_MAX_PIXELS = 100_000_000
 
 
+# The official numerics: test_docker (inference, the default) and train_test (conf-head BN eps 1e-3).
+VARIANTS = ("test_docker", "train_test")
+
+
 @dataclass(frozen=True)
 class TruForConfig:
     """Architecture of TruFor (official values are the defaults: MiT-B2, MLP decoder 512).
@@ -43,7 +47,7 @@ class TruForConfig:
             return cls()
         if variant == "train_test":
             return cls(conf_head_bn_eps=1e-3)
-        raise ValueError(f"unknown TruFor variant {variant!r}; expected 'test_docker' or 'train_test'")
+        raise ValueError(f"unknown TruFor variant {variant!r}; expected one of {VARIANTS}")
 
     @classmethod
     def tiny(cls) -> "TruForConfig":

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from .options import opt
-from .storage import StorageOptions
+from pipeline.base.options import opt
+from pipeline.base.storage import StorageOptions
 
 HASH_BITS = 64
 _SUBSTRINGS = 3  # 22 + 21 + 21 bits: buckets of about n / 2**21 hashes (one or less up to ~2M rows)
@@ -33,14 +33,6 @@ MEMBER_SCHEMA = pa.schema([
 ])
 CLUSTER_COLUMNS = ("cluster_id", "cluster_size", "best_uri", "score_min", "score_max", "cluster_score_spread",
                    "outlier_uri", "outlier_score")
-
-
-def phash_hex(rgb: np.ndarray) -> str:
-    """pHash (64 bits, imagehash) of decoded (H, W, 3) uint8 pixels, as 16 hex digits."""
-    import imagehash
-    from PIL import Image
-
-    return str(imagehash.phash(Image.fromarray(rgb), hash_size=8))
 
 
 def hex_to_codes(hexes) -> np.ndarray:
@@ -234,7 +226,7 @@ def member_lines(members: pa.Table, cluster_ids: list[str]) -> tuple[list[str], 
 
 def find_duplicates(cfg: DuplicatesConfig) -> pa.Table:
     """``MEMBER_SCHEMA`` rows of the near-copy clusters among the latest ok rows of a scan output."""
-    from .query import connect
+    from pipeline.base.sql import connect
 
     con = connect(cfg.output, cfg.storage())
     try:

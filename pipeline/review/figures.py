@@ -1,7 +1,7 @@
 """What a person looks at: one scanned image's row, its original and its maps, as pictures.
 
-Shared by the review page (``pipeline.report``), ``trufor-scan show`` and the evidence bundles
-(``pipeline.evidence``). Colours follow the official TruFor visualisation: anomaly on ``RdBu_r``
+Shared by the review page (``pipeline.review.report``), ``trufor-scan show`` and the evidence bundles
+(``pipeline.review.evidence``). Colours follow the official TruFor visualisation: anomaly on ``RdBu_r``
 (blue 0 -> red 1), confidence on ``gray`` (black 0 = do not trust the map -> white 1); the
 anomaly x confidence product on ``inferno`` (black where either is low). matplotlib is imported
 only where a figure or a colour map is made (Agg backend: no display needed).
@@ -19,12 +19,12 @@ from PIL import Image
 
 from trufor_core.image import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
 
-from . import maps
-from .preprocess import read_input
-from .query import connect
-from .store import resolve_ref
-from .schema import COLUMNS, STATUS_OK
-from .storage import StorageConfig, one_line, redact
+from pipeline.base import maps
+from pipeline.scan.decode import read_input
+from pipeline.base.sql import connect
+from pipeline.base.store import resolve_ref
+from pipeline.base.schema import COLUMNS, STATUS_OK
+from pipeline.base.storage import StorageConfig, one_line, redact
 
 # name -> (matplotlib colour map, what a person reads from it)
 SCALES = {

@@ -8,7 +8,7 @@ import urllib.parse
 import uuid
 from dataclasses import dataclass, field
 
-from .options import opt
+from pipeline.base.options import opt
 
 
 _SECRET_RE = re.compile(r"(?i)(aws_secret_access_key|aws_access_key_id|secret|signature|credential|"

@@ -16,11 +16,11 @@ from trufor_core import EvalConfig, load_trufor
 from trufor_core.config import POOLED_FEATURE_NAMES
 from trufor_core.model import autocast, describe_device, resolve_device
 
-from . import maps
-from .credentials import C2PA_COLUMNS
-from .dedup import CopyMarker
-from .schema import ERROR_TRANSIENT, STATUS_ERROR, STATUS_OK, ScanRow, coerce, rows_to_table
-from .storage import StorageConfig, local_copy, one_line, redact
+from pipeline.base import maps
+from pipeline.scan.c2pa import C2PA_COLUMNS
+from pipeline.scan.dedup import CopyMarker
+from pipeline.base.schema import ERROR_TRANSIENT, STATUS_ERROR, STATUS_OK, ScanRow, coerce, rows_to_table
+from pipeline.base.storage import StorageConfig, local_copy, one_line, redact
 
 MODEL_NAME = "trufor-detconfcmx-mit_b2"
 # Columns the pre-processing stage fills and the predictor passes through unchanged.
@@ -48,7 +48,7 @@ class PredictorConfig:
         timings_dir: when set, each call appends its timings to ``actor-<pid>.jsonl`` there (benchmarks).
         dedup: do not score bytes (sha256) already scored with these weights, in earlier runs
             (``known_hashes``) or earlier in this actor: such rows are marked ``dedup.pending`` and
-            completed from the original's row on the driver (``pipeline.dedup.DedupResolver``).
+            completed from the original's row on the driver (``pipeline.scan.dedup.DedupResolver``).
         noise_anomaly: a model from `fit-noise-anomaly` (fitted on this checkpoint's Noiseprint++):
             each scored image also gets its noise-anomaly heat map and score (a second opinion).
     """

@@ -4,13 +4,11 @@ from __future__ import annotations
 import datetime as dt
 import math
 import os
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Iterator
 
 import pyarrow as pa
@@ -19,22 +17,24 @@ import pyarrow.parquet as pq
 from trufor_core.checkpoint import check_checkpoint, sha256_file
 from trufor_core.config import TruForConfig
 from trufor_core.image import DEFAULT_MAX_PIXELS
-from trufor_core.model import PRECISION_HELP, PRECISIONS, min_image_side
+from trufor_core.model import min_image_side
 from trufor_core.weights import resolve_weights
 
-from . import credentials
-from .dedup import DedupResolver
-from .maps import store_maps
-from .options import opt
-from .plan import Plan, plan_run
-from .predictor import PredictorConfig, TruForPredictor
-from .preprocess import load_batch
-from .progress import note_slow, progress
-from .schema import ERROR_TRANSIENT, STATUS_ERROR, ScanRow, rows_to_table
-from .storage import StorageOptions, local_copy, one_line, redact
-from .lease import DEFAULT_TTL_S, Lease, LeaseLost
-from .store import (MAPS_DIR, RESULTS_DIR, RUNS_DIR, STATE_COMPLETE, STATE_FAILED, ResultWriter, RunFailed, RunRecord,
-                    StoreError, check_layout, duck, mark_abandoned, root_of)
+from pipeline.scan import c2pa as credentials
+from pipeline.scan.dedup import DedupResolver
+from pipeline.base.maps import store_maps
+from pipeline.base.options import opt
+from pipeline.base.weights import WeightsOptions
+from pipeline.scan.plan import Plan, plan_run
+from pipeline.scan.predictor import PredictorConfig, TruForPredictor
+from pipeline.scan.decode import load_batch
+from pipeline.base.progress import note_slow, progress
+from pipeline.base.schema import ERROR_TRANSIENT, STATUS_ERROR, ScanRow, rows_to_table
+from pipeline.base.version import code_version
+from pipeline.base.storage import StorageOptions, local_copy, one_line, redact
+from pipeline.base.lease import DEFAULT_TTL_S, Lease, LeaseLost
+from pipeline.base.store import (MAPS_DIR, RESULTS_DIR, RUNS_DIR, STATE_COMPLETE, STATE_FAILED, ResultWriter,
+                                 RunFailed, RunRecord, StoreError, check_layout, duck, mark_abandoned, root_of)
 
 # What makes a run fail as a whole (not a row): the results store cannot be written.
 STORE_FAILURES = (StoreError, LeaseLost, OSError)
@@ -51,7 +51,7 @@ RAY_ENV_DEFAULTS = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
 
 
 @dataclass(frozen=True)
-class ScanConfig(StorageOptions):
+class ScanConfig(WeightsOptions, StorageOptions):
     """Settings of one `scan` or `sweep` run; the command line is derived from these fields."""
 
     input: str = field(metadata=opt("local directory, s3://bucket/prefix (any fsspec URI), single file, or a manifest "
@@ -61,10 +61,6 @@ class ScanConfig(StorageOptions):
     rescore: bool = field(default=False, metadata=opt(
         "also rescan files whose latest row was scored with other weights (both generations stay queryable "
         "by weights_sha256)", commands=("sweep",)))
-    checkpoint: str | None = field(default=None, metadata=opt(
-        "trufor.pth.tar (default: $TRUFOR_WEIGHTS, then the cache, then download)"))
-    noiseprint_weights: str | None = field(default=None, metadata=opt(
-        "a noiseprint++.th-format file replacing the Noiseprint++ weights"))
     noise_anomaly: str | None = field(default=None, metadata=opt(
         "a model from fit-noise-anomaly (fitted on these weights' Noiseprint++): a second opinion per image, "
         "noise_anomaly_score and its map (off by default)"))
@@ -94,11 +90,6 @@ class ScanConfig(StorageOptions):
         "takes over then)"))
     ray_address: str | None = field(default=None, metadata=opt(
         "an existing Ray cluster (default: $RAY_ADDRESS, else a local Ray)"))
-    variant: str = field(default="test_docker", metadata=opt(
-        "train_test: confidence-head BN eps 1e-3 as in TruFor_train_test", choices=("test_docker", "train_test")))
-    precision: str = field(default="fp32", metadata=opt(PRECISION_HELP, choices=tuple(PRECISIONS)))
-    allow_download: bool = field(default=True, metadata=opt("fail instead of downloading missing weights",
-                                                           flag="--no-download"))
     progress_every_s: float = field(default=10.0, metadata=opt("seconds between progress lines off a terminal",
                                                                flag="--progress-every"))
     object_store_bytes: int | None = None  # local Ray only (tests, benchmarks)
@@ -140,21 +131,6 @@ class ScanSummary:
         version = "" if self.results_version is None else f" (Delta table, version {self.results_version})"
         return (f"{head}\nresults: {self.results_uri}{version}\nmaps:    {self.maps_uri}\n"
                 f"runs:    {self.runs_uri} (run_id {self.run_id})")
-
-
-def code_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        v = version("trufor-scan")
-    except PackageNotFoundError:
-        v = "unknown"
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=5).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        sha = ""
-    return f"{v}+g{sha}" if sha else v
 
 
 def _init_ray(cfg: ScanConfig) -> bool:
@@ -374,7 +350,7 @@ def run_scan(cfg: ScanConfig, log: Callable[[str], None] = lambda m: print(m, fi
         check_fitted_on(NoiseAnomalyModel.load(na_local), load_dncnn_weights(noiseprint or ckpt_local),
                         "the scan's weights", cfg.noise_anomaly)
         na_sha = sha256_file(na_local)
-    scoring = (weights_sha, np_sha, na_sha)  # what --incremental's copies and --rescore compare (pipeline.dedup)
+    scoring = (weights_sha, np_sha, na_sha)  # what --incremental's copies and --rescore compare (pipeline.scan.dedup)
     c2pa_settings = credentials.settings(credentials.load_trust_anchors(cfg.c2pa_trust_anchors, storage)
                                          if cfg.c2pa_trust_anchors else None)
 

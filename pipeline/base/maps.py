@@ -23,8 +23,8 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from .schema import ERROR_TRANSIENT, MAP_COLUMNS, MODEL_OUTPUT_COLUMNS, ROW_SCHEMA, STATUS_ERROR
-from .storage import StorageConfig, is_remote, one_line, redact, write_local_atomic
+from pipeline.base.schema import ERROR_TRANSIENT, MAP_COLUMNS, MODEL_OUTPUT_COLUMNS, ROW_SCHEMA, STATUS_ERROR
+from pipeline.base.storage import StorageConfig, is_remote, one_line, redact, write_local_atomic
 
 MAP_CODEC = "npz-f16-stride4-logits+png-preview"
 MAPS_DIR = "maps"  # under OUTPUT
@@ -156,7 +156,7 @@ def load_noise_anomaly(uri: str, storage: StorageConfig | None = None) -> np.nda
 
 def store_maps(table: pa.Table, output_root: str, storage: StorageConfig | None = None) -> pa.Table:
     """The map stage: store each row's maps (``save``) under ``OUTPUT/maps``, fill map_uri/preview_uri/map_codec
-    (relative to OUTPUT, so a copied or moved OUTPUT keeps its maps: ``pipeline.store.resolve_ref``), drop
+    (relative to OUTPUT, so a copied or moved OUTPUT keeps its maps: ``pipeline.base.store.resolve_ref``), drop
     the payload.
 
     A row whose map cannot be stored (e.g. the object store is down) becomes a transient error row

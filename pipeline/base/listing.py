@@ -22,8 +22,8 @@ import pyarrow as pa
 
 from trufor_core.config import IMAGE_EXTENSIONS
 
-from .schema import ERROR_INPUT, ERROR_TRANSIENT
-from .storage import StorageConfig, is_remote, local_path, local_uri
+from pipeline.base.schema import ERROR_INPUT, ERROR_TRANSIENT
+from pipeline.base.storage import StorageConfig, is_remote, local_path, local_uri
 
 MANIFEST_EXTENSIONS = (".parquet", ".csv", ".txt", ".lst")
 _KINDS = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
@@ -234,7 +234,7 @@ def read_manifest_table(uri: str, storage: StorageConfig) -> pa.Table:
 
 
 def _manifest_entry(u: str) -> ListedFile:
-    """A manifest line: size, kind and version are checked on the reading side (``pipeline.preprocess``),
+    """A manifest line: size, kind and version are checked on the reading side (``pipeline.scan.decode``),
     not here (that would be one request per line on object storage)."""
     return ListedFile(u, skip_reason=classify(u))
 

@@ -18,14 +18,13 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .lease import Lease
-from .maps import MAPS_DIR
-from .options import opt
-from .schema import MAP_COLUMNS, ROW_SCHEMA, STATUS_ERROR, STATUS_OK, STATUS_SKIPPED
-from .storage import StorageConfig, StorageOptions
-from .store import (LEGACY_RUNS_DIR, RESULTS_DIR, SCAN_DATE, StoreError, RunRecord, _commit, _inside,
-                    open_table, read_runs, record_run, root_of,
-                    table_uri)
+from pipeline.base.lease import Lease
+from pipeline.base.maps import MAPS_DIR
+from pipeline.base.options import opt
+from pipeline.base.schema import MAP_COLUMNS, ROW_SCHEMA, STATUS_ERROR, STATUS_OK, STATUS_SKIPPED
+from pipeline.base.storage import StorageConfig, StorageOptions
+from pipeline.base.store import (LEGACY_RUNS_DIR, RESULTS_DIR, SCAN_DATE, StoreError, RunRecord, _commit, _inside,
+                                 open_table, read_runs, record_run, root_of, table_uri)
 
 MIGRATED_DIR = LEGACY_RUNS_DIR + ".migrated"
 LEGACY_MANIFEST_VERSION = 1

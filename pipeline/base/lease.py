@@ -23,7 +23,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 
-from .storage import StorageConfig, is_remote, one_line
+from pipeline.base.storage import StorageConfig, is_remote, one_line
 
 LEASE_DIR = "_lease"
 DEFAULT_TTL_S = 120.0
@@ -128,7 +128,7 @@ class _Backend:
         if self.remote:
             self.fs.pipe_file(f"{self.path}/{name}", data)
             return
-        from .storage import write_local_atomic
+        from pipeline.base.storage import write_local_atomic
 
         write_local_atomic(os.path.join(self.root, name), data)
 

@@ -16,10 +16,10 @@ import pyarrow as pa
 
 from trufor_core.checkpoint import sha256_file
 
-from .dedup import CopyMarker
-from .predictor import _PASSED_THROUGH, PredictorConfig
-from .schema import STATUS_OK, ScanRow, coerce, rows_to_table
-from .storage import local_copy
+from pipeline.scan.dedup import CopyMarker
+from pipeline.scan.predictor import _PASSED_THROUGH, PredictorConfig
+from pipeline.base.schema import STATUS_OK, ScanRow, coerce, rows_to_table
+from pipeline.base.storage import local_copy
 
 STAND_IN_MODEL = "STAND-IN (no model, no score)"
 

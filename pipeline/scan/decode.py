@@ -11,11 +11,11 @@ import numpy as np
 
 from trufor_core.image import ImageDecodeError, decode_image
 
-from .credentials import C2PA_COLUMNS, read_credentials
-from .listing import local_version_tag, special_file_error, too_big, version_tag
-from .neardup import phash_hex
-from .schema import ERROR_INPUT, ERROR_TRANSIENT, STATUS_ERROR, STATUS_OK, STATUS_SKIPPED, coerce, py_value
-from .storage import StorageConfig, is_remote, local_path, one_line, redact
+from pipeline.scan.c2pa import C2PA_COLUMNS, read_credentials
+from pipeline.base.listing import local_version_tag, special_file_error, too_big, version_tag
+from pipeline.base.schema import (ERROR_INPUT, ERROR_TRANSIENT, STATUS_ERROR, STATUS_OK, STATUS_SKIPPED, coerce,
+                                  py_value)
+from pipeline.base.storage import StorageConfig, is_remote, local_path, one_line, redact
 
 EMPTY_PIXELS = np.zeros((0, 0, 3), np.uint8)
 
@@ -144,3 +144,11 @@ def load_batch(batch: dict[str, np.ndarray], storage: StorageConfig, max_pixels:
         pix[:] = [r["pixels"] for r in rows]
         out["pixels"] = pix
     return out
+
+
+def phash_hex(rgb: np.ndarray) -> str:
+    """pHash (64 bits, imagehash) of decoded (H, W, 3) uint8 pixels, as 16 hex digits."""
+    import imagehash
+    from PIL import Image
+
+    return str(imagehash.phash(Image.fromarray(rgb), hash_size=8))

@@ -20,10 +20,10 @@ class ScanRow:
     """One row per input file. ``None`` means "not applicable" (e.g. no score on an error row).
 
     Provenance: uri, size_bytes, etag_or_mtime, sha256 (of the file bytes); phash (ok rows: the 64-bit
-    perceptual hash of the decoded pixels, 16 hex digits, ``pipeline.neardup``; near-copies, resized or
+    perceptual hash of the decoded pixels, 16 hex digits, ``pipeline.results.duplicates``; near-copies, resized or
     recompressed, have close hashes: `trufor-scan duplicates`).
     Image: format, width, height, exif_* (as stored, orientation not applied: neither does TruFor).
-    Content credentials (``pipeline.credentials``; ok rows of formats c2pa reads, else NULL): c2pa_state
+    Content credentials (``pipeline.scan.c2pa``; ok rows of formats c2pa reads, else NULL): c2pa_state
     none / invalid / valid / trusted (trusted: chains to --c2pa-trust-anchors), c2pa_status (the
     failure codes, comma-separated), c2pa_claim_generator, c2pa_actions (declared, comma-separated).
     Read offline, kept apart from TruFor's score.
@@ -35,17 +35,17 @@ class ScanRow:
     frac_anom_conf = fraction of pixels with anomaly > 0.5 and confidence > 0.5;
     frac_anom = fraction with anomaly > 0.5; max_anom_conf = max of anomaly * confidence.
     Maps: map_uri (content-addressed by sha256, shared by identical files; relative to OUTPUT:
-    ``pipeline.store.resolve_ref`` then ``pipeline.maps.load``), preview_uri (a PNG a person can
+    ``pipeline.base.store.resolve_ref`` then ``pipeline.base.maps.load``), preview_uri (a PNG a person can
     open), map_codec.
     dedup_of: set when this file's bytes (sha256) had already been scored the same way (weights,
-    Noiseprint++, noise-anomaly model: ``pipeline.dedup.SCORING_COLUMNS``): the uri of that row,
+    Noiseprint++, noise-anomaly model: ``pipeline.scan.dedup.SCORING_COLUMNS``): the uri of that row,
     whose outcome and maps this row repeats (the file was not scored again).
     Run: model_name, weights_sha256, noiseprint_sha256 (when replaced), weights_untrained,
     code_version, torch_version, device, precision (fp32 / bf16 / fp16 autocast), ray_node_id, run_id,
     scanned_at, elapsed_ms.
     Second opinion (``scan --noise-anomaly MODEL``, else NULL): noise_anomaly_score = the largest value
     of the Noiseprint++ noise-anomaly heat map (``noiseprint_lab.localizers``), its map
-    (noise_anomaly_map_uri, ``pipeline.maps.load_noise_anomaly``) and the sha256 of the fitted model
+    (noise_anomaly_map_uri, ``pipeline.base.maps.load_noise_anomaly``) and the sha256 of the fitted model
     file (noise_anomaly_model). Kept apart from TruFor's score.
     """
 

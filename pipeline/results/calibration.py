@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from .listing import read_manifest_table
-from .options import opt
-from .storage import StorageConfig, StorageOptions
+from pipeline.base.listing import read_manifest_table
+from pipeline.base.options import opt
+from pipeline.base.storage import StorageConfig, StorageOptions
 
 CALIBRATION_VERSION = 1
 CALIBRATIONS_DIR = "_calibrations"
@@ -136,7 +136,7 @@ def calibrate(cfg: CalibrateConfig) -> dict:
     (also written under ``OUTPUT/_calibrations/``, path in ``["path"]``)."""
     import duckdb
 
-    from .query import QueryError, connect
+    from pipeline.base.sql import QueryError, connect
 
     storage = cfg.storage()
     try:
@@ -300,7 +300,7 @@ MAX_CALIBRATION_BYTES = 16 * 2**20
 
 def sources_manifest(cal: dict, output: str) -> str | None:
     """The full path of a calibration's sources manifest: only a file under OUTPUT/_calibrations/."""
-    from .store import _inside, root_of
+    from pipeline.base.store import _inside, root_of
 
     rel = cal.get("sources_manifest")
     if rel is None:
@@ -349,11 +349,11 @@ def verdict_sql(rows: str, source_of: str | None) -> str:
 
 
 def connector(cal: dict):
-    """``connector(output, storage, **connect_options)`` for ``pipeline.query.run_sql``/``top``: the views ``results``
+    """``connector(output, storage, **connect_options)`` for ``pipeline.base.sql.run_sql``/``top``: the views ``results``
     and ``latest`` with verdicts; refuses rows scored with other weights than the calibration's."""
     import duckdb
 
-    from .query import QueryError, connect, latest_sql
+    from pipeline.base.sql import QueryError, connect, latest_sql
 
     def views(con):
         try:
@@ -380,7 +380,7 @@ CALIBRATED_TOP_COLUMNS = ("uri", "source", "score", "threshold", "verdict", "ver
 def top_calibrated(output: str, cal: dict, k: int = 50, min_score: float = 0.0, since: dt.date | None = None,
                    storage: StorageConfig | None = None, as_of=None) -> tuple[list[str], list[tuple]]:
     """The images the calibration flags, by how far they pass their source's threshold."""
-    from .query import top
+    from pipeline.results.query import top
 
     return top(output, k, min_score, since, storage, columns=CALIBRATED_TOP_COLUMNS, where="AND verdict = 'flagged'",
                order="score - threshold DESC", connector=connector(cal), as_of=as_of)

@@ -20,10 +20,10 @@ import duckdb
 import numpy as np
 import pyarrow.parquet as pq
 
-from .dedup import SCORING_COLUMNS, HashSet, Scoring, known_hashes_sql, same_scoring_sql, scoring_params
-from .listing import LISTING_SCHEMA, iter_listing, listing_batches
-from .storage import StorageConfig
-from .store import QueryLimits, duck, parquet_sql, snapshot, sql_str
+from pipeline.scan.dedup import SCORING_COLUMNS, HashSet, Scoring, known_hashes_sql, same_scoring_sql, scoring_params
+from pipeline.base.listing import LISTING_SCHEMA, iter_listing, listing_batches
+from pipeline.base.storage import StorageConfig
+from pipeline.base.store import QueryLimits, duck, parquet_sql, snapshot, sql_str
 
 
 # DuckDB spills the listing's sort and the anti-join to disk beyond this, so the driver's memory

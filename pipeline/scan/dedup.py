@@ -13,8 +13,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .schema import ERROR_TRANSIENT, MAP_COLUMNS, MODEL_OUTPUT_COLUMNS, ROW_SCHEMA, STATUS_ERROR, STATUS_OK
-from .storage import StorageConfig
+from pipeline.base.schema import (ERROR_TRANSIENT, MAP_COLUMNS, MODEL_OUTPUT_COLUMNS, ROW_SCHEMA, STATUS_ERROR,
+                                  STATUS_OK)
+from pipeline.base.storage import StorageConfig
 
 PENDING_PREFIX = "sha256:"
 # What a copy takes from the row of the bytes it repeats; everything else (uri, size, version tag,
@@ -137,7 +138,7 @@ class DedupResolver:
                     found[r["sha256"]] = r
         rest = sorted(shas - found.keys())
         if rest:
-            from .query import connect
+            from pipeline.base.sql import connect
 
             con = connect(self.output, self.storage)
             try:

@@ -20,13 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .options import opt
-from .progress import progress
-from .query import connect
-from .review import (HOW_TO_READ, SCALES, SHA256_RE, colorize, css_gradient, encode_jpeg, encode_png, fit_size, load_maps,
-                     overlay, read_original, resize_map, resize_rgb)
-from .schema import COLUMNS, STATUS_ERROR, STATUS_OK, STATUS_SKIPPED
-from .storage import StorageConfig, StorageOptions, one_line, redact
+from pipeline.base.options import opt
+from pipeline.base.progress import progress
+from pipeline.base.sql import connect
+from pipeline.review.figures import (HOW_TO_READ, SCALES, SHA256_RE, colorize, css_gradient, encode_jpeg, encode_png,
+                                     fit_size, load_maps, overlay, read_original, resize_map, resize_rgb)
+from pipeline.base.schema import COLUMNS, STATUS_ERROR, STATUS_OK, STATUS_SKIPPED
+from pipeline.base.storage import StorageConfig, StorageOptions, one_line, redact
 
 TEMPLATES = Path(__file__).with_name("templates")
 ASSETS = ("report.css", "report.js")
@@ -271,7 +271,7 @@ def build_report(cfg: ReportConfig) -> ReportResult:
     """Write the review page for ``cfg`` and return where it is and what it took."""
     import jinja2
 
-    from .scan import code_version
+    from pipeline.base.version import code_version
 
     t0 = time.monotonic()
     storage = cfg.storage()

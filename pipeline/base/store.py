@@ -4,8 +4,8 @@ Layout under OUTPUT (a local folder or an object-store prefix)::
 
     results/   Delta table: one row per scanned file and run (``TABLE_SCHEMA``: the row schema + scan_date)
     runs/      Delta table: run records, appended (``RUN_SCHEMA``); a run's state is its newest record
-    maps/      content-addressed maps (``pipeline.maps``); rows refer to them relative to OUTPUT
-    _lease/    who may write now (``pipeline.lease``)
+    maps/      content-addressed maps (``pipeline.base.maps``); rows refer to them relative to OUTPUT
+    _lease/    who may write now (``pipeline.base.lease``)
 
 Each interval commit of a run is one Delta transaction on ``results``, tagged with the run id and
 a sequence number as a Delta application transaction (``txn``): a commit whose answer was lost (a
@@ -30,10 +30,10 @@ from dataclasses import asdict, dataclass, field, fields
 import duckdb
 import pyarrow as pa
 
-from .maps import MAPS_DIR
-from .schema import ROW_SCHEMA, STATUS_ERROR, STATUS_OK, STATUS_SKIPPED
-from .options import opt
-from .storage import StorageConfig, StorageOptions, is_remote, one_line, redact
+from pipeline.base.maps import MAPS_DIR
+from pipeline.base.schema import ROW_SCHEMA, STATUS_ERROR, STATUS_OK, STATUS_SKIPPED
+from pipeline.base.options import opt
+from pipeline.base.storage import StorageConfig, StorageOptions, is_remote, one_line, redact
 
 RESULTS_DIR, RUNS_DIR = "results", "runs"
 LEGACY_RUNS_DIR = "_runs"  # the layout before the Delta table: Parquet parts listed in _runs/*.json
@@ -71,7 +71,7 @@ class RunRecord:
 
     A run whose newest record still says ``running`` after its driver is gone was killed: its
     committed rows are complete and valid; whatever it had not committed is scanned again by the
-    next sweep (and its lease expires, ``pipeline.lease``).
+    next sweep (and its lease expires, ``pipeline.base.lease``).
     """
 
     run_id: str
@@ -508,7 +508,7 @@ class ResultWriter:
         self.pending_rows = 0
         self.last_commit = time.monotonic()
         self.resolver = resolver  # a dedup.DedupResolver: copies completed just before each commit
-        self.lease = lease  # a pipeline.lease.Lease: checked before every commit (never write without it)
+        self.lease = lease  # a pipeline.base.lease.Lease: checked before every commit (never write without it)
         record_run(self.output, storage, run)
 
     def add(self, table: pa.Table) -> None:

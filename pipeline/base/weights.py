@@ -1,0 +1,24 @@
+"""The model-weights options of `scan`/`sweep` and `predict`, declared once."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trufor_core.config import VARIANTS
+from trufor_core.model import PRECISION_HELP, PRECISIONS
+
+from pipeline.base.options import opt
+
+
+@dataclass(frozen=True, kw_only=True)
+class WeightsOptions:
+    """Which weights and numerics a command scores with (keyword-only: after each config's own fields)."""
+
+    checkpoint: str | None = field(default=None, metadata=opt(
+        "trufor.pth.tar (default: $TRUFOR_WEIGHTS, then the cache, then download)"))
+    noiseprint_weights: str | None = field(default=None, metadata=opt(
+        "a noiseprint++.th-format file replacing the Noiseprint++ weights"))
+    variant: str = field(default=VARIANTS[0], metadata=opt(
+        "train_test: confidence-head BN eps 1e-3 as in TruFor_train_test", choices=VARIANTS))
+    precision: str = field(default="fp32", metadata=opt(PRECISION_HELP, choices=tuple(PRECISIONS)))
+    allow_download: bool = field(default=True, metadata=opt("fail instead of downloading missing weights",
+                                                           flag="--no-download"))
