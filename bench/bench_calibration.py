@@ -94,8 +94,8 @@ def main() -> None:
                     help="TruFor weights (default $TRUFOR_WEIGHTS, else untrained weights synthesized here)")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
-    from pipeline.results.calibration import CalibrateConfig, calibrate, connector
     from pipeline.base.sql import run_sql
+    from pipeline.results.calibration import CalibrateConfig, calibrate, connector
     from pipeline.scan.driver import ScanConfig, run_scan
 
     with tempfile.TemporaryDirectory(prefix="bench-cal-") as tmp:

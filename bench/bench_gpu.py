@@ -112,9 +112,9 @@ def bench_predictor(ckpt, jpegs, dev, precision, workdir) -> tuple[float, float]
     """TruForPredictor as a scan actor runs it: decoded batches of 4 from a thread pool, maps stored by
     a second pool (the scan's map stage). Returns (images/s, share of the wall time in forwards)."""
     from pipeline.base.maps import store_maps
-    from pipeline.scan.predictor import PredictorConfig, TruForPredictor
-    from pipeline.scan.decode import load_batch
     from pipeline.base.storage import StorageConfig
+    from pipeline.scan.decode import load_batch
+    from pipeline.scan.predictor import PredictorConfig, TruForPredictor
 
     files = []
     for i, j in enumerate(jpegs):

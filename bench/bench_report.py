@@ -19,9 +19,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from report_data import make_results  # noqa: E402
-
 from pipeline.review.report import ReportConfig, build_report  # noqa: E402
+from report_data import make_results  # noqa: E402
 
 
 def du(path: Path) -> int:

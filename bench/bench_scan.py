@@ -105,13 +105,13 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
+    from PIL import Image
 
-    from pipeline.scan.driver import ScanConfig, run_scan
     from pipeline.base.sql import run_sql
+    from pipeline.scan.driver import ScanConfig, run_scan
     from trufor_core import EvalConfig, load_trufor
     from trufor_core.checkpoint import write_synthetic_checkpoint
     from trufor_core.image import decode_rgb
-    from PIL import Image
 
     tmp = Path(tempfile.mkdtemp(prefix="trufor-bench-scan-"))
     if not args.checkpoint:

@@ -104,8 +104,8 @@ def child(kind: str, out: str, arg: str) -> dict:
     base = _rss_mb()
     t0 = time.perf_counter()
     if kind == "plan":
-        from pipeline.scan.plan import plan_run
         from pipeline.base.storage import StorageConfig
+        from pipeline.scan.plan import plan_run
 
         with tempfile.TemporaryDirectory() as work:
             plan = plan_run(arg, out, StorageConfig(), work, incremental=True, rescore=False, max_bytes=None,

@@ -36,10 +36,10 @@ def _rss_mb() -> float:
 
 
 def child(kind: str, spec: str, out: str, ckpt: str, endpoint: str | None) -> dict:
-    from pipeline.scan.plan import plan_run
-    from pipeline.scan.driver import ScanConfig, run_scan
-    from pipeline.scan.standin import StandInPredictor
     from pipeline.base.storage import StorageConfig
+    from pipeline.scan.driver import ScanConfig, run_scan
+    from pipeline.scan.plan import plan_run
+    from pipeline.scan.standin import StandInPredictor
 
     base = _rss_mb()
     t0 = time.perf_counter()

@@ -18,10 +18,10 @@ import numpy as np
 from PIL import Image
 
 from pipeline.base import maps
-from pipeline.base.store import STATE_COMPLETE, ResultWriter, RunRecord
 from pipeline.base.schema import (ERROR_INPUT, ERROR_TRANSIENT, STATUS_ERROR, STATUS_OK, STATUS_SKIPPED, ScanRow,
                                   rows_to_table)
 from pipeline.base.storage import StorageConfig
+from pipeline.base.store import STATE_COMPLETE, ResultWriter, RunRecord
 
 GENERATED_MODEL = "GENERATED (no model: bench/report_data.py)"
 WEIGHTS_SHA = "0" * 64

@@ -114,8 +114,8 @@ def _cmd_compact(args: argparse.Namespace) -> int:
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
-    from pipeline.results.calibration import CalibrateConfig, calibrate
     from pipeline.base.options import from_args
+    from pipeline.results.calibration import CalibrateConfig, calibrate
     from pipeline.results.query import format_rows
 
     cal = calibrate(from_args(CalibrateConfig, args, "calibrate"))
@@ -130,9 +130,9 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def _cmd_duplicates(args: argparse.Namespace) -> int:
+    from pipeline.base.options import from_args
     from pipeline.results.duplicates import (DuplicatesConfig, cluster_summary, find_duplicates, member_lines,
                                              write_members)
-    from pipeline.base.options import from_args
     from pipeline.results.query import format_rows
 
     cfg = from_args(DuplicatesConfig, args, "duplicates")
@@ -159,8 +159,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    from pipeline.review.evidence import ShowConfig, show
     from pipeline.base.options import from_args
+    from pipeline.review.evidence import ShowConfig, show
 
     cfg = from_args(ShowConfig, args, "show")
     row = show(cfg)
@@ -169,8 +169,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from pipeline.review.evidence import ExportConfig, export
     from pipeline.base.options import from_args
+    from pipeline.review.evidence import ExportConfig, export
 
     res = export(from_args(ExportConfig, args, "export"))
     for folder in res.folders:
@@ -197,9 +197,8 @@ def _cmd_train_noiseprint(args: argparse.Namespace) -> int:
 def _cmd_eval_noiseprint(args: argparse.Namespace) -> int:
     import json
 
-    from pipeline.base.storage import StorageConfig
-
     from noiseprint_lab.metrics import evaluate
+    from pipeline.base.storage import StorageConfig
 
     res = evaluate(args.weights, args.corpus, baseline=args.baseline, storage=StorageConfig.from_env(args.s3_endpoint),
                    n_pairs=args.pairs, seed=args.seed)
@@ -243,10 +242,10 @@ def _cmd_fit_noise_anomaly(args: argparse.Namespace) -> int:
 def _cmd_eval_splices(args: argparse.Namespace) -> int:
     import json
 
-    from noiseprint_lab.splice_eval import EvalConfig, evaluate_splices
+    from noiseprint_lab.splice_eval import SpliceEvalConfig, evaluate_splices
     from pipeline.base.options import from_args
 
-    cfg = from_args(EvalConfig, args, "eval-splices")
+    cfg = from_args(SpliceEvalConfig, args, "eval-splices")
     print(json.dumps(evaluate_splices(cfg.benchmark, cfg.weights, cfg.noise_anomaly,
                                       log=lambda m: print(m, file=sys.stderr)), indent=1))
     return 0
@@ -351,8 +350,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     ca = sub.add_parser("calibrate", help="per-source thresholds for a target false-positive rate, from known-pristine "
                                           "images scanned into OUTPUT")
     if full("calibrate"):
-        from pipeline.results.calibration import CalibrateConfig
         from pipeline.base.options import add_options
+        from pipeline.results.calibration import CalibrateConfig
 
         add_options(ca, CalibrateConfig, "calibrate")
     ca.set_defaults(func=_cmd_calibrate)
@@ -360,8 +359,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     du = sub.add_parser("duplicates", help="near-copies (resized, recompressed, lightly cropped) grouped into clusters, "
                                            "with the best copy and the score spread")
     if full("duplicates"):
-        from pipeline.results.duplicates import DuplicatesConfig
         from pipeline.base.options import add_options
+        from pipeline.results.duplicates import DuplicatesConfig
 
         add_options(du, DuplicatesConfig, "duplicates")
     du.set_defaults(func=_cmd_duplicates)
@@ -380,8 +379,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                              "ExportConfig")):
         ev = sub.add_parser(name, help=text)
         if full(name):
-            from pipeline.review import evidence
             from pipeline.base.options import add_options
+            from pipeline.review import evidence
 
             add_options(ev, getattr(evidence, cls), name)
         ev.set_defaults(func=_cmd_show if name == "show" else _cmd_export)
@@ -419,7 +418,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
             ("fit-noise-anomaly", "fit the noise-anomaly localiser (PaDiM on DnCNN activations) on pristine images",
              "noiseprint_lab.localizers", "FitConfig", _cmd_fit_noise_anomaly),
             ("eval-splices", "localisation metrics of Noiseprint++ localisers on a splice benchmark (JSON)",
-             "noiseprint_lab.splice_eval", "EvalConfig", _cmd_eval_splices)):
+             "noiseprint_lab.splice_eval", "SpliceEvalConfig", _cmd_eval_splices)):
         derived(name, text, module, cls, func)
 
     dm = sub.add_parser("make-demo-archive", help="a small archive to try a scan on (the default input of `make scan`)")
@@ -449,8 +448,8 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except (WeightsError, FileNotFoundError, FileExistsError, ValueError, RuntimeError) as e:
         from pipeline.base.lease import LeaseBusy
-        from pipeline.base.store import RunFailed
         from pipeline.base.storage import one_line, redact
+        from pipeline.base.store import RunFailed
 
         print(f"trufor-scan: error: {one_line(redact(str(e)), 2000)}", file=sys.stderr)
         if os.environ.get("TRUFOR_DEBUG"):

@@ -26,7 +26,7 @@ EM_THRESHOLD = 0.5
 
 
 @dataclass(frozen=True)
-class EvalConfig:
+class SpliceEvalConfig:
     """`trufor-scan eval-splices`; the command line is derived from these fields."""
 
     benchmark: str = field(metadata=opt("a folder written by make-splice-benchmark"))

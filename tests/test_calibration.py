@@ -11,12 +11,11 @@ import numpy as np
 import pytest
 
 from conftest import write_parts
-
 from jobs.cli import main as cli_main
+from pipeline.base.schema import ScanRow, rows_to_table
+from pipeline.base.sql import QueryError, run_sql
 from pipeline.results.calibration import (CalibrateConfig, CalibrationError, calibrate, clopper_pearson, connector,
                                           load_calibration, min_reference_size, pick_threshold, top_calibrated)
-from pipeline.base.sql import QueryError, run_sql
-from pipeline.base.schema import ScanRow, rows_to_table
 
 W = "a" * 64
 

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from conftest import IMAGES, fixture_npz
-from tolerances import assert_f32_close
 from jobs.cli import main
 from jobs.predict import list_inputs, output_path
+from tolerances import assert_f32_close
 from trufor_core.weights import WeightsError, download_weights, resolve_weights
 
 

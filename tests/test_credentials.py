@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 
 from conftest import C2paTestSigner
+from pipeline.base.storage import StorageConfig
 from pipeline.scan.c2pa import read_credentials, settings
 from pipeline.scan.decode import load_one
-from pipeline.base.storage import StorageConfig
 
 
 def _jpeg(seed: int = 0, fmt: str = "JPEG") -> bytes:

@@ -12,9 +12,8 @@ from PIL import Image
 from conftest import heic_bytes
 from tolerances import F64_PATHS_ATOL
 from trufor_core import CheckpointError, EvalConfig, ImageTooSmallError, TruFor, TruForConfig
-from trufor_core.checkpoint import (
-    load_strict, load_trufor, map_noiseprint_state_dict, map_official_state_dict, read_torch_file,
-)
+from trufor_core.checkpoint import (load_strict, load_trufor, map_noiseprint_state_dict, map_official_state_dict,
+                                    read_torch_file)
 from trufor_core.decoder import MLP, upsample_band
 from trufor_core.image import ImageDecodeError, decode_rgb, to_model_input
 from trufor_core.model import min_image_side

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from conftest import IMAGES
-from pipeline.results.duplicates import (DEFAULT_MAX_DISTANCE, DuplicatesConfig, MEMBER_SCHEMA, cluster_labels,
+from pipeline.results.duplicates import (DEFAULT_MAX_DISTANCE, MEMBER_SCHEMA, DuplicatesConfig, cluster_labels,
                                          cluster_members, cluster_summary, hamming, hex_to_codes, near_pairs)
 from pipeline.scan.decode import phash_hex
 

@@ -19,8 +19,8 @@ from PIL import Image
 
 from conftest import kill_ray_processes
 from noiseprint_lab.cameras import make_camera_corpus
-from noiseprint_lab.data import (EVAL_HISTORIES, HISTORIES, RESIZE_FACTORS, TRAIN_HISTORIES, BatchLayout,
-                                 Corpus, CorpusReport, apply_history, load_corpus, sample_batch, sample_patch)
+from noiseprint_lab.data import (EVAL_HISTORIES, HISTORIES, RESIZE_FACTORS, TRAIN_HISTORIES, BatchLayout, Corpus,
+                                 CorpusReport, apply_history, load_corpus, sample_batch, sample_patch)
 from noiseprint_lab.metrics import roc_auc
 from noiseprint_lab.training import (TrainConfig, build_dncnn, calibration_patches, export_noiseprint, infonce_loss,
                                      load_dncnn_weights, match_residual_scale, to_input, training_loss, update_average)
@@ -338,8 +338,8 @@ def test_train_two_workers_export_and_eval(shared, corpus_dir, tmp_path):
     import hashlib
 
     from pipeline.base.maps import store_maps
-    from pipeline.scan.predictor import PredictorConfig, TruForPredictor
     from pipeline.base.schema import table_to_rows
+    from pipeline.scan.predictor import PredictorConfig, TruForPredictor
 
     rgb = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     pix = np.empty(1, dtype=object)

@@ -92,9 +92,8 @@ def test_recipe_matches_manifest(shared):
     import hashlib
     import json
 
-    from trufor_core.checkpoint import map_noiseprint_state_dict, read_torch_file, synthesize_state_dict
-
     from conftest import FIXTURES, NOISEPRINT
+    from trufor_core.checkpoint import map_noiseprint_state_dict, read_torch_file, synthesize_state_dict
 
     manifest = json.loads((FIXTURES / "manifest.json").read_text())
     sd = synthesize_state_dict(noiseprint_sd=map_noiseprint_state_dict(read_torch_file(NOISEPRINT)))

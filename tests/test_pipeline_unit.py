@@ -14,13 +14,13 @@ from PIL import Image
 from conftest import heic_bytes, write_parts
 from pipeline.base import maps
 from pipeline.base.listing import list_input, read_manifest
-from pipeline.base.store import resolve_ref
-from pipeline.scan.predictor import PredictorConfig, TruForPredictor, group_batches
-from pipeline.scan.decode import load_batch, load_one
-from pipeline.base.sql import QueryError, run_sql
-from pipeline.results.query import format_rows, top
 from pipeline.base.schema import COLUMNS, ROW_SCHEMA, ScanRow, rows_to_table, table_to_rows
+from pipeline.base.sql import QueryError, run_sql
 from pipeline.base.storage import StorageConfig, redact
+from pipeline.base.store import resolve_ref
+from pipeline.results.query import format_rows, top
+from pipeline.scan.decode import load_batch, load_one
+from pipeline.scan.predictor import PredictorConfig, TruForPredictor, group_batches
 from tolerances import F32_ATOL, MAP_CODEC_ATOL, MAP_ROUNDTRIP_ATOL, assert_close, assert_f32_close
 
 ST = StorageConfig()

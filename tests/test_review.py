@@ -6,7 +6,6 @@ without them it skips with the reason, except in CI (TRUFOR_REQUIRE_BROWSER=1) w
 from __future__ import annotations
 
 import hashlib
-
 import json
 import os
 import re
@@ -23,12 +22,11 @@ from page_check import browser_missing, check_report
 from tolerances import FIGURE_PANEL_MEAN_ABS
 
 sys.path.insert(0, str(REPO / "bench"))
-from report_data import make_results  # noqa: E402
-
-from pipeline.review.evidence import ExportConfig, ShowConfig, export, render_figure, show  # noqa: E402
-from pipeline.review.report import ReportConfig, build_report, query_report  # noqa: E402
-from pipeline.review.figures import colorize, find_row, load_maps, map_to_gray8, read_original, resize_map  # noqa: E402
 from pipeline.base.storage import StorageConfig  # noqa: E402
+from pipeline.review.evidence import ExportConfig, ShowConfig, export, render_figure, show  # noqa: E402
+from pipeline.review.figures import colorize, find_row, load_maps, map_to_gray8, read_original, resize_map  # noqa: E402
+from pipeline.review.report import ReportConfig, build_report, query_report  # noqa: E402
+from report_data import make_results  # noqa: E402
 
 URI_ATTACK = 's3://bucket/<script>window.__pwned = 1</script>".jpg'
 EXIF_ATTACK = "<img src=x onerror=\"window.__pwned = 2\">"

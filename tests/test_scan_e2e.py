@@ -18,13 +18,13 @@ from PIL import Image
 
 from conftest import IMAGES, REPO, S3_KEY, S3_SECRET, C2paTestSigner, heic_bytes
 from page_check import browser_missing, check_report
-from tolerances import F32_ATOL, MAP_CODEC_ATOL, assert_close, assert_f32_close
 from pipeline.base import maps
 from pipeline.base.sql import run_sql
-from pipeline.results.query import top
-from pipeline.scan.driver import RAY_ENV_DEFAULTS, ScanConfig, run_scan
 from pipeline.base.storage import StorageConfig
 from pipeline.base.store import resolve_ref
+from pipeline.results.query import top
+from pipeline.scan.driver import RAY_ENV_DEFAULTS, ScanConfig, run_scan
+from tolerances import F32_ATOL, MAP_CODEC_ATOL, assert_close, assert_f32_close
 
 sys.path.insert(0, str(REPO / "bench"))
 pytestmark = pytest.mark.slow
@@ -282,9 +282,8 @@ def test_scan_on_two_node_cluster(ray_env, reference_scores, synth_ckpt, tmp_pat
 def test_scan_command_line(shared, synth_ckpt, tmp_path, capsys):
     """`trufor-scan scan` starts its own local Ray; `query`, `top`, `report`, `show` and `export` read what it
     wrote, as a person would use them (the page in headless Chromium; the bundle's reproduce.sh run)."""
-    from report_data import jpeg_with_exif
-
     from jobs.cli import main as cli_main
+    from report_data import jpeg_with_exif
 
     root = tmp_path / "archive"
     root.mkdir()

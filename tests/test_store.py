@@ -18,13 +18,12 @@ import pytest
 
 from conftest import REPO
 from pipeline.base.lease import Lease, LeaseBusy, LeaseLost
-from pipeline.base.sql import QueryError, QueryTimeout, run_sql
-from pipeline.base.store import QueryLimits
-from pipeline.results.query import top
 from pipeline.base.schema import ScanRow, rows_to_table
+from pipeline.base.sql import QueryError, QueryTimeout, run_sql
 from pipeline.base.storage import StorageConfig
-from pipeline.base.store import (CompactConfig, ResultWriter, RunRecord, StoreError, compact, open_table, read_runs,
-                                 resolve_ref)
+from pipeline.base.store import (CompactConfig, QueryLimits, ResultWriter, RunRecord, StoreError, compact, open_table,
+                                 read_runs, resolve_ref)
+from pipeline.results.query import top
 
 ST = StorageConfig()
 

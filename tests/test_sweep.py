@@ -19,11 +19,11 @@ import pytest
 from PIL import Image
 
 from conftest import S3_KEY, S3_SECRET, kill_ray_processes
-from pipeline.base.store import read_runs
 from pipeline.base.sql import run_sql
+from pipeline.base.storage import StorageConfig
+from pipeline.base.store import read_runs
 from pipeline.scan.driver import RAY_ENV_DEFAULTS, ScanConfig, run_scan
 from pipeline.scan.standin import STAND_IN_MODEL, StandInPredictor, slow_standin
-from pipeline.base.storage import StorageConfig
 
 pytestmark = pytest.mark.slow
 QUIET = {"log": lambda m: None}

@@ -20,10 +20,9 @@ from typing import Iterator
 
 import pyarrow as pa
 
-from trufor_core.config import IMAGE_EXTENSIONS
-
 from pipeline.base.schema import ERROR_INPUT, ERROR_TRANSIENT
 from pipeline.base.storage import StorageConfig, is_remote, local_path, local_uri
+from trufor_core.config import IMAGE_EXTENSIONS
 
 MANIFEST_EXTENSIONS = (".parquet", ".csv", ".txt", ".lst")
 _KINDS = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),

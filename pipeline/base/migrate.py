@@ -23,7 +23,7 @@ from pipeline.base.maps import MAPS_DIR
 from pipeline.base.options import opt
 from pipeline.base.schema import MAP_COLUMNS, ROW_SCHEMA, STATUS_ERROR, STATUS_OK, STATUS_SKIPPED
 from pipeline.base.storage import StorageConfig, StorageOptions
-from pipeline.base.store import (LEGACY_RUNS_DIR, RESULTS_DIR, SCAN_DATE, StoreError, RunRecord, _commit, _inside,
+from pipeline.base.store import (LEGACY_RUNS_DIR, RESULTS_DIR, SCAN_DATE, RunRecord, StoreError, _commit, _inside,
                                  open_table, read_runs, record_run, root_of, table_uri)
 
 MIGRATED_DIR = LEGACY_RUNS_DIR + ".migrated"

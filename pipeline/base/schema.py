@@ -122,6 +122,11 @@ COLUMNS: tuple[str, ...] = tuple(ROW_SCHEMA.names)
 MODEL_OUTPUT_COLUMNS: tuple[str, ...] = ("score", *POOLED_FEATURE_NAMES, "det_logit", "frac_anom", "frac_anom_conf",
                                          "max_anom_conf", "noise_anomaly_score", "noise_anomaly_model")
 MAP_COLUMNS: tuple[str, ...] = ("map_uri", "preview_uri", "map_codec", "noise_anomaly_map_uri")
+C2PA_COLUMNS: tuple[str, ...] = ("c2pa_state", "c2pa_status", "c2pa_claim_generator", "c2pa_actions")
+# What the decode stage fills and the model stage passes through unchanged (``pipeline.scan``).
+DECODED_COLUMNS: tuple[str, ...] = ("uri", "status", "size_bytes", "etag_or_mtime", "sha256", "phash", "format", "width",
+                                    "height", "exif_make", "exif_model", "exif_software", "exif_orientation",
+                                    *C2PA_COLUMNS, "error", "error_kind")
 
 
 _HINTS = typing.get_type_hints(ScanRow)

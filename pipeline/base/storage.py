@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 
 from pipeline.base.options import opt
 
-
 _SECRET_RE = re.compile(r"(?i)(aws_secret_access_key|aws_access_key_id|secret|signature|credential|"
                         r"x-amz-[a-z-]+|token)=([^&\s]+)")
 

@@ -31,8 +31,8 @@ import duckdb
 import pyarrow as pa
 
 from pipeline.base.maps import MAPS_DIR
-from pipeline.base.schema import ROW_SCHEMA, STATUS_ERROR, STATUS_OK, STATUS_SKIPPED
 from pipeline.base.options import opt
+from pipeline.base.schema import ROW_SCHEMA, STATUS_ERROR, STATUS_OK, STATUS_SKIPPED
 from pipeline.base.storage import StorageConfig, StorageOptions, is_remote, one_line, redact
 
 RESULTS_DIR, RUNS_DIR = "results", "runs"

@@ -3,10 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pipeline.base.options import opt
 from trufor_core.config import VARIANTS
 from trufor_core.model import PRECISION_HELP, PRECISIONS
-
-from pipeline.base.options import opt
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -17,6 +17,16 @@ TOP_COLUMNS = ("uri", "score", "frac_anom_conf", "max_anom_conf", "map_uri", "pr
                "weights_untrained")
 
 
+def parse_since(text: str | None) -> dt.date | None:
+    """``--since``: a date YYYY-MM-DD (ValueError naming the option otherwise)."""
+    if not text:
+        return None
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError as e:
+        raise ValueError(f"--since {text!r} is not a date YYYY-MM-DD: {e}") from None
+
+
 @dataclass(frozen=True)
 class ReadConfig(StorageOptions):
     """Settings of the commands that read results (`query`, `top`, `contradictions`); the command
@@ -53,11 +63,7 @@ class ReadConfig(StorageOptions):
         if not self.timeout > 0 or (self.threads is not None and self.threads < 1):
             raise ValueError(f"--timeout must be > 0 and --threads >= 1, got {self.timeout}, {self.threads}")
         parse_as_of(self.as_of)
-        if self.since:
-            try:
-                dt.date.fromisoformat(self.since)
-            except ValueError as e:
-                raise ValueError(f"--since {self.since!r} is not a date YYYY-MM-DD: {e}") from None
+        parse_since(self.since)
 
     def calibration_spec(self) -> str | None:
         """The calibration to apply: a file, "latest", or None."""
@@ -73,7 +79,7 @@ class ReadConfig(StorageOptions):
         return QueryLimits(timeout_s=self.timeout, memory_limit=self.memory_limit, threads=self.threads)
 
     def since_date(self) -> dt.date | None:
-        return dt.date.fromisoformat(self.since) if self.since else None
+        return parse_since(self.since)
 
 
 def top(output: str, k: int = 50, min_score: float = DEFAULT_MIN_SCORE, since: dt.date | None = None,

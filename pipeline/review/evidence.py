@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.base.options import opt
+from pipeline.base.storage import StorageConfig, StorageOptions, one_line, redact
 from pipeline.review.figures import (HOW_TO_READ, SHA256_RE, encode_png, figure_png, find_row, four_panel_figure,
                                      load_maps, map_to_gray8, plain_row, read_original)
-from pipeline.base.storage import StorageConfig, StorageOptions, one_line, redact
 
 FORMAT_EXT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "TIFF": "tif", "BMP": "bmp", "GIF": "gif", "MPO": "jpg", "HEIF": "heic"}
 # Expected agreement of a re-run with the row's score (measured: tests/tolerances.py, BENCHMARKS.md).

@@ -22,11 +22,12 @@ import numpy as np
 
 from pipeline.base.options import opt
 from pipeline.base.progress import progress
+from pipeline.base.schema import COLUMNS, STATUS_ERROR, STATUS_OK, STATUS_SKIPPED
 from pipeline.base.sql import connect
+from pipeline.base.storage import StorageConfig, StorageOptions, one_line, redact
+from pipeline.results.query import parse_since
 from pipeline.review.figures import (HOW_TO_READ, SCALES, SHA256_RE, colorize, css_gradient, encode_jpeg, encode_png,
                                      fit_size, load_maps, overlay, read_original, resize_map, resize_rgb)
-from pipeline.base.schema import COLUMNS, STATUS_ERROR, STATUS_OK, STATUS_SKIPPED
-from pipeline.base.storage import StorageConfig, StorageOptions, one_line, redact
 
 TEMPLATES = Path(__file__).with_name("templates")
 ASSETS = ("report.css", "report.js")
@@ -69,11 +70,7 @@ class ReportConfig(StorageOptions):
         if self.thumb_side < 16 or self.detail_max_side < 0:
             raise ValueError(f"--thumb-side must be >= 16 and --detail-max-side >= 0, got {self.thumb_side} "
                              f"and {self.detail_max_side}")
-        if self.since:
-            try:
-                dt.date.fromisoformat(self.since)
-            except ValueError as e:
-                raise ValueError(f"--since {self.since!r} is not a date YYYY-MM-DD: {e}") from None
+        parse_since(self.since)
 
 
 def scope_filter(cfg: ReportConfig) -> tuple[str, list, list[str]]:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import functools
 import json
 
+from pipeline.base.schema import C2PA_COLUMNS
+
 C2PA_STATES = ("none", "invalid", "valid", "trusted")
-C2PA_COLUMNS = ("c2pa_state", "c2pa_status", "c2pa_claim_generator", "c2pa_actions")
 # Pillow format -> the MIME type c2pa reads; formats missing here cannot carry a manifest we read (NULL).
 _MIME = {"JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "TIFF": "image/tiff",
          "GIF": "image/gif", "HEIF": "image/heif"}

@@ -9,13 +9,12 @@ import threading
 
 import numpy as np
 
-from trufor_core.image import ImageDecodeError, decode_image
-
-from pipeline.scan.c2pa import C2PA_COLUMNS, read_credentials
 from pipeline.base.listing import local_version_tag, special_file_error, too_big, version_tag
-from pipeline.base.schema import (ERROR_INPUT, ERROR_TRANSIENT, STATUS_ERROR, STATUS_OK, STATUS_SKIPPED, coerce,
-                                  py_value)
+from pipeline.base.schema import (C2PA_COLUMNS, ERROR_INPUT, ERROR_TRANSIENT, STATUS_ERROR, STATUS_OK, STATUS_SKIPPED,
+                                  coerce, py_value)
 from pipeline.base.storage import StorageConfig, is_remote, local_path, one_line, redact
+from pipeline.scan.c2pa import read_credentials
+from trufor_core.image import ImageDecodeError, decode_image
 
 EMPTY_PIXELS = np.zeros((0, 0, 3), np.uint8)
 

@@ -14,27 +14,26 @@ from typing import Callable, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.base.lease import DEFAULT_TTL_S, Lease, LeaseLost
+from pipeline.base.maps import store_maps
+from pipeline.base.options import opt
+from pipeline.base.progress import note_slow, progress
+from pipeline.base.schema import ERROR_TRANSIENT, STATUS_ERROR, ScanRow, rows_to_table
+from pipeline.base.storage import StorageOptions, local_copy, one_line, redact
+from pipeline.base.store import (MAPS_DIR, RESULTS_DIR, RUNS_DIR, STATE_COMPLETE, STATE_FAILED, ResultWriter, RunFailed,
+                                 RunRecord, StoreError, check_layout, duck, mark_abandoned, root_of)
+from pipeline.base.version import code_version
+from pipeline.base.weights import WeightsOptions
+from pipeline.scan import c2pa as credentials
+from pipeline.scan.decode import load_batch
+from pipeline.scan.dedup import DedupResolver
+from pipeline.scan.plan import Plan, plan_run
+from pipeline.scan.predictor import PredictorConfig, TruForPredictor
 from trufor_core.checkpoint import check_checkpoint, sha256_file
 from trufor_core.config import TruForConfig
 from trufor_core.image import DEFAULT_MAX_PIXELS
 from trufor_core.model import min_image_side
 from trufor_core.weights import resolve_weights
-
-from pipeline.scan import c2pa as credentials
-from pipeline.scan.dedup import DedupResolver
-from pipeline.base.maps import store_maps
-from pipeline.base.options import opt
-from pipeline.base.weights import WeightsOptions
-from pipeline.scan.plan import Plan, plan_run
-from pipeline.scan.predictor import PredictorConfig, TruForPredictor
-from pipeline.scan.decode import load_batch
-from pipeline.base.progress import note_slow, progress
-from pipeline.base.schema import ERROR_TRANSIENT, STATUS_ERROR, ScanRow, rows_to_table
-from pipeline.base.version import code_version
-from pipeline.base.storage import StorageOptions, local_copy, one_line, redact
-from pipeline.base.lease import DEFAULT_TTL_S, Lease, LeaseLost
-from pipeline.base.store import (MAPS_DIR, RESULTS_DIR, RUNS_DIR, STATE_COMPLETE, STATE_FAILED, ResultWriter,
-                                 RunFailed, RunRecord, StoreError, check_layout, duck, mark_abandoned, root_of)
 
 # What makes a run fail as a whole (not a row): the results store cannot be written.
 STORE_FAILURES = (StoreError, LeaseLost, OSError)
@@ -99,20 +98,20 @@ class ScanConfig(WeightsOptions, StorageOptions):
 
 @dataclass
 class ScanSummary:
-    run_id: str
-    command: str = "scan"
-    listed: int = 0
-    to_scan: int = 0
-    ok: int = 0
-    errors: int = 0
-    skipped: int = 0
-    dedup: int = 0
+    """What a run did (its record: counts, version) and where its results went."""
+
+    run: RunRecord
     wall_s: float = 0.0
     results_uri: str = ""
     maps_uri: str = ""
     runs_uri: str = ""
-    results_version: int | None = None  # the results table's version when the run ended
-    commits: int = 0  # Delta transactions the run made on the results table
+
+    def __getattr__(self, name: str):
+        """The run's own fields (run_id, command, listed, to_scan, ok, errors, skipped, dedup, commits,
+        results_version), read from its record: declared once, there."""
+        if name == "run":
+            raise AttributeError(name)
+        return getattr(self.run, name)
 
     @property
     def scanned(self) -> int:
@@ -330,9 +329,6 @@ def run_scan(cfg: ScanConfig, log: Callable[[str], None] = lambda m: print(m, fi
     run_id = cfg.run_id or dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
     storage = cfg.storage()
     out_root = root_of(cfg.output)
-    summary = ScanSummary(run_id=run_id, command=command, results_uri=f"{out_root}/{RESULTS_DIR}",
-                          maps_uri=f"{out_root}/{MAPS_DIR}", runs_uri=f"{out_root}/{RUNS_DIR}")
-
     ckpt = str(resolve_weights(cfg.checkpoint, allow_download=cfg.allow_download, log=log)) \
         if not (cfg.checkpoint and "://" in cfg.checkpoint) else cfg.checkpoint
     # A bad or malicious checkpoint is one clear error here, before Ray starts and before any row
@@ -367,7 +363,6 @@ def run_scan(cfg: ScanConfig, log: Callable[[str], None] = lambda m: print(m, fi
         with tempfile.TemporaryDirectory(prefix="trufor-plan-") as work:
             plan = plan_run(cfg.input, out_root, storage, work, incremental=cfg.incremental, rescore=cfg.rescore,
                             max_bytes=cfg.max_bytes, scoring=scoring)
-            summary.listed, summary.to_scan = plan.listed, plan.to_scan
             log(f"{command} {run_id}: {plan.listed} files listed under {redact(cfg.input)}, {plan.to_scan} to scan")
             run = RunRecord(run_id=run_id, command=command, input=redact(cfg.input), code_version=code_version(),
                             weights_sha256=weights_sha, noiseprint_sha256=np_sha, listed=plan.listed,
@@ -375,9 +370,8 @@ def run_scan(cfg: ScanConfig, log: Callable[[str], None] = lambda m: print(m, fi
             failure = _write(cfg, plan, run, out_root, storage, scoring, lease, predictor_cls, log, c2pa_settings, ckpt)
     finally:
         lease.release()
-    summary.ok, summary.errors, summary.skipped, summary.dedup = run.ok, run.errors, run.skipped, run.dedup
-    summary.results_version, summary.commits = run.results_version, run.commits
-    summary.wall_s = time.monotonic() - t0
+    summary = ScanSummary(run=run, wall_s=time.monotonic() - t0, results_uri=f"{out_root}/{RESULTS_DIR}",
+                          maps_uri=f"{out_root}/{MAPS_DIR}", runs_uri=f"{out_root}/{RUNS_DIR}")
     if failure:
         raise RunFailed(failure) from None
     return summary

@@ -20,11 +20,10 @@ import duckdb
 import numpy as np
 import pyarrow.parquet as pq
 
-from pipeline.scan.dedup import SCORING_COLUMNS, HashSet, Scoring, known_hashes_sql, same_scoring_sql, scoring_params
 from pipeline.base.listing import LISTING_SCHEMA, iter_listing, listing_batches
 from pipeline.base.storage import StorageConfig
 from pipeline.base.store import QueryLimits, duck, parquet_sql, snapshot, sql_str
-
+from pipeline.scan.dedup import SCORING_COLUMNS, HashSet, Scoring, known_hashes_sql, same_scoring_sql, scoring_params
 
 # DuckDB spills the listing's sort and the anti-join to disk beyond this, so the driver's memory
 # stays bounded whatever the size of the listing and of the history (BENCHMARKS.md, "Sweeps at scale").

@@ -12,20 +12,16 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from pipeline.base import maps
+from pipeline.base.schema import (DECODED_COLUMNS, ERROR_TRANSIENT, STATUS_ERROR, STATUS_OK, ScanRow, coerce,
+                                  rows_to_table)
+from pipeline.base.storage import StorageConfig, local_copy, one_line, redact
+from pipeline.scan.dedup import CopyMarker
 from trufor_core import EvalConfig, load_trufor
 from trufor_core.config import POOLED_FEATURE_NAMES
 from trufor_core.model import autocast, describe_device, resolve_device
 
-from pipeline.base import maps
-from pipeline.scan.c2pa import C2PA_COLUMNS
-from pipeline.scan.dedup import CopyMarker
-from pipeline.base.schema import ERROR_TRANSIENT, STATUS_ERROR, STATUS_OK, ScanRow, coerce, rows_to_table
-from pipeline.base.storage import StorageConfig, local_copy, one_line, redact
-
 MODEL_NAME = "trufor-detconfcmx-mit_b2"
-# Columns the pre-processing stage fills and the predictor passes through unchanged.
-_PASSED_THROUGH = ("uri", "status", "size_bytes", "etag_or_mtime", "sha256", "phash", "format", "width", "height",
-                   "exif_make", "exif_model", "exif_software", "exif_orientation", *C2PA_COLUMNS, "error", "error_kind")
 
 
 @dataclass(frozen=True)
@@ -188,7 +184,7 @@ class TruForPredictor:
         ``maps.store_maps`` turns into stored maps: in the scan, a CPU stage after this one."""
         started = time.time()
         n = len(batch["uri"])
-        base = [{k: coerce(k, batch[k][i]) for k in _PASSED_THROUGH if k in batch} for i in range(n)]
+        base = [{k: coerce(k, batch[k][i]) for k in DECODED_COLUMNS if k in batch} for i in range(n)]
         extra: list[dict] = [{} for _ in range(n)]
         ok = []
         for i in range(n):
@@ -205,7 +201,7 @@ class TruForPredictor:
         common = self._common()
         rows, payloads = [], []
         for i in range(n):
-            fields = {k: base[i].get(k) for k in _PASSED_THROUGH}
+            fields = {k: base[i].get(k) for k in DECODED_COLUMNS}
             fields.update(common)
             fields["scanned_at"] = now
             payloads.append(extra[i].pop(maps.PAYLOAD_COLUMN, None))

@@ -14,12 +14,11 @@ import time
 import numpy as np
 import pyarrow as pa
 
-from trufor_core.checkpoint import sha256_file
-
-from pipeline.scan.dedup import CopyMarker
-from pipeline.scan.predictor import _PASSED_THROUGH, PredictorConfig
-from pipeline.base.schema import STATUS_OK, ScanRow, coerce, rows_to_table
+from pipeline.base.schema import DECODED_COLUMNS, STATUS_OK, ScanRow, coerce, rows_to_table
 from pipeline.base.storage import local_copy
+from pipeline.scan.dedup import CopyMarker
+from pipeline.scan.predictor import PredictorConfig
+from trufor_core.checkpoint import sha256_file
 
 STAND_IN_MODEL = "STAND-IN (no model, no score)"
 
@@ -38,7 +37,7 @@ class StandInPredictor:
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         rows, now = [], dt.datetime.now(dt.timezone.utc)
         for i in range(len(batch["uri"])):
-            fields = {k: coerce(k, batch[k][i]) for k in _PASSED_THROUGH}
+            fields = {k: coerce(k, batch[k][i]) for k in DECODED_COLUMNS}
             fields.update(model_name=STAND_IN_MODEL, run_id=self.cfg.run_id, code_version=self.cfg.code_version,
                           scanned_at=now, **self.weights)
             if fields["status"] == STATUS_OK:
