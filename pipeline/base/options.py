@@ -69,3 +69,14 @@ def from_args(cls, args: argparse.Namespace, command: str, **fixed):
     """The config ``cls`` from parsed arguments (fields not on this command keep their defaults)."""
     values = {f.name: getattr(args, f.name) for f in cli_fields(cls, command)}
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}, **fixed)
+
+
+def carried(src, cls, **given):
+    """``cls`` built from ``given`` plus every dataclass field of ``src`` that ``cls`` also has.
+
+    The shared fields come from the option groups both configs compose (``WeightsOptions``,
+    ``BatchOptions``...): a field added to a group reaches every config built this way, with no
+    line copying it by hand.
+    """
+    names = {f.name for f in dataclasses.fields(cls)} & {f.name for f in dataclasses.fields(src)}
+    return cls(**{n: getattr(src, n) for n in names - given.keys()}, **given)

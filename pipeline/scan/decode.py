@@ -10,7 +10,7 @@ import threading
 import numpy as np
 
 from pipeline.base.listing import local_version_tag, special_file_error, too_big, version_tag
-from pipeline.base.schema import (C2PA_COLUMNS, ERROR_INPUT, ERROR_TRANSIENT, STATUS_ERROR, STATUS_OK, STATUS_SKIPPED,
+from pipeline.base.schema import (C2PA_COLUMNS, DECODED_COLUMNS, ERROR_INPUT, ERROR_TRANSIENT, STATUS_ERROR, STATUS_OK, STATUS_SKIPPED,
                                   coerce, py_value)
 from pipeline.base.storage import StorageConfig, is_remote, local_path, one_line, redact
 from pipeline.scan.c2pa import read_credentials
@@ -91,10 +91,8 @@ def load_one(uri: str, size_bytes, etag_or_mtime, skip_reason, storage: StorageC
              read_timeout_s: float | None = None, error_kind: str | None = None,
              c2pa_settings: str | None = None) -> dict:
     """Read and decode one file; never raises: failures become an error row with the reason."""
-    row = {"uri": uri, "size_bytes": size_bytes, "etag_or_mtime": etag_or_mtime, "status": STATUS_OK,
-           "error": None, "error_kind": None, "sha256": None, "phash": None, "format": None, "width": None, "height": None, "exif_make": None,
-           "exif_model": None, "exif_software": None, "exif_orientation": None, **dict.fromkeys(C2PA_COLUMNS),
-           "pixels": EMPTY_PIXELS}
+    row = {**dict.fromkeys(DECODED_COLUMNS), "uri": uri, "size_bytes": size_bytes, "etag_or_mtime": etag_or_mtime,
+           "status": STATUS_OK, "pixels": EMPTY_PIXELS}
     if skip_reason:
         row.update(status=STATUS_SKIPPED, error=skip_reason)
         return row

@@ -1,6 +1,7 @@
 """The scan driver: plan (list INPUT, anti-join with OUTPUT), run the Ray Data pipeline, commit parts."""
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import math
 import os
@@ -16,14 +17,14 @@ import pyarrow.parquet as pq
 
 from pipeline.base.lease import DEFAULT_TTL_S, Lease, LeaseLost
 from pipeline.base.maps import store_maps
-from pipeline.base.options import opt
+from pipeline.base.model_options import BatchOptions, WeightsOptions
+from pipeline.base.options import carried, opt
 from pipeline.base.progress import note_slow, progress
 from pipeline.base.schema import ERROR_TRANSIENT, STATUS_ERROR, ScanRow, rows_to_table
 from pipeline.base.storage import StorageOptions, local_copy, one_line, redact
 from pipeline.base.store import (MAPS_DIR, RESULTS_DIR, RUNS_DIR, STATE_COMPLETE, STATE_FAILED, ResultWriter, RunFailed,
                                  RunRecord, StoreError, check_layout, duck, mark_abandoned, root_of)
 from pipeline.base.version import code_version
-from pipeline.base.weights import WeightsOptions
 from pipeline.scan import c2pa as credentials
 from pipeline.scan.decode import load_batch
 from pipeline.scan.dedup import DedupResolver
@@ -50,7 +51,7 @@ RAY_ENV_DEFAULTS = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
 
 
 @dataclass(frozen=True)
-class ScanConfig(WeightsOptions, StorageOptions):
+class ScanConfig(WeightsOptions, BatchOptions, StorageOptions):
     """Settings of one `scan` or `sweep` run; the command line is derived from these fields."""
 
     input: str = field(metadata=opt("local directory, s3://bucket/prefix (any fsspec URI), single file, or a manifest "
@@ -69,9 +70,6 @@ class ScanConfig(WeightsOptions, StorageOptions):
     actors: int = field(default=1, metadata=opt("size of the TruFor actor pool"))
     gpus_per_actor: float | None = field(default=None, metadata=opt("default: 1 when a GPU exists, else 0"))
     cpus_per_actor: float | None = field(default=None, metadata=opt("default: the CPUs shared among actors"))
-    batch_size: int = field(default=4, metadata=opt("images of one shape per forward"))
-    batch_max_pixels: int = field(default=2_000_000, metadata=opt(
-        "most pixels in one forward; larger images go alone (bounded-memory path)"))
     max_pixels: int = field(default=DEFAULT_MAX_PIXELS, metadata=opt("larger images become error rows (never resized)"))
     max_bytes: int = field(default=200 * 2**20, metadata=opt("larger files become error rows, refused before reading"))
     read_timeout_s: float = field(default=120.0, metadata=opt(
@@ -194,7 +192,7 @@ def _pipeline(cfg: ScanConfig, plan: Plan, pcfg: PredictorConfig, predictor_cls,
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
     cpus, gpus, threads = _actor_resources(cfg)
-    pcfg = PredictorConfig(**{**pcfg.__dict__, "device": "cuda" if gpus > 0 else "cpu", "torch_threads": threads})
+    pcfg = dataclasses.replace(pcfg, device="cuda" if gpus > 0 else "cpu", torch_threads=threads)
     known = [ray.put(c) for c in plan.known_hashes]
     ds = ray.data.from_arrow_refs(_feed(plan, cfg.actors))
     ds = ds.map_batches(load_batch, batch_size=cfg.batch_size, num_cpus=DECODE_CPUS,
@@ -275,12 +273,11 @@ def _score(cfg: ScanConfig, plan: Plan, writer: ResultWriter, resolver, predicto
            ckpt: str, storage) -> Exception | None:
     """Run the Ray pipeline over the plan, committing rows as they come; returns what failed, if anything."""
     run = writer.run
-    pcfg = PredictorConfig(checkpoint=ckpt, output_root=writer.output, run_id=run.run_id,
-                           code_version=run.code_version, noiseprint_weights=cfg.noiseprint_weights,
-                           variant=cfg.variant, batch_size=cfg.batch_size,
-                           batch_max_pixels=cfg.batch_max_pixels, storage=storage, dedup=cfg.incremental,
-                           precision=cfg.precision, timings_dir=cfg.actor_timings_dir,
-                           noise_anomaly=cfg.noise_anomaly)
+    # The model, batching and noise-anomaly options are carried over by name (declared once, on the
+    # option groups both configs compose); what the driver resolved is given.
+    pcfg = carried(cfg, PredictorConfig, checkpoint=ckpt, output_root=writer.output, run_id=run.run_id,
+                   code_version=run.code_version, storage=storage, dedup=cfg.incremental,
+                   timings_dir=cfg.actor_timings_dir)
     bar = progress(plan.to_scan, run.command, cfg.progress_every_s)
     started_ray = _init_ray(cfg)
     try:

@@ -13,6 +13,7 @@ import pyarrow as pa
 import torch
 
 from pipeline.base import maps
+from pipeline.base.model_options import BatchOptions
 from pipeline.base.schema import (DECODED_COLUMNS, ERROR_TRANSIENT, STATUS_ERROR, STATUS_OK, ScanRow, coerce,
                                   rows_to_table)
 from pipeline.base.storage import StorageConfig, local_copy, one_line, redact
@@ -25,7 +26,7 @@ MODEL_NAME = "trufor-detconfcmx-mit_b2"
 
 
 @dataclass(frozen=True)
-class PredictorConfig:
+class PredictorConfig(BatchOptions):
     """Everything an actor needs; passed through Ray as constructor arguments, never globals.
 
     Attributes:
@@ -36,8 +37,7 @@ class PredictorConfig:
         noiseprint_weights: optional replacement Noiseprint++ weights.
         variant: "test_docker" or "train_test" numerics.
         device: "auto", "cpu", "cuda"...
-        batch_size: most images of one shape per forward.
-        batch_max_pixels: most pixels in one forward; larger images go alone (bounded-memory path).
+        batch_size, batch_max_pixels: ``BatchOptions`` (the same fields as `scan`'s options).
         torch_threads: intra-op threads (Ray gives workers OMP_NUM_THREADS=1).
         storage: object-store endpoint settings.
         precision: "fp32" (default), "bf16" or "fp16" (autocast; ``trufor_core.model.autocast``).
@@ -56,8 +56,6 @@ class PredictorConfig:
     noiseprint_weights: str | None = None
     variant: str = "test_docker"
     device: str = "auto"
-    batch_size: int = 4
-    batch_max_pixels: int = 2_000_000
     torch_threads: int | None = None
     storage: StorageConfig = field(default_factory=StorageConfig)
     precision: str = "fp32"

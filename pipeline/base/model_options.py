@@ -1,4 +1,5 @@
-"""The model-weights options of `scan`/`sweep` and `predict`, declared once."""
+"""The model options, declared once: which weights and numerics (`scan`/`sweep`, `predict`) and how
+images are batched into one forward (`scan`/`sweep` and the actors they start)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -21,3 +22,12 @@ class WeightsOptions:
     precision: str = field(default="fp32", metadata=opt(PRECISION_HELP, choices=tuple(PRECISIONS)))
     allow_download: bool = field(default=True, metadata=opt("fail instead of downloading missing weights",
                                                            flag="--no-download"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class BatchOptions:
+    """How images go through the model together (keyword-only: after each config's own fields)."""
+
+    batch_size: int = field(default=4, metadata=opt("images of one shape per forward"))
+    batch_max_pixels: int = field(default=2_000_000, metadata=opt(
+        "most pixels in one forward; larger images go alone (bounded-memory path)"))
