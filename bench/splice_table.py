@@ -1,4 +1,4 @@
-"""Tables of `eval-splices` JSON files for TRAINING.md: one row per weights file, per localiser.
+"""Tables of `noiseprint eval-splices` JSON files for TRAINING.md: one row per weights file, per localiser.
 
     python bench/splice_table.py released=eval-released.json a0=eval-a0.json a1=eval-a1.json \
         a2=eval-a2.json --baseline released --retrained a0 a1 a2

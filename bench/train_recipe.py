@@ -1,13 +1,13 @@
-"""Train Noiseprint++ in one process on exactly the batches `train-noiseprint --workers W` would use.
+"""Train Noiseprint++ in one process on exactly the batches `noiseprint train --workers W` would use.
 
 Rank r's batch of step s comes from the same seed ([seed, s, r]) and the gradients of the W
 batches are averaged, which is what DDP does; the learning-rate schedule and weight average are
-the job's own (`TrainConfig`). The export is then evaluated by `eval-noiseprint`'s code. It
+the job's own (`TrainConfig`). The export is then evaluated by `noiseprint eval`'s code. It
 exists to compare training settings and seeds side by side without Ray's start-up and helper
 processes (two runs with ``--threads-per-worker 1`` fit on 2 cores at once).
 
     python bench/train_recipe.py --corpus corp8n --output /tmp/recipe-s1 \
-        --init ../shared/weights/noiseprint++.th --steps 130 --seed 1 [train-noiseprint options]
+        --init ../shared/weights/noiseprint++.th --steps 130 --seed 1 [noiseprint train options]
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def main() -> None:
     p.add_argument("--skip-baseline", action="store_true", help="evaluate the trained weights only")
     p.add_argument("--snapshot-every", type=int, default=0,
                    help="> 0: also export the weights every N steps to OUTPUT/step<N>/ (evaluate them with "
-                        "eval-noiseprint) to see where in a run the pair AUC moves")
+                        "noiseprint eval) to see where in a run the pair AUC moves")
     a = p.parse_args()
     cfg = config_from_args(a)
     torch.set_num_threads(cfg.threads_per_worker)

@@ -8,12 +8,22 @@ text file. Deterministic: the same bytes on every machine with the same Pillow.
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from pipeline.base.options import opt
+
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "stereo_motorcycle")
+
+
+@dataclass(frozen=True)
+class DemoArchiveConfig:
+    """`trufor-scan make-demo-archive`; the command line is derived from these fields."""
+
+    out: str = field(metadata=opt("folder to write the archive into"))
 
 
 def _jpeg(rgb: np.ndarray, quality: int) -> bytes:

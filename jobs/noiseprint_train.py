@@ -1,4 +1,4 @@
-"""`trufor-scan train-noiseprint`: retrain Noiseprint++ on a camera corpus with Ray Train (DDP).
+"""`trufor-scan noiseprint train`: retrain Noiseprint++ on a camera corpus with Ray Train (DDP).
 
 Only the Ray Train and command-line wiring lives here; the settings, model, loss, export and
 evaluation are ``noiseprint_lab`` (no Ray). Also a plain Ray job entry point:
@@ -27,6 +27,7 @@ from pipeline.base.options import add_options, from_args
 from pipeline.base.storage import StorageConfig
 
 LATEST_RUN_FILE = "LATEST_RUN"
+COMMAND = "noiseprint train"  # its name in the CLI (jobs.cli.COMMAND_TABLE)
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -222,11 +223,11 @@ def run_training(cfg: TrainConfig, log=lambda m: print(m, file=sys.stderr)) -> d
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_options(p, TrainConfig, "train-noiseprint")
+    add_options(p, TrainConfig, COMMAND)
 
 
 def config_from_args(a: argparse.Namespace) -> TrainConfig:
-    return from_args(TrainConfig, a, "train-noiseprint")
+    return from_args(TrainConfig, a, COMMAND)
 
 
 def main(argv: list[str] | None = None) -> int:

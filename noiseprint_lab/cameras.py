@@ -1,4 +1,4 @@
-"""`trufor-scan make-camera-corpus`: simulated cameras from real photographs, for training and evaluation.
+"""`trufor-scan noiseprint make-corpus`: simulated cameras from real photographs, for training and evaluation.
 
 Each source photo (scikit-image's bundled photographs: colour ones, and greyscale ones given a
 per-scene colour cast) is downscaled 2x with area averaging, which wipes its own camera traces,
@@ -10,11 +10,13 @@ sharpening, JPEG quality and chroma subsampling. Scenes from held-out photos go 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFilter
+
+from pipeline.base.options import opt
 
 CFA_PATTERNS = ("RGGB", "BGGR", "GRBG", "GBRG")
 DEMOSAIC = ("bilinear", "nearest", "green-smooth")
@@ -142,6 +144,21 @@ def scenes(rng: np.random.Generator, photo: np.ndarray, n: int, size: int) -> li
             crop = np.clip(np.rint(crop * cast), 0, 255).astype(np.uint8)
         out.append(np.ascontiguousarray(crop[:, ::-1] if rng.integers(2) else crop))
     return out
+
+
+@dataclass(frozen=True)
+class CameraCorpusConfig:
+    """`trufor-scan noiseprint make-corpus`; the command line is derived from these fields, which are
+    ``make_camera_corpus``'s arguments."""
+
+    out: str = field(metadata=opt("corpus folder to write"))
+    cameras: int = field(default=8, metadata=opt("simulated camera models"))
+    images: int = field(default=24, metadata=opt("training images per camera"))
+    size: int = field(default=192, metadata=opt("side of each (square) image"))
+    eval_images: int | None = field(default=None, metadata=opt("held-out images per camera (default: images/2)"))
+    seed: int = field(default=0, metadata=opt("everything is deterministic given the seed"))
+    held_out_cameras: int = field(default=0, metadata=opt(
+        "the last N cameras get no training images (for the splice benchmark's unseen subsets)"))
 
 
 def make_camera_corpus(out: str | Path, cameras: int, images: int, size: int = 192, eval_images: int | None = None,

@@ -213,7 +213,7 @@ def em_heatmap(np_map: np.ndarray, window: int = 32, stride: int = 8, seed: int 
 
 @dataclass(frozen=True)
 class FitConfig:
-    """`trufor-scan fit-noise-anomaly`; the command line is derived from these fields."""
+    """`trufor-scan noiseprint fit-anomaly`; the command line is derived from these fields."""
 
     corpus: str = field(metadata=opt("a camera corpus: its training split (cameras seen in training) is the pristine set"))
     weights: str = field(metadata=opt("the Noiseprint++ weights whose features are modelled (noiseprint++.th or "

@@ -1,4 +1,4 @@
-"""`trufor-scan eval-noiseprint`: does a Noiseprint++ tell origins apart on held-out images?
+"""`trufor-scan noiseprint eval`: does a Noiseprint++ tell origins apart on held-out images?
 
 - Pair verification ROC AUC: pairs of patches from held-out images with the same camera model,
   grid position and (held-out) history vs pairs that differ in any of them; the score is minus the
@@ -13,10 +13,13 @@
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 import torch
 
-from pipeline.base.storage import StorageConfig
+from pipeline.base.options import opt
+from pipeline.base.storage import StorageConfig, StorageOptions
 
 from .data import EVAL_HISTORIES, Corpus, load_corpus, sample_patch
 from .training import build_dncnn, to_input
@@ -128,6 +131,18 @@ def metrics_for(model: torch.nn.Module, patches: np.ndarray, pairs, reference: C
     out["residual_rms"] = float(r.pow(2).mean().sqrt())
     out["camera_id_accuracy"] = camera_id_accuracy(model, reference, held_out)
     return out
+
+
+@dataclass(frozen=True)
+class NoiseprintEvalConfig(StorageOptions):
+    """`trufor-scan noiseprint eval`; the command line is derived from these fields."""
+
+    weights: str = field(metadata=opt("noiseprint++.th (or trufor.pth.tar) to evaluate"))
+    corpus: str = field(metadata=opt("a corpus with <camera>/eval/ held-out images"))
+    baseline: str | None = field(default=None, metadata=opt(
+        "weights to compare with, side by side (e.g. the released noiseprint++.th)"))
+    pairs: int = field(default=300, metadata=opt("positive pairs (and as many negative)"))
+    seed: int = field(default=0, metadata=opt("everything is deterministic given the seed"))
 
 
 def evaluate(weights: str, corpus: str, baseline: str | None = None, storage: StorageConfig | None = None,

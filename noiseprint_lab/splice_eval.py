@@ -1,4 +1,4 @@
-"""`trufor-scan eval-splices`: how well a Noiseprint++ network's localisers find the splices of a benchmark.
+"""`trufor-scan noiseprint eval-splices`: how well a Noiseprint++ network's localisers find the splices of a benchmark.
 
 Per subset (``splices.SUBSETS``) and localiser, averaged over the spliced images: pixel ROC AUC
 (the heat map against the mask), MCC and F1 at each image's best threshold (the thesis's oracle
@@ -27,11 +27,11 @@ EM_THRESHOLD = 0.5
 
 @dataclass(frozen=True)
 class SpliceEvalConfig:
-    """`trufor-scan eval-splices`; the command line is derived from these fields."""
+    """`trufor-scan noiseprint eval-splices`; the command line is derived from these fields."""
 
-    benchmark: str = field(metadata=opt("a folder written by make-splice-benchmark"))
+    benchmark: str = field(metadata=opt("a folder written by `noiseprint make-splice-benchmark`"))
     weights: str = field(metadata=opt("Noiseprint++ weights (noiseprint++.th or trufor.pth.tar)"))
-    noise_anomaly: str | None = field(default=None, metadata=opt("a model from fit-noise-anomaly (fitted on these "
+    noise_anomaly: str | None = field(default=None, metadata=opt("a model from `noiseprint fit-anomaly` (fitted on these "
                                                                  "weights): adds its localiser"))
 
 
@@ -88,7 +88,7 @@ def evaluate_splices(benchmark: str | Path, weights: str, noise_anomaly: str | N
             if it.spliced:
                 rec["pixel"].append(pixel_metrics(heat, mask, threshold))
         if log and (n + 1) % 20 == 0:
-            log(f"eval-splices: {n + 1}/{len(items)} images, {time.monotonic() - t0:.0f} s")
+            log(f"noiseprint eval-splices: {n + 1}/{len(items)} images, {time.monotonic() - t0:.0f} s")
     out = {"benchmark": str(benchmark), "weights": str(weights), "noise_anomaly": noise_anomaly,
            "subsets": {}, "seconds": round(time.monotonic() - t0, 1)}
     for subset in SUBSETS:

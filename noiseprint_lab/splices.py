@@ -1,4 +1,4 @@
-"""A spliced benchmark from a camera corpus (`trufor-scan make-splice-benchmark`), as the SBMD set of
+"""A spliced benchmark from a camera corpus (`trufor-scan noiseprint make-splice-benchmark`), as the SBMD set of
 "Noise-based anomaly detection for image forgery localization" (PoliMi 2023).
 
 Each spliced image: a background image from camera A, a rectangle from an image of camera B (area
@@ -7,7 +7,7 @@ half off it), then one held-out editing history (``data.EVAL_HISTORIES``: resize
 tone/filter) applied to the whole composite; the mask goes through the same resize. Each subset
 also holds as many pristine images (a camera's held-out image through the same histories) for
 false positives. Subsets by whether the corpus's training split holds the cameras:
-``both_seen``, ``one_seen``, ``none_seen`` (the corpus needs held-out cameras: ``make-camera-corpus
+``both_seen``, ``one_seen``, ``none_seen`` (the corpus needs held-out cameras: ``noiseprint make-corpus
 --held-out-cameras``). Only held-out (eval/) images are used. Deterministic from the seed.
 
 Layout: ``<out>/<subset>/<id>.png`` (+ ``<id>.mask.png`` for spliced ones, 255 = spliced) and
@@ -35,9 +35,9 @@ BENCHMARK_FILE = "benchmark.json"
 
 @dataclass(frozen=True)
 class BenchmarkConfig:
-    """`trufor-scan make-splice-benchmark`; the command line is derived from these fields."""
+    """`trufor-scan noiseprint make-splice-benchmark`; the command line is derived from these fields."""
 
-    corpus: str = field(metadata=opt("a camera corpus with held-out images (and cameras: make-camera-corpus "
+    corpus: str = field(metadata=opt("a camera corpus with held-out images (and cameras: `noiseprint make-corpus` "
                                      "--held-out-cameras 2)"))
     out: str = field(metadata=opt("benchmark folder to write"))
     per_subset: int = field(default=20, metadata=opt("spliced images per subset (and as many pristine ones)"))
@@ -101,7 +101,7 @@ def make_splice_benchmark(corpus: str, out: str | Path, per_subset: int = 20, se
     cams_unseen = [c for c in held_out.cameras if c not in seen]
     need = {"both_seen": (len(cams_seen) >= 2, "2 cameras seen in training"),
             "one_seen": (cams_seen and cams_unseen, "a seen and an unseen camera"),
-            "none_seen": (len(cams_unseen) >= 2, "2 cameras held out of training (make-camera-corpus --held-out-cameras 2)")}
+            "none_seen": (len(cams_unseen) >= 2, "2 cameras held out of training (`noiseprint make-corpus` --held-out-cameras 2)")}
     missing = [f"{s}: needs {why}" for s, (ok, why) in need.items() if not ok]
     if missing:
         raise ValueError(f"corpus {corpus} cannot make every subset ({len(cams_seen)} cameras seen, "
@@ -156,7 +156,7 @@ def load_benchmark(path: str | Path) -> tuple[dict, list[Item]]:
     f = path / BENCHMARK_FILE
     if not f.is_file():
         raise FileNotFoundError(f"{path} is not a splice benchmark (no {BENCHMARK_FILE}; make one with "
-                                "make-splice-benchmark)")
+                                "noiseprint make-splice-benchmark)")
     desc = json.loads(f.read_text())
     items = [Item(**{**d, "box": tuple(d["box"]) if d["box"] else None}) for d in desc["items"]]
     for it in items:

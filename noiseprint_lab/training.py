@@ -23,7 +23,7 @@ LR_SCHEDULES = ("constant", "cosine")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Settings of one training run; `trufor-scan train-noiseprint`'s options are derived from these fields."""
+    """Settings of one training run; `trufor-scan noiseprint train`'s options are derived from these fields."""
 
     corpus: str = field(metadata=opt("URI/<camera_model>/**/*.jpg (eval/ folders held out) or a manifest with uri, "
                                      "camera_model ('exif' = from EXIF)"))

@@ -224,3 +224,34 @@ def test_synthesize_command_marks_untrained(shared, tmp_path, capsys):
     assert "UNTRAINED" in capsys.readouterr().err
     raw = read_torch_file(out)
     assert raw["trufor_scan_untrained"] is True and len(raw["state_dict"]) == 952
+
+
+def test_command_table_derives_the_parser_and_the_old_names_still_work(tmp_path, capsys):
+    """The parser, the command list and the old names all come from COMMAND_TABLE: every command's
+    options are exactly its config's CLI fields; an old name builds the same config, with a note."""
+    import argparse
+
+    from jobs.cli import ALIASES, COMMAND_TABLE, COMMANDS, build_parser, config_class, find_command
+    from pipeline.base.options import cli_fields, from_args
+
+    parser = build_parser()
+    top = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(top.choices) == {c.words[0] for c in COMMAND_TABLE} | set(ALIASES)
+    assert COMMANDS == tuple(c.name for c in COMMAND_TABLE) and len(set(COMMANDS)) == len(COMMANDS)
+    for cmd in COMMAND_TABLE:
+        assert find_command([*cmd.words, "--x"]) is cmd
+        sub = top.choices[cmd.words[0]]
+        if len(cmd.words) == 2:
+            sub = next(a for a in sub._actions if isinstance(a, argparse._SubParsersAction)).choices[cmd.words[1]]
+        dests = {a.dest for a in sub._actions if a.dest != "help"}
+        assert dests == {f.name for f in cli_fields(config_class(cmd), cmd.name)}, cmd.name
+    new = build_parser("noiseprint make-corpus").parse_args(["noiseprint", "make-corpus", "--out", "c", "--images", "3"])
+    old = build_parser("noiseprint make-corpus").parse_args(["make-camera-corpus", "--out", "c", "--images", "3"])
+    assert new.cmd is old.cmd and from_args(config_class(new.cmd), new, new.cmd.name) == \
+        from_args(config_class(old.cmd), old, old.cmd.name)
+    assert main(["eval-noiseprint", "--weights", str(tmp_path / "none.th"), "--corpus", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "`eval-noiseprint` is now `noiseprint eval`" in err and err.count("\n") == 2
+    with pytest.raises(SystemExit):
+        main(["noiseprint", "train"])  # --corpus and --output are required
+    assert "--corpus" in capsys.readouterr().err

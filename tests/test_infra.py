@@ -44,7 +44,7 @@ def test_rayjob_train_manifest():
     doc = yaml.safe_load(path.read_text())
     assert doc["apiVersion"] == "ray.io/v1" and doc["kind"] == "RayJob"
     args = _parse_command(doc["spec"]["entrypoint"])
-    assert args.command == "train-noiseprint" and args.use_gpu
+    assert args.cmd.name == "noiseprint train" and args.use_gpu
     assert all(u.startswith("s3://") for u in (args.corpus, args.output, args.init))
     gpu_workers = sum(g["minReplicas"] for g in doc["spec"]["rayClusterSpec"]["workerGroupSpecs"]
                       if g["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu"))

@@ -14,7 +14,7 @@ import typing
 
 
 def opt(help: str, *, flag: str | tuple[str, ...] | None = None, positional: bool = False, choices: tuple | None = None,
-        commands: tuple[str, ...] | None = None, metavar: str | None = None) -> dict:
+        commands: tuple[str, ...] | None = None, metavar: str | None = None, hidden: bool = False) -> dict:
     """Metadata for a config field shown on the command line.
 
     Args:
@@ -22,9 +22,10 @@ def opt(help: str, *, flag: str | tuple[str, ...] | None = None, positional: boo
             ``True`` boolean, which then stores False; ``("--input", "-in")`` for an alias).
         positional: a positional argument instead of an option.
         commands: the subcommands that offer it (default: every command using the config).
+        hidden: accepted but left out of --help (test hooks such as a download URL).
     """
     return {"cli": True, "help": help, "flag": flag, "positional": positional, "choices": choices,
-            "commands": commands, "metavar": metavar}
+            "commands": commands, "metavar": metavar, "hidden": hidden}
 
 
 def _base(t) -> tuple[type, bool]:
@@ -62,7 +63,8 @@ def add_options(parser: argparse.ArgumentParser, cls, command: str, defaults: di
         shown = "" if required or default is None else f" (default: {default})"
         metavar = m["metavar"] or (None if m["choices"] else flags[0].lstrip("-").upper().replace("-", "_"))
         parser.add_argument(*flags, dest=f.name, type=typ, required=required, choices=m["choices"], metavar=metavar,
-                            nargs=nargs, default=None if required else default, help=m["help"] + shown)
+                            nargs=nargs, default=None if required else default,
+                            help=argparse.SUPPRESS if m["hidden"] else m["help"] + shown)
 
 
 def from_args(cls, args: argparse.Namespace, command: str, **fixed):

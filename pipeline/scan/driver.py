@@ -62,7 +62,7 @@ class ScanConfig(WeightsOptions, BatchOptions, StorageOptions):
         "also rescan files whose latest row was scored with other weights (both generations stay queryable "
         "by weights_sha256)", commands=("sweep",)))
     noise_anomaly: str | None = field(default=None, metadata=opt(
-        "a model from fit-noise-anomaly (fitted on these weights' Noiseprint++): a second opinion per image, "
+        "a model from `noiseprint fit-anomaly` (fitted on these weights' Noiseprint++): a second opinion per image, "
         "noise_anomaly_score and its map (off by default)"))
     c2pa_trust_anchors: str | None = field(default=None, metadata=opt(
         "PEM file of certificates to trust for content credentials (C2PA): a manifest signed under them is "

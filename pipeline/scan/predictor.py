@@ -45,7 +45,7 @@ class PredictorConfig(BatchOptions):
         dedup: do not score bytes (sha256) already scored with these weights, in earlier runs
             (``known_hashes``) or earlier in this actor: such rows are marked ``dedup.pending`` and
             completed from the original's row on the driver (``pipeline.scan.dedup.DedupResolver``).
-        noise_anomaly: a model from `fit-noise-anomaly` (fitted on this checkpoint's Noiseprint++):
+        noise_anomaly: a model from `noiseprint fit-anomaly` (fitted on this checkpoint's Noiseprint++):
             each scored image also gets its noise-anomaly heat map and score (a second opinion).
     """
 
