@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install browser scan predict test bench bench-scan bench-float bench-sweep bench-precision bench-gpu bench-flops bench-report bench-duplicates bench-calibration
+.PHONY: install browser scan predict test docs bench bench-scan bench-float bench-sweep bench-precision bench-gpu bench-flops bench-report bench-duplicates bench-calibration
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -55,6 +55,11 @@ OTHER_KERNELS := ONEDNN_MAX_CPU_ISA=SSE41 ATEN_CPU_CAPABILITY=default
 test: $(STAMP) browser
 	$(BIN)/python -m pytest -q --durations=15 $(PYTEST_ARGS)
 	$(OTHER_KERNELS) $(BIN)/python -m pytest -q -m "parity and not slow" -k "synthetic_odd or recipe" $(PYTEST_ARGS)
+
+# The generated reference (docs/cli.md from the parser, docs/schema.md from the row schema); a
+# test fails when the committed copies are out of date.
+docs: $(STAMP)
+	$(BIN)/python -m jobs.docs
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_large.py $(ARGS)

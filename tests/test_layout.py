@@ -98,3 +98,17 @@ def test_library_packages_import_without_ray():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_generated_reference_docs_are_current():
+    """docs/cli.md and docs/schema.md are generated from the parser and the schema (`make docs`)."""
+    out = subprocess.run([sys.executable, "-m", "jobs.docs", "--check"], capture_output=True, text=True, cwd=REPO,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+
+
+def test_every_package_says_what_it_owns_and_may_import():
+    for pkg in LAYERS:
+        readme = REPO / pkg.replace(".", "/") / "README.md"
+        assert readme.is_file(), f"{pkg} has no README.md"
+        assert "May import" in readme.read_text(), f"{readme}: say what the package may import"

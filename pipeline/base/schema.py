@@ -15,91 +15,90 @@ STATUS_OK, STATUS_ERROR, STATUS_SKIPPED = "ok", "error", "skipped"
 ERROR_INPUT, ERROR_TRANSIENT = "input", "transient"
 
 
+def col(group: str, doc: str, **kw) -> dataclasses.Field:
+    """A column: its group and meaning, declared once here (docs/schema.md is generated from them)."""
+    return dataclasses.field(metadata={"group": group, "doc": doc}, **kw)
+
+
+def _opt(group: str, doc: str) -> dataclasses.Field:
+    return col(group, doc, default=None)
+
+
 @dataclass
 class ScanRow:
-    """One row per input file. ``None`` means "not applicable" (e.g. no score on an error row).
+    """One row per input file. ``None`` (NULL) means "not applicable" (e.g. no score on an error row).
 
-    Provenance: uri, size_bytes, etag_or_mtime, sha256 (of the file bytes); phash (ok rows: the 64-bit
-    perceptual hash of the decoded pixels, 16 hex digits, ``pipeline.results.duplicates``; near-copies, resized or
-    recompressed, have close hashes: `trufor-scan duplicates`).
-    Image: format, width, height, exif_* (as stored, orientation not applied: neither does TruFor).
-    Content credentials (``pipeline.scan.c2pa``; ok rows of formats c2pa reads, else NULL): c2pa_state
-    none / invalid / valid / trusted (trusted: chains to --c2pa-trust-anchors), c2pa_status (the
-    failure codes, comma-separated), c2pa_claim_generator, c2pa_actions (declared, comma-separated).
-    Read offline, kept apart from TruFor's score.
-    Outcome: status (ok / error / skipped), error (one-line message), error_kind: "input" when the file
-    itself is at fault (cannot decode, unsupported, too small or too big, not a regular file, a
-    symlink loop): final for that version of the file; "transient" when the failure was the
-    system's (I/O, timeout, object store, inference, lost in the pipeline): the next sweep retries it.
-    Model outputs: score = sigmoid(det_logit); the 8 pooled features fed to the detector;
-    frac_anom_conf = fraction of pixels with anomaly > 0.5 and confidence > 0.5;
-    frac_anom = fraction with anomaly > 0.5; max_anom_conf = max of anomaly * confidence.
-    Maps: map_uri (content-addressed by sha256, shared by identical files; relative to OUTPUT:
-    ``pipeline.base.store.resolve_ref`` then ``pipeline.base.maps.load``), preview_uri (a PNG a person can
-    open), map_codec.
-    dedup_of: set when this file's bytes (sha256) had already been scored the same way (weights,
-    Noiseprint++, noise-anomaly model: ``pipeline.scan.dedup.SCORING_COLUMNS``): the uri of that row,
-    whose outcome and maps this row repeats (the file was not scored again).
-    Run: model_name, weights_sha256, noiseprint_sha256 (when replaced), weights_untrained,
-    code_version, torch_version, device, precision (fp32 / bf16 / fp16 autocast), ray_node_id, run_id,
-    scanned_at, elapsed_ms.
-    Second opinion (``scan --noise-anomaly MODEL``, else NULL): noise_anomaly_score = the largest value
-    of the Noiseprint++ noise-anomaly heat map (``noiseprint_lab.localizers``), its map
-    (noise_anomaly_map_uri, ``pipeline.base.maps.load_noise_anomaly``) and the sha256 of the fitted model
-    file (noise_anomaly_model). Kept apart from TruFor's score.
+    Model outputs, maps and run fields are NULL on error and skipped rows. Content credentials and the
+    second opinion are kept apart from TruFor's score. The meaning of each column is on its field.
     """
 
-    uri: str
-    status: str
-    size_bytes: int | None = None
-    etag_or_mtime: str | None = None
-    sha256: str | None = None
-    phash: str | None = None
-    format: str | None = None
-    width: int | None = None
-    height: int | None = None
-    exif_make: str | None = None
-    exif_model: str | None = None
-    exif_software: str | None = None
-    exif_orientation: int | None = None
-    c2pa_state: str | None = None
-    c2pa_status: str | None = None
-    c2pa_claim_generator: str | None = None
-    c2pa_actions: str | None = None
-    error: str | None = None
-    error_kind: str | None = None
-    score: float | None = None
-    conf_softmin: float | None = None
-    conf_softmax: float | None = None
-    conf_mean: float | None = None
-    conf_msq: float | None = None
-    anom_softmin: float | None = None
-    anom_softmax: float | None = None
-    anom_mean: float | None = None
-    anom_msq: float | None = None
-    det_logit: float | None = None
-    frac_anom: float | None = None
-    frac_anom_conf: float | None = None
-    max_anom_conf: float | None = None
-    map_uri: str | None = None
-    preview_uri: str | None = None
-    map_codec: str | None = None
-    dedup_of: str | None = None
-    model_name: str | None = None
-    weights_sha256: str | None = None
-    noiseprint_sha256: str | None = None
-    weights_untrained: bool | None = None
-    code_version: str | None = None
-    torch_version: str | None = None
-    device: str | None = None
-    precision: str | None = None
-    ray_node_id: str | None = None
-    run_id: str | None = None
-    scanned_at: dt.datetime | None = None
-    elapsed_ms: float | None = None
-    noise_anomaly_score: float | None = None
-    noise_anomaly_map_uri: str | None = None
-    noise_anomaly_model: str | None = None
+    uri: str = col("provenance", "the input file (local path or object-store URI), as listed")
+    status: str = col("outcome", "ok / error / skipped")
+    size_bytes: int | None = _opt("provenance", "file size in bytes")
+    etag_or_mtime: str | None = _opt("provenance", "the version tag the listing saw (object ETag or local mtime): "
+                                     "a changed tag is a changed file for `sweep`")
+    sha256: str | None = _opt("provenance", "sha256 of the file bytes")
+    phash: str | None = _opt("provenance", "ok rows: 64-bit perceptual hash of the decoded pixels, 16 hex digits; "
+                             "near-copies (resized, recompressed) have close hashes (`trufor-scan duplicates`)")
+    format: str | None = _opt("image", "decoded format (JPEG, PNG, ...)")
+    width: int | None = _opt("image", "width in pixels, as stored (EXIF orientation not applied: neither does TruFor)")
+    height: int | None = _opt("image", "height in pixels, as stored")
+    exif_make: str | None = _opt("image", "EXIF camera make")
+    exif_model: str | None = _opt("image", "EXIF camera model")
+    exif_software: str | None = _opt("image", "EXIF software")
+    exif_orientation: int | None = _opt("image", "EXIF orientation tag (not applied)")
+    c2pa_state: str | None = _opt("content credentials", "ok rows of formats c2pa reads: none / invalid / valid / "
+                                  "trusted (chains to --c2pa-trust-anchors); read offline (``pipeline.scan.c2pa``)")
+    c2pa_status: str | None = _opt("content credentials", "the validation failure codes, comma-separated")
+    c2pa_claim_generator: str | None = _opt("content credentials", "the claim generator the manifest names")
+    c2pa_actions: str | None = _opt("content credentials", "the declared actions, comma-separated")
+    error: str | None = _opt("outcome", "one-line reason of an error or skipped row")
+    error_kind: str | None = _opt("outcome", "input: the file itself is at fault (cannot decode, unsupported, too "
+                                  "small or too big, not a regular file, a symlink loop), final for that version "
+                                  "of the file; transient: the system's fault (I/O, timeout, object store, "
+                                  "inference, lost in the pipeline), retried by the next sweep")
+    score: float | None = _opt("model output", "integrity score = sigmoid(det_logit); high = likely manipulated")
+    conf_softmin: float | None = _opt("model output", "pooled feature fed to the detector (``trufor_core.pooling``): "
+                                      "soft-min of the confidence logits (uniform weights)")
+    conf_softmax: float | None = _opt("model output", "pooled feature: soft-max of the confidence logits")
+    conf_mean: float | None = _opt("model output", "pooled feature: mean of the confidence logits")
+    conf_msq: float | None = _opt("model output", "pooled feature: mean square of the confidence logits")
+    anom_softmin: float | None = _opt("model output", "pooled feature: soft-min of the anomaly margin "
+                                      "(logit1 - logit0) weighted by sigmoid(confidence)")
+    anom_softmax: float | None = _opt("model output",
+                                      "pooled feature: confidence-weighted soft-max of the anomaly margin")
+    anom_mean: float | None = _opt("model output", "pooled feature: confidence-weighted mean of the anomaly margin")
+    anom_msq: float | None = _opt("model output",
+                                  "pooled feature: confidence-weighted mean square of the anomaly margin")
+    det_logit: float | None = _opt("model output", "the detector's logit")
+    frac_anom: float | None = _opt("model output", "fraction of pixels with anomaly > 0.5")
+    frac_anom_conf: float | None = _opt("model output", "fraction of pixels with anomaly > 0.5 and confidence > 0.5")
+    max_anom_conf: float | None = _opt("model output", "max of anomaly x confidence")
+    map_uri: str | None = _opt("maps", "the compressed anomaly and confidence maps, content-addressed by sha256 "
+                               "(shared by identical files), relative to OUTPUT: ``pipeline.base.store.resolve_ref`` "
+                               "then ``pipeline.base.maps.load``")
+    preview_uri: str | None = _opt("maps", "a PNG of the anomaly map a person can open")
+    map_codec: str | None = _opt("maps", "how map_uri is encoded")
+    dedup_of: str | None = _opt("provenance", "set when these bytes (sha256) had already been scored the same way "
+                                "(weights, Noiseprint++, noise-anomaly model: "
+                                "``pipeline.scan.dedup.SCORING_COLUMNS``): "
+                                "the uri of that row, whose outcome and maps this row repeats (not scored again)")
+    model_name: str | None = _opt("run", "the detector")
+    weights_sha256: str | None = _opt("run", "sha256 of the TruFor weights file")
+    noiseprint_sha256: str | None = _opt("run", "sha256 of the replacement Noiseprint++ weights, when replaced")
+    weights_untrained: bool | None = _opt("run", "true when the weights are the UNTRAINED test weights")
+    code_version: str | None = _opt("run", "trufor-scan version (+ git commit)")
+    torch_version: str | None = _opt("run", "torch version")
+    device: str | None = _opt("run", "where the forward ran (cpu, cuda:0 ...)")
+    precision: str | None = _opt("run", "fp32 / bf16 / fp16 (autocast)")
+    ray_node_id: str | None = _opt("run", "the Ray node that scored it")
+    run_id: str | None = _opt("run", "the run that wrote the row (``runs`` table)")
+    scanned_at: dt.datetime | None = _opt("run", "when the row was made (UTC)")
+    elapsed_ms: float | None = _opt("run", "the row's share of its batch's forward, in ms")
+    noise_anomaly_score: float | None = _opt("second opinion", "``scan --noise-anomaly MODEL``: the largest value of "
+                                             "the Noiseprint++ noise-anomaly heat map (``noiseprint_lab.localizers``)")
+    noise_anomaly_map_uri: str | None = _opt("second opinion", "its map (``pipeline.base.maps.load_noise_anomaly``)")
+    noise_anomaly_model: str | None = _opt("second opinion", "sha256 of the fitted model file")
 
 
 _NAMES = [f.name for f in dataclasses.fields(ScanRow)]

@@ -32,7 +32,7 @@ import pyarrow as pa
 
 from pipeline.base.maps import MAPS_DIR
 from pipeline.base.options import opt
-from pipeline.base.schema import ROW_SCHEMA, STATUS_ERROR, STATUS_OK, STATUS_SKIPPED
+from pipeline.base.schema import ROW_SCHEMA, STATUS_ERROR, STATUS_OK, STATUS_SKIPPED, col
 from pipeline.base.storage import StorageConfig, StorageOptions, is_remote, one_line, redact
 
 RESULTS_DIR, RUNS_DIR = "results", "runs"
@@ -74,25 +74,26 @@ class RunRecord:
     next sweep (and its lease expires, ``pipeline.base.lease``).
     """
 
-    run_id: str
-    command: str
-    input: str
-    code_version: str
-    weights_sha256: str | None = None
-    noiseprint_sha256: str | None = None
-    state: str = STATE_RUNNING
-    started_at: dt.datetime = field(default_factory=_now)
-    updated_at: dt.datetime = field(default_factory=_now)
-    error: str | None = None
-    listed: int = 0
-    to_scan: int = 0
-    rows: int = 0
-    ok: int = 0
-    errors: int = 0
-    skipped: int = 0
-    dedup: int = 0
-    commits: int = 0
-    results_version: int | None = None  # the results table's version after the run's last commit
+    run_id: str = col("run", "the run's identifier, written into each of its rows")
+    command: str = col("run", "scan / sweep / migrate")
+    input: str = col("run", "what it listed (folder, prefix or manifest; credentials redacted)")
+    code_version: str = col("run", "trufor-scan version (+ git commit)")
+    weights_sha256: str | None = col("run", "sha256 of the TruFor weights", default=None)
+    noiseprint_sha256: str | None = col("run", "sha256 of the replacement Noiseprint++ weights", default=None)
+    state: str = col("state", "running / complete / failed; a run still `running` after its driver is gone was "
+                     "killed (the next sweep completes it)", default=STATE_RUNNING)
+    started_at: dt.datetime = col("state", "when it started (UTC)", default_factory=_now)
+    updated_at: dt.datetime = col("state", "when this record was written (UTC)", default_factory=_now)
+    error: str | None = col("state", "one line: why it failed", default=None)
+    listed: int = col("counts", "files listed", default=0)
+    to_scan: int = col("counts", "files it had to scan (sweep: not yet in the results)", default=0)
+    rows: int = col("counts", "rows committed", default=0)
+    ok: int = col("counts", "ok rows", default=0)
+    errors: int = col("counts", "error rows", default=0)
+    skipped: int = col("counts", "skipped rows (not images)", default=0)
+    dedup: int = col("counts", "rows that repeat an earlier row of the same bytes (dedup_of)", default=0)
+    commits: int = col("counts", "transactions it committed to the results table", default=0)
+    results_version: int | None = col("counts", "the results table's version after its last commit", default=None)
 
 
 _RUN_TYPES = {str: pa.string(), int: pa.int64(), dt.datetime: pa.timestamp("us", tz="UTC")}
