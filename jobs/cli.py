@@ -253,7 +253,7 @@ def _cmd_weights_licence(_) -> int:
     return EXIT_OK
 
 
-# Exit status (README "Exit status"): 0 every input ok (or skipped); 3 the run finished and every
+# Exit status (docs/operations.md): 0 every input ok (or skipped); 3 the run finished and every
 # input has its row, some of them error rows; 1 the job failed while running (its rows so far are
 # committed, the next sweep completes it); 2 it could not start (arguments, weights, input, SQL
 # refused or past --timeout); 4 another run holds OUTPUT's write lease (cron: try again later).

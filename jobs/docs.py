@@ -47,7 +47,7 @@ def _option_rows(sub: argparse.ArgumentParser) -> list[str]:
                 default = "required"
             else:
                 default = "" if a.default is None else f"`{a.default}`"
-        text = a.help or ""
+        text = (a.help or "").replace("%%", "%")  # argparse's escape
         if a.choices:
             text += f" (one of: {', '.join(map(str, a.choices))})"
         rows.append(f"| {name} | {_cell(default)} | {_cell(text.split(' (default: ')[0] if default else text)} |")
@@ -86,23 +86,23 @@ def cli_reference() -> str:
 
 def schema_reference() -> str:
     """docs/schema.md: the columns of the results and runs tables, from their dataclasses."""
-    from pipeline.base.schema import ROW_SCHEMA, ScanRow
-    from pipeline.base.store import RUN_SCHEMA, RunRecord
+    from pipeline.base.schema import ScanRow
+    from pipeline.base.store import RUN_SCHEMA, SCAN_DATE, SCAN_DATE_DOC, TABLE_SCHEMA, RunRecord
 
-    def table(cls, schema) -> list[str]:
+    def table(cls, schema, extra: tuple = ()) -> list[str]:
         out = ["| column | type | group | meaning |", "|---|---|---|---|"]
-        for f in dataclasses.fields(cls):
-            t = schema.field(f.name).type
-            out.append(f"| `{f.name}` | {t} | {f.metadata['group']} | {_cell(f.metadata['doc'])} |")
+        for name, group, doc in [(f.name, f.metadata["group"], f.metadata["doc"]) for f in dataclasses.fields(cls)] \
+                + list(extra):
+            out.append(f"| `{name}` | {schema.field(name).type} | {group} | {_cell(doc)} |")
         return out
 
     lines = [GENERATED, "", "# The results store's tables", "",
              "Both are Delta Lake tables under OUTPUT (`OUTPUT/results`, `OUTPUT/runs`); `trufor-scan query` "
              "shows them as the views `results` (every row ever written), `latest` (the newest row per uri) "
              "and `runs` (the newest record per run).", "",
-             f"## `results`: one row per input file per scan ({len(ROW_SCHEMA)} columns)", "",
+             f"## `results`: one row per input file per scan ({len(TABLE_SCHEMA)} columns)", "",
              (ScanRow.__doc__ or "").strip().split("\n\n")[0].replace("\n", " "), "",
-             *table(ScanRow, ROW_SCHEMA), "",
+             *table(ScanRow, TABLE_SCHEMA, ((SCAN_DATE, "run", SCAN_DATE_DOC),)), "",
              f"## `runs`: one record when a run starts and one when it ends ({len(RUN_SCHEMA)} columns)", "",
              (RunRecord.__doc__ or "").strip().split("\n\n")[0].replace("\n", " "), "",
              *table(RunRecord, RUN_SCHEMA)]

@@ -39,7 +39,7 @@ def test_predict_reproduces_fixtures_and_reports_bad_files(image_dir, synth_ckpt
     rc = main(["predict", "--checkpoint", str(synth_ckpt), "--input", str(image_dir), "--output", str(out),
                "--save-np"])
     err = capsys.readouterr().err
-    assert rc == 3  # finished, with failures: the exit status says so (README "Exit status")
+    assert rc == 3  # finished, with failures: the exit status says so (docs/operations.md)
     assert "2 errors" in err and "broken.jpg" in err and "empty.png" in err
     assert "skipped (not an image extension)" in err and "notes.txt" in err
     assert "UNTRAINED" in err
@@ -245,6 +245,9 @@ def test_command_table_derives_the_parser_and_the_old_names_still_work(tmp_path,
             sub = next(a for a in sub._actions if isinstance(a, argparse._SubParsersAction)).choices[cmd.words[1]]
         dests = {a.dest for a in sub._actions if a.dest != "help"}
         assert dests == {f.name for f in cli_fields(config_class(cmd), cmd.name)}, cmd.name
+        with pytest.raises(SystemExit) as ex:  # every --help prints (a bare % in a help string once broke it)
+            main([*cmd.words, "--help"])
+        assert ex.value.code == 0 and "usage: trufor-scan " + cmd.name in capsys.readouterr().out
     new = build_parser("noiseprint make-corpus").parse_args(["noiseprint", "make-corpus", "--out", "c", "--images", "3"])
     old = build_parser("noiseprint make-corpus").parse_args(["make-camera-corpus", "--out", "c", "--images", "3"])
     assert new.cmd is old.cmd and from_args(config_class(new.cmd), new, new.cmd.name) == \

@@ -4,8 +4,8 @@ float32 results depend on the CPU's kernels, so they are compared with the float
 (../shared/fixtures/trufor_parity_f64/) at the per-field float32 tolerances of tests/tolerances.py.
 Only the 1536x2048 input has no official float64 reference (it needs >12 GiB in the official
 code); it is compared with the float32 fixture made on an AVX-512 machine at the same tolerances:
-each float32 result was measured within a third of them from float64 on three kernel sets (README
-"Numerical agreement"), so two float32 results stay within them.
+each float32 result was measured within a third of them from float64 on three kernel sets
+(docs/numerics.md), so two float32 results stay within them.
 The exactness proof is the float64 tier (test_parity_f64.py).
 """
 from __future__ import annotations

@@ -22,7 +22,7 @@ F64_PATHS_ATOL = 1e-12
 # float32 on any CPU, per field: at least 3x the largest float32-vs-float64 error measured over three
 # kernel sets (this CPU's AVX-512; AVX2; oneDNN SSE4.1 + ATen scalar, the set `make test` reruns the
 # parity tiers under) and four inputs up to 1536x2048, rounded up to 1, 2 or 5 (`make bench-float`,
-# table in README "Numerical agreement"). The worst case is the SSE4.1/scalar set (score 1.5e-4);
+# table in docs/numerics.md). The worst case is the SSE4.1/scalar set (score 1.5e-4);
 # AVX2 matches the float64 fixture README's Zen 3 figures (score 7.0e-5).
 F32_ATOL = {
     "np++": 2e-3,  # measured up to 6.4e-4

@@ -23,7 +23,7 @@ from .result import TruForOutput
 # fp32 = no autocast at all.
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 PRECISION_HELP = ("fp32 (exact), or bf16/fp16: autocast the SegFormer encoder and decoders (Noiseprint++, pooling "
-                  "and detection stay in the model dtype); measured deviations in README \"Reduced precision\"")
+                  "and detection stay in the model dtype); measured deviations in docs/scanning.md \"Reduced precision\"")
 
 
 def autocast(device: torch.device | str, precision: str = "fp32"):
@@ -51,7 +51,7 @@ def describe_device(device: torch.device) -> str:
 
     e.g. ``cpu (AVX512, 2 threads)``, ``cpu (DEFAULT, oneDNN ISA <= SSE41, 1 threads)`` or
     ``cuda:0 (NVIDIA H100 80GB HBM3, sm_90)``: float32 outputs of different kernels differ by up
-    to ~1e-4 on the score (README, "Numerical agreement"), so a reader can tell why two rows do.
+    to ~1e-4 on the score (docs/numerics.md), so a reader can tell why two rows do.
     """
     if device.type == "cuda":
         major, minor = torch.cuda.get_device_capability(device)

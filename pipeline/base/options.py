@@ -49,7 +49,7 @@ def add_options(parser: argparse.ArgumentParser, cls, command: str, defaults: di
         typ, _ = _base(hints[f.name])
         default = (defaults or {}).get(f.name, f.default)
         if m["positional"]:
-            parser.add_argument(f.name, help=m["help"], metavar=m["metavar"])
+            parser.add_argument(f.name, help=m["help"].replace("%", "%%"), metavar=m["metavar"])
             continue
         flags = m["flag"] or "--" + f.name.replace("_", "-")
         flags = (flags,) if isinstance(flags, str) else tuple(flags)
@@ -58,13 +58,15 @@ def add_options(parser: argparse.ArgumentParser, cls, command: str, defaults: di
         if typing.get_origin(typ) is tuple:  # tuple[str, ...]: one option taking one or more values
             typ, nargs = typing.get_args(typ)[0], "+"
         if typ is bool:
-            parser.add_argument(*flags, dest=f.name, action="store_false" if default else "store_true", help=m["help"])
+            parser.add_argument(*flags, dest=f.name, action="store_false" if default else "store_true",
+                                help=m["help"].replace("%", "%%"))
             continue
         shown = "" if required or default is None else f" (default: {default})"
         metavar = m["metavar"] or (None if m["choices"] else flags[0].lstrip("-").upper().replace("-", "_"))
         parser.add_argument(*flags, dest=f.name, type=typ, required=required, choices=m["choices"], metavar=metavar,
                             nargs=nargs, default=None if required else default,
-                            help=argparse.SUPPRESS if m["hidden"] else m["help"] + shown)
+                            # argparse %-formats help strings ("50% of memory" would crash --help)
+                            help=argparse.SUPPRESS if m["hidden"] else (m["help"] + shown).replace("%", "%%"))
 
 
 def from_args(cls, args: argparse.Namespace, command: str, **fixed):

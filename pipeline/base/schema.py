@@ -32,7 +32,8 @@ class ScanRow:
     second opinion are kept apart from TruFor's score. The meaning of each column is on its field.
     """
 
-    uri: str = col("provenance", "the input file (local path or object-store URI), as listed")
+    uri: str = col("provenance", "the file: `/abs/path` (made absolute, `..` and symlinks resolved), `s3://bucket/key`, "
+                   "or `file://` + percent-encoded bytes for a name that is not UTF-8")
     status: str = col("outcome", "ok / error / skipped")
     size_bytes: int | None = _opt("provenance", "file size in bytes")
     etag_or_mtime: str | None = _opt("provenance", "the version tag the listing saw (object ETag or local mtime): "
@@ -52,7 +53,7 @@ class ScanRow:
     c2pa_status: str | None = _opt("content credentials", "the validation failure codes, comma-separated")
     c2pa_claim_generator: str | None = _opt("content credentials", "the claim generator the manifest names")
     c2pa_actions: str | None = _opt("content credentials", "the declared actions, comma-separated")
-    error: str | None = _opt("outcome", "one-line reason of an error or skipped row")
+    error: str | None = _opt("outcome", "why an error or skipped row has no score (one line, credentials redacted)")
     error_kind: str | None = _opt("outcome", "input: the file itself is at fault (cannot decode, unsupported, too "
                                   "small or too big, not a regular file, a symlink loop), final for that version "
                                   "of the file; transient: the system's fault (I/O, timeout, object store, "
@@ -89,7 +90,8 @@ class ScanRow:
     weights_untrained: bool | None = _opt("run", "true when the weights are the UNTRAINED test weights")
     code_version: str | None = _opt("run", "trufor-scan version (+ git commit)")
     torch_version: str | None = _opt("run", "torch version")
-    device: str | None = _opt("run", "where the forward ran (cpu, cuda:0 ...)")
+    device: str | None = _opt("run", "the kernel family float32 rounding depends on, e.g. `cpu (AVX512, 2 threads)`, "
+                              "`cuda:0 (<GPU name>, sm_90)` (docs/numerics.md)")
     precision: str | None = _opt("run", "fp32 / bf16 / fp16 (autocast)")
     ray_node_id: str | None = _opt("run", "the Ray node that scored it")
     run_id: str | None = _opt("run", "the run that wrote the row (``runs`` table)")

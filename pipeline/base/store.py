@@ -38,6 +38,7 @@ from pipeline.base.storage import StorageConfig, StorageOptions, is_remote, one_
 RESULTS_DIR, RUNS_DIR = "results", "runs"
 LEGACY_RUNS_DIR = "_runs"  # the layout before the Delta table: Parquet parts listed in _runs/*.json
 SCAN_DATE = "scan_date"
+SCAN_DATE_DOC = "the UTC date of the run's start (YYYY-MM-DD), added by the store to every row it commits"
 TABLE_SCHEMA: pa.Schema = ROW_SCHEMA.append(pa.field(SCAN_DATE, pa.string()))
 STATE_RUNNING, STATE_COMPLETE, STATE_FAILED = "running", "complete", "failed"
 # How often a commit is tried before the run fails (object store unreachable, conflicts).
