@@ -7,13 +7,16 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install browser scan predict test docs bench bench-scan bench-float bench-sweep bench-precision bench-gpu bench-flops bench-report bench-duplicates bench-calibration
+.PHONY: install browser scan predict test docs bench bench-scan bench-float bench-sweep bench-precision bench-gpu bench-flops bench-report bench-duplicates bench-calibration bench-evaluate
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# torch first and pinned: otherwise pip resolves it as a dependency and pulls a CUDA build.
 	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
 	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
+	# IMDL-BenCo's metric functions are the tests' independent check of `evaluate`: installed without
+	# its dependencies (it pins numpy<2 and pulls timm); the test loads only its evaluation/temp.py.
+	$(BIN)/pip install -q --no-deps imdlbenco==0.1.45
 	touch $@
 
 install: $(STAMP)
@@ -97,3 +100,7 @@ bench-calibration: $(STAMP)
 bench-duplicates: $(STAMP)
 	$(BIN)/pip install -q -c constraints.txt 'faiss-cpu>=1.8'
 	$(BIN)/python bench/bench_duplicates.py $(ARGS)
+
+# `evaluate` on 10k generated labelled rows with maps and masks: images/s, driver and worker memory.
+bench-evaluate: $(STAMP)
+	$(BIN)/python bench/bench_evaluate.py $(ARGS)

@@ -171,6 +171,14 @@ def _cmd_export(cfg) -> int:
     return EXIT_ERROR_ROWS if res.failed or res.incomplete else EXIT_OK
 
 
+def _cmd_evaluate(cfg) -> int:
+    from pipeline.review.evaluation import run_evaluate
+
+    res = run_evaluate(cfg, log=lambda m: print(m, file=sys.stderr))
+    print(res.text(), file=sys.stderr)
+    return EXIT_OK
+
+
 def _cmd_noiseprint_train(cfg) -> int:
     from .noiseprint_train import run_training
 
@@ -294,6 +302,9 @@ COMMAND_TABLE: tuple[Command, ...] = (
             "scanned into OUTPUT", "pipeline.results.calibration:CalibrateConfig", _cmd_calibrate),
     Command("duplicates", "near-copies (resized, recompressed, lightly cropped) grouped into clusters, with the best "
             "copy and the score spread", "pipeline.results.duplicates:DuplicatesConfig", _cmd_duplicates),
+    Command("evaluate", "how well the scanned rows agree with a ground truth (labels, masks): image- and pixel-level "
+            "figures per detector, source and size, as JSON, PNGs and a page", "pipeline.review.evaluation:EvaluateConfig",
+            _cmd_evaluate),
     Command("report", "a review page of the top candidates (static HTML that opens from disk)",
             "pipeline.review.report:ReportConfig", _cmd_report),
     Command("show", "the four-panel figure of one scanned image (image | anomaly | confidence | ...)",

@@ -14,10 +14,10 @@ import numpy as np
 import torch
 
 from pipeline.base.listing import iter_listing
+from pipeline.base.model_options import WeightsOptions
 from pipeline.base.options import opt
 from pipeline.base.progress import note_slow, progress
 from pipeline.base.storage import StorageConfig, local_path
-from pipeline.base.model_options import WeightsOptions
 from trufor_core import EvalConfig, load_trufor
 from trufor_core.image import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, decode_rgb, to_model_input
 from trufor_core.model import autocast, describe_device, resolve_device

@@ -20,11 +20,12 @@ import pytest
 from PIL import Image
 
 from pipeline.base.listing import iter_listing
+from pipeline.base.reading import ReadError, read_input
 from pipeline.base.schema import ERROR_INPUT, ERROR_TRANSIENT, ScanRow, rows_to_table
 from pipeline.base.sql import run_sql
 from pipeline.base.storage import StorageConfig, local_path, local_uri
 from pipeline.base.store import ResultWriter, RunRecord, open_table, read_runs
-from pipeline.scan.decode import ReadError, load_one, read_input
+from pipeline.scan.decode import load_one
 
 ST = StorageConfig()
 MB = 2**20

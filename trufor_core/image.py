@@ -30,7 +30,8 @@ _PNG_16BIT_RAWMODE = re.compile(r";16")
 pillow_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)
 
 
-def _allowed_formats() -> list[str]:
+def allowed_formats() -> list[str]:
+    """The allowed formats Pillow can open here (after loading its plugins: a fresh process has none)."""
     Image.init()
     return [f for f in ALLOWED_FORMATS if f in Image.OPEN]
 
@@ -101,7 +102,7 @@ def decode_image(source: str | os.PathLike | bytes, max_pixels: int = DEFAULT_MA
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(fp, formats=_allowed_formats()) as im:
+            with Image.open(fp, formats=allowed_formats()) as im:
                 w, h = im.size
                 if w * h > max_pixels:
                     raise ImageDecodeError(f"{name}: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}")

@@ -28,6 +28,7 @@ import pyarrow as pa
 from pipeline.base.listing import read_manifest_table
 from pipeline.base.options import opt
 from pipeline.base.storage import StorageConfig, StorageOptions
+from pipeline.results.truth import FORGED, PRISTINE
 
 CALIBRATION_VERSION = 1
 CALIBRATIONS_DIR = "_calibrations"
@@ -50,17 +51,18 @@ class CalibrateConfig(StorageOptions):
     """Settings of one `calibrate`; the command line is derived from these fields."""
 
     output: str = field(metadata=opt("the scan's --output holding the reference images' rows", positional=True))
-    reference: str = field(metadata=opt("manifest (CSV/Parquet: uri[, source]) of known-pristine images, already "
-                                        "scanned into OUTPUT"))
+    reference: str = field(metadata=opt("known-pristine images, already scanned into OUTPUT: a manifest (CSV/Parquet: "
+                                        "uri[, source]) or an `evaluate` TRUTH file (its pristine entries)"))
     target_fpr: float = field(default=0.01, metadata=opt("false-positive rate to aim for on pristine images"))
     source_of: str | None = field(default=None, metadata=opt(
         "how a row gets its source: a column or SQL expression over the row, e.g. exif_software or "
         "\"regexp_extract(uri, '^s3://crawl/([^/]+)/', 1)\" (default: one source for everything)"))
     sources: str | None = field(default=None, metadata=opt(
-        "manifest (CSV/Parquet: uri, source) naming the source of scanned rows: joined on uri as the column "
-        "manifest_source (the default --source-of then)"))
+        "manifest (CSV/Parquet: uri, source; or an `evaluate` TRUTH file) naming the source of scanned rows: "
+        "joined on uri as the column manifest_source (the default --source-of then)"))
     forged: str | None = field(default=None, metadata=opt(
-        "manifest of known-forged images (uri[, source]), scanned into OUTPUT: the true-positive rate"))
+        "known-forged images scanned into OUTPUT, for the true-positive rate: a manifest (uri[, source]) or an "
+        "`evaluate` TRUTH file (its forged entries)"))
     support_quantile: float = field(default=0.05, metadata=opt(
         "a row smaller, more compressed or less confident than this quantile of its source's reference "
         "images is inconclusive (0: never)"))
@@ -100,6 +102,14 @@ def pick_threshold(scores: list[float], target_fpr: float) -> tuple[float, int]:
     return threshold, sum(x > threshold for x in s)
 
 
+def _labelled_table(spec: str, label: str | None, storage: StorageConfig) -> pa.Table:
+    """(uri, source) of the reference (pristine) or known-forged images, or (label None) of every image:
+    a manifest, or an `evaluate` TRUTH file (its entries with that label)."""
+    from pipeline.results.truth import is_truth_file, labelled_uris
+
+    return labelled_uris(spec, label, storage) if is_truth_file(spec, storage) else read_manifest_table(spec, storage)
+
+
 def _quantile(values: list[float], q: float) -> float | None:
     v = [x for x in values if x is not None]
     return float(np.quantile(v, q, method="lower")) if v and q > 0 else None
@@ -107,8 +117,8 @@ def _quantile(values: list[float], q: float) -> float | None:
 
 def _source_manifest(uri: str | None, storage: StorageConfig) -> pa.Table:
     """The --sources manifest, or an empty one (the views join it either way)."""
-    return read_manifest_table(uri, storage) if uri else pa.table({"uri": pa.array([], pa.string()),
-                                                                    "source": pa.array([], pa.string())})
+    return _labelled_table(uri, None, storage) if uri else pa.table({"uri": pa.array([], pa.string()),
+                                                                      "source": pa.array([], pa.string())})
 
 
 def _with_manifest_source(rows: str) -> str:
@@ -140,8 +150,8 @@ def calibrate(cfg: CalibrateConfig) -> dict:
 
     storage = cfg.storage()
     try:
-        ref = read_manifest_table(cfg.reference, storage)
-        forged = read_manifest_table(cfg.forged, storage) if cfg.forged else None
+        ref = _labelled_table(cfg.reference, PRISTINE, storage)
+        forged = _labelled_table(cfg.forged, FORGED, storage) if cfg.forged else None
         source_table = _source_manifest(cfg.sources, storage)
     except ValueError as e:  # a manifest without a uri column, or listing one twice
         raise CalibrationError(str(e)) from None

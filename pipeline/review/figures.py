@@ -18,11 +18,11 @@ import numpy as np
 from PIL import Image
 
 from pipeline.base import maps
+from pipeline.base.reading import read_input
 from pipeline.base.schema import COLUMNS, STATUS_OK
 from pipeline.base.sql import connect
 from pipeline.base.storage import StorageConfig, one_line, redact
 from pipeline.base.store import resolve_ref
-from pipeline.scan.decode import read_input
 from trufor_core.image import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
 
 # name -> (matplotlib colour map, what a person reads from it)
