@@ -105,6 +105,13 @@ def image_task(output: str, storage: StorageConfig, uri: str, mask_uri: str, ref
     return out
 
 
+def _one_thread() -> None:
+    """Worker processes use one thread each (torch upsamples the maps): the pool is the parallelism."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def _run_tasks(tasks: list[tuple], workers: int, log) -> list[dict]:
     """``image_task`` over ``tasks``: inline with workers <= 1, else on a spawned process pool with at
     most 4 x workers images in flight; a stall of STALL_S turns what is left into problem lines."""
@@ -114,7 +121,8 @@ def _run_tasks(tasks: list[tuple], workers: int, log) -> list[dict]:
         return [image_task(*t) for t in tasks]
     results, pending, it, started = [], {}, iter(tasks), time.monotonic()
     done_count, last_log = 0, time.monotonic()
-    pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                  initializer=_one_thread)
     try:
         while True:
             while len(pending) < 4 * workers:

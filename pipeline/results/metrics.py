@@ -108,21 +108,44 @@ def mcc_from(tp: int, fp: int, fn: int, tn: int) -> float:
     return 0.0 if den == 0 else (float(tp) * tn - float(fp) * fn) / math.sqrt(den)
 
 
+def _descending_groups(mask: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One sort of the pixels by value, high to low: per distinct value, (the value, positives in it,
+    pixels in it). Both threshold-free figures come from it (sorting is most of their cost)."""
+    order = np.argsort(-values, kind="stable")
+    v, y = values[order], mask[order]
+    last = np.r_[v[1:] != v[:-1], True]  # the last index of each distinct value
+    ends = np.flatnonzero(last) + 1
+    pos = np.diff(np.r_[0, np.cumsum(y, dtype=np.int64)[last]])
+    size = np.diff(np.r_[0, ends])
+    return v[last], pos, size
+
+
 def best_f1(mask: np.ndarray, values: np.ndarray) -> tuple[float, float]:
     """(the largest F1 over all thresholds "value >= t", that threshold)."""
     mask = np.asarray(mask, bool).ravel()
-    values = np.asarray(values, np.float64).ravel()
-    n_pos = int(mask.sum())
+    values = np.asarray(values).ravel()
+    return _best_f1(*_descending_groups(mask, values), int(mask.sum()))
+
+
+def _best_f1(v: np.ndarray, pos: np.ndarray, size: np.ndarray, n_pos: int) -> tuple[float, float]:
     if n_pos == 0:
         return 0.0, math.inf
-    order = np.argsort(-values, kind="mergesort")
-    v, y = values[order], mask[order]
-    last = np.r_[v[1:] != v[:-1], True]
-    tp = np.cumsum(y)[last]
-    k = (np.flatnonzero(last) + 1).astype(np.float64)  # pixels predicted positive at each threshold
+    tp, k = np.cumsum(pos), np.cumsum(size)  # true positives and pixels flagged at each threshold
     f1 = 2.0 * tp / (k + n_pos)
     i = int(np.argmax(f1))
-    return float(f1[i]), float(v[last][i])
+    return float(f1[i]), float(v[i])
+
+
+def _auc_from_groups(pos: np.ndarray, size: np.ndarray, n_pos: int) -> float | None:
+    """Mann-Whitney from the descending groups: each negative beats the positives below it and ties
+    with those of its own value (counted half)."""
+    n_neg = int(size.sum()) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return None
+    neg = size - pos
+    above = np.cumsum(pos) - pos  # positives with a strictly higher value
+    wins = float(np.sum(neg * (above + pos / 2.0)))  # (pos, neg) pairs the positive wins, ties half
+    return wins / (float(n_pos) * n_neg)
 
 
 def pixel_metrics(mask: np.ndarray, values: np.ndarray, threshold: float | None, inverted: bool = False) -> dict:
@@ -132,16 +155,19 @@ def pixel_metrics(mask: np.ndarray, values: np.ndarray, threshold: float | None,
     also the "inverted map" variant, max(F1(map), F1(1 - map)), labelled ``f1_inverted_max``.
     """
     mask = np.asarray(mask, bool)
-    values = np.asarray(values, np.float64)
+    values = np.asarray(values)
     if mask.shape != values.shape:
         raise ValueError(f"mask of shape {mask.shape} vs map of shape {values.shape}")
-    out = {"pixel_auc": roc_auc(mask, values)}
-    out["f1_best"], out["f1_best_threshold"] = best_f1(mask, values)
+    m, v = mask.ravel(), values.ravel()
+    n_pos = int(m.sum())
+    groups = _descending_groups(m, v)
+    out = {"pixel_auc": _auc_from_groups(groups[1], groups[2], n_pos)}
+    out["f1_best"], out["f1_best_threshold"] = _best_f1(*groups, n_pos)
     if threshold is not None:
-        tp, fp, fn, tn = confusion(mask, values > threshold)
+        tp, fp, fn, tn = confusion(m, v > threshold)
         out.update(f1=f1_from(tp, fp, fn), iou=iou_from(tp, fp, fn), mcc=mcc_from(tp, fp, fn, tn))
         if inverted:
-            itp, ifp, ifn, _ = confusion(mask, (1.0 - values) > threshold)
+            itp, ifp, ifn, _ = confusion(m, (1.0 - v) > threshold)
             out["f1_inverted_max"] = max(out["f1"], f1_from(itp, ifp, ifn))
     return out
 
