@@ -303,6 +303,9 @@ def test_scan_command_line(shared, synth_ckpt, tmp_path, capsys):
     assert p.returncode == 3, p.stderr[-3000:]  # finished, every input has its row, one is an error row
     assert "listed 4, scanned 4 (3 ok, 1 errors, 0 copies of bytes already scored), skipped 0" in p.stderr
     assert "scan: 100%" in p.stderr and "4/4" in p.stderr and f"runs:    {out}/runs (run_id cli1)" in p.stderr
+    # The weights are said at the start and in the summary; untrained ones with a warning, also in the run record.
+    assert f"scan cli1: weights {synth_ckpt}" in p.stderr and "UNTRAINED test weights" in p.stderr
+    assert p.stderr.count("WARNING: these weights are UNTRAINED") == 2
     q = subprocess.run([exe, "query", str(out), "SELECT uri, status, error FROM results ORDER BY uri",
                         "--format", "csv"], capture_output=True, text=True, timeout=120)
     assert q.returncode == 0, q.stderr
@@ -312,6 +315,7 @@ def test_scan_command_line(shared, synth_ckpt, tmp_path, capsys):
                        capture_output=True, text=True, timeout=120)
     assert t.returncode == 0 and '"map_uri"' in t.stdout and "a.png" in t.stdout
     best = json.loads(t.stdout)[0]
+    assert run_sql(str(out), "SELECT weights_untrained FROM runs WHERE run_id = 'cli1'")[1] == [(True,)]
 
     # The review page, in a real browser. report/show/export run through the CLI's entry point in
     # this process (each would otherwise pay a Python + torch start: the suite has a 15-minute budget).

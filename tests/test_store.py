@@ -464,3 +464,26 @@ def test_every_store_connection_has_a_deadline(tmp_path):
     finally:
         con.close()
     assert time.monotonic() - t0 < 15
+
+
+def test_a_runs_table_from_before_a_new_column_takes_it(tmp_path):
+    """A runs table written before `weights_untrained` existed: the next record adds the column (schema
+    merge), the old records read back with NULL there, and SQL sees both."""
+    from deltalake import write_deltalake
+
+    from pipeline.base.store import RUN_SCHEMA, RUNS_DIR, read_runs, record_run, table_uri
+
+    out = str(tmp_path / "out")
+    old_schema = pa.schema([f for f in RUN_SCHEMA if f.name != "weights_untrained"])
+    old = RunRecord(run_id="old", command="sweep", input="in", code_version="v0", state="complete")
+    row = {k: v for k, v in old.__dict__.items() if k != "weights_untrained"}
+    write_deltalake(table_uri(out, RUNS_DIR), pa.Table.from_pylist([row], schema=old_schema), mode="append")
+    writer = ResultWriter(out, RunRecord(run_id="new", command="sweep", input="in", code_version="v1",
+                                         weights_untrained=True), "2026-12-05", StorageConfig(), 10, 60.0)
+    writer.add(rows_to_table([ScanRow(uri="a", status="ok", run_id="new")]))
+    record_run(out, StorageConfig(), writer.run)
+    writer.close("complete")
+    runs = {r.run_id: r for r in read_runs(out)}
+    assert runs["old"].weights_untrained is None and runs["new"].weights_untrained is True
+    assert run_sql(out, "SELECT run_id, weights_untrained FROM runs ORDER BY run_id")[1] == [("new", True),
+                                                                                                ("old", None)]

@@ -118,8 +118,9 @@ def load_strict(model: torch.nn.Module, sd: dict[str, torch.Tensor], source: str
 
 
 def check_checkpoint(checkpoint: str | os.PathLike, noiseprint: str | os.PathLike | None = None,
-                     variant: str = "test_docker") -> None:
-    """Everything ``load_trufor`` checks about the files, without building a real model.
+                     variant: str = "test_docker") -> bool:
+    """Everything ``load_trufor`` checks about the files, without building a real model; returns
+    whether the checkpoint is marked UNTRAINED (``write_synthetic_checkpoint``).
 
     For a driver that hands the files to workers: a bad or malicious checkpoint is one clear
     ``CheckpointError`` here, before any worker starts. The model's schema comes from a model on
@@ -132,6 +133,7 @@ def check_checkpoint(checkpoint: str | os.PathLike, noiseprint: str | os.PathLik
     with torch.device("meta"):
         expected = TruFor(TruForConfig.official(variant)).state_dict()
     check_state_dict(expected, sd, str(checkpoint))
+    return bool(isinstance(raw, dict) and raw.get(UNTRAINED_MARKER, False))
 
 
 def _noiseprint_entries(noiseprint: str | os.PathLike, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

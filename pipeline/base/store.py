@@ -81,6 +81,9 @@ class RunRecord:
     code_version: str = col("run", "trufor-scan version (+ git commit)")
     weights_sha256: str | None = col("run", "sha256 of the TruFor weights", default=None)
     noiseprint_sha256: str | None = col("run", "sha256 of the replacement Noiseprint++ weights", default=None)
+    weights_untrained: bool | None = col("run", "true when the weights are marked UNTRAINED (`weights synthesize`): "
+                                         "its scores mean nothing (NULL in records written before this column)",
+                                         default=None)
     state: str = col("state", "running / complete / failed; a run still `running` after its driver is gone was "
                      "killed (the next sweep completes it)", default=STATE_RUNNING)
     started_at: dt.datetime = col("state", "when it started (UTC)", default_factory=_now)
@@ -97,7 +100,7 @@ class RunRecord:
     results_version: int | None = col("counts", "the results table's version after its last commit", default=None)
 
 
-_RUN_TYPES = {str: pa.string(), int: pa.int64(), dt.datetime: pa.timestamp("us", tz="UTC")}
+_RUN_TYPES = {str: pa.string(), int: pa.int64(), bool: pa.bool_(), dt.datetime: pa.timestamp("us", tz="UTC")}
 
 
 def _run_schema() -> pa.Schema:
@@ -402,7 +405,7 @@ def resolve_ref(output: str, ref: str) -> str:
 # -- writing ----------------------------------------------------------------------------------------
 
 def _commit(uri: str, table: pa.Table, storage: StorageConfig, app_id: str | None = None, seq: int | None = None,
-            metadata: dict | None = None, sleep=time.sleep) -> None:
+            metadata: dict | None = None, sleep=time.sleep, merge_schema: bool = False) -> None:
     """Append ``table`` to the Delta table at ``uri`` as one transaction, exactly once.
 
     With ``app_id``/``seq`` the commit carries a Delta application transaction: before each retry the
@@ -424,7 +427,8 @@ def _commit(uri: str, table: pa.Table, storage: StorageConfig, app_id: str | Non
             except Exception as e:  # noqa: BLE001 - still unreachable: try again below
                 last = e
         try:
-            write_deltalake(uri, table, mode="append", storage_options=opts, commit_properties=props)
+            write_deltalake(uri, table, mode="append", storage_options=opts, commit_properties=props,
+                            schema_mode="merge" if merge_schema else None)
             return
         except Exception as e:  # noqa: BLE001 - retried, then one line
             last = e
@@ -438,7 +442,9 @@ def _commit(uri: str, table: pa.Table, storage: StorageConfig, app_id: str | Non
 def record_run(output: str, storage: StorageConfig, run: RunRecord) -> None:
     """Append the run's current record to ``runs`` (its newest record is its state)."""
     run.updated_at = _now()
-    _commit(table_uri(output, RUNS_DIR), pa.Table.from_pylist([asdict(run)], schema=RUN_SCHEMA), storage)
+    # merge: a runs table written before a column was added (weights_untrained) takes it on first use.
+    _commit(table_uri(output, RUNS_DIR), pa.Table.from_pylist([asdict(run)], schema=RUN_SCHEMA), storage,
+            merge_schema=True)
 
 
 def mark_abandoned(output: str, storage: StorageConfig, run_id: str, why: str) -> None:

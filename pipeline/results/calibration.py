@@ -134,7 +134,7 @@ def _labelled_rows(con, table: str, source_of: str | None) -> list[dict]:
     """Each manifest line with its latest row (or none), its manifest source and its rule source."""
     cur = con.execute(
         f"SELECT m.uri, m.source AS manifest_source, l.status, l.score, l.width, l.height, l.size_bytes, l.conf_mean, "
-        f"l.weights_sha256, l.noiseprint_sha256, l.rule_source FROM {table} m LEFT JOIN "
+        f"l.weights_sha256, l.noiseprint_sha256, l.weights_untrained, l.rule_source FROM {table} m LEFT JOIN "
         f"(SELECT *, {_source_sql(source_of)} AS rule_source FROM {_with_manifest_source('latest')}) l USING (uri) "
         "ORDER BY m.uri")
     cols = [d[0] for d in cur.description]
@@ -170,6 +170,10 @@ def calibrate(cfg: CalibrateConfig) -> dict:
     finally:
         con.close()
     warnings: list[str] = []
+    if any(r["weights_untrained"] for r in rows + frows):
+        warnings.append("the reference rows were scored with UNTRAINED weights (weights synthesize): these "
+                        "thresholds mean nothing; scan with the released TruFor weights")
+
     def scored(r):
         return r["status"] == "ok" and r["score"] is not None
 

@@ -50,6 +50,16 @@ RAY_ENV_DEFAULTS = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
                     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_DATA_LOG_LEVEL": "ERROR"}
 
 
+UNTRAINED_WEIGHTS = ("these weights are UNTRAINED (synthesized for tests by `weights synthesize`): their scores and "
+                     "maps mean nothing; scan with the released TruFor weights (`weights download`)")
+
+
+def weights_line(path: str, sha256: str, untrained: bool) -> str:
+    """Which weights a run scores with, said at its start."""
+    kind = "UNTRAINED test weights" if untrained else "trained weights (not marked untrained)"
+    return f"weights {redact(str(path))} (sha256 {sha256[:12]}...), {kind}"
+
+
 @dataclass(frozen=True)
 class ScanConfig(WeightsOptions, BatchOptions, StorageOptions):
     """Settings of one `scan` or `sweep` run; the command line is derived from these fields."""
@@ -126,7 +136,10 @@ class ScanSummary:
                     f"{self.errors} errors, {self.dedup} copies of bytes already scored), skipped {self.skipped}; "
                     f"{self.wall_s:.1f} s, {rate:.2f} img/s")
         version = "" if self.results_version is None else f" (Delta table, version {self.results_version})"
-        return (f"{head}\nresults: {self.results_uri}{version}\nmaps:    {self.maps_uri}\n"
+        warning = f"\nWARNING: {UNTRAINED_WEIGHTS}" if self.weights_untrained else ""
+        return (f"{head}\nweights: sha256 {self.weights_sha256}"
+                f"{' (UNTRAINED test weights)' if self.weights_untrained else ''}{warning}\n"
+                f"results: {self.results_uri}{version}\nmaps:    {self.maps_uri}\n"
                 f"runs:    {self.runs_uri} (run_id {self.run_id})")
 
 
@@ -332,8 +345,12 @@ def run_scan(cfg: ScanConfig, log: Callable[[str], None] = lambda m: print(m, fi
     # could claim that the images failed (the actors would each fail to load it).
     ckpt_local = local_copy(ckpt, storage)
     noiseprint = local_copy(cfg.noiseprint_weights, storage) if cfg.noiseprint_weights else None
-    check_checkpoint(ckpt_local, noiseprint, cfg.variant)
+    untrained = check_checkpoint(ckpt_local, noiseprint, cfg.variant)
     weights_sha, np_sha = sha256_file(ckpt_local), (sha256_file(noiseprint) if noiseprint else None)
+    log(f"{command} {run_id}: {weights_line(ckpt, weights_sha, untrained)}"
+        + (f"; Noiseprint++ {cfg.noiseprint_weights} (sha256 {np_sha[:12]})" if np_sha else ""))
+    if untrained:
+        log(f"WARNING: {UNTRAINED_WEIGHTS}")
     na_sha = None
     if cfg.noise_anomaly:  # a model fitted on another Noiseprint++ fails here, not in every actor
         from noiseprint_lab.localizers import NoiseAnomalyModel, check_fitted_on
@@ -362,7 +379,8 @@ def run_scan(cfg: ScanConfig, log: Callable[[str], None] = lambda m: print(m, fi
                             max_bytes=cfg.max_bytes, scoring=scoring)
             log(f"{command} {run_id}: {plan.listed} files listed under {redact(cfg.input)}, {plan.to_scan} to scan")
             run = RunRecord(run_id=run_id, command=command, input=redact(cfg.input), code_version=code_version(),
-                            weights_sha256=weights_sha, noiseprint_sha256=np_sha, listed=plan.listed,
+                            weights_sha256=weights_sha, noiseprint_sha256=np_sha, weights_untrained=untrained,
+                            listed=plan.listed,
                             to_scan=plan.to_scan)
             failure = _write(cfg, plan, run, out_root, storage, scoring, lease, predictor_cls, log, c2pa_settings, ckpt)
     finally:
