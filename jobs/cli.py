@@ -78,16 +78,33 @@ def _cmd_top(cfg) -> int:
         cols, rows = top(cfg.output, k=cfg.k, min_score=cfg.flag_score(), since=cfg.since_date(),
                          storage=cfg.storage(), as_of=cfg.as_of)
     print(format_rows(cols, rows, cfg.format))
+    if not rows:
+        _say_why_empty(cfg, cal)
     return EXIT_OK
+
+
+def _say_why_empty(cfg, cal, credentials: bool = False) -> None:
+    from pipeline.results.query import why_empty
+
+    connector = None
+    if cal:
+        from pipeline.results.calibration import connector as calibrated
+
+        connector = calibrated(cal)
+    print(why_empty(cfg.output, cfg.flag_score(), cfg.since_date(), cfg.storage(), connector, cfg.as_of,
+                    credentials=credentials), file=sys.stderr)
 
 
 def _cmd_contradictions(cfg) -> int:
     from pipeline.results.contradictions import contradictions
     from pipeline.results.query import format_rows
 
+    cal = _calibration(cfg)
     cols, rows = contradictions(cfg.output, k=cfg.k, min_score=cfg.flag_score(), storage=cfg.storage(),
-                                calibration=_calibration(cfg))
+                                calibration=cal)
     print(format_rows(cols, rows, cfg.format))
+    if not rows:
+        _say_why_empty(cfg, cal, credentials=True)
     return EXIT_OK
 
 
@@ -114,9 +131,9 @@ def _cmd_calibrate(cfg) -> int:
     from pipeline.results.query import format_rows
 
     cal = calibrate(cfg)
-    cols = ["source", "n", "threshold", "false_positives", "fpr", "fpr_ci95", "too_small_for_target", "forged_n", "tpr"]
-    print(format_rows(cols, [tuple(str(s.get(c)) if c == "fpr_ci95" else s.get(c) for c in cols)
-                             for s in cal["sources"]], "table"))
+    cols = ["source", "n", "threshold", "false_positives", "fpr", "fpr_ci95", "too_small_for_target", "forged_n", "tpr",
+            "tpr_ci95"]
+    print(format_rows(cols, [tuple(s.get(c) for c in cols) for s in cal["sources"]], "table"))
     for w in cal["warnings"]:
         print(f"warning: {w}", file=sys.stderr)
     print(f"calibration {cal['id']} (target FPR {cal['target_fpr']:g}, weights {cal['weights_sha256'][:12]}) "
@@ -397,12 +414,22 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(found.name if found else None).parse_args(argv)
     cmd: Command = args.cmd
     try:
+        return _run(cmd, args)
+    except BrokenPipeError:  # `trufor-scan query ... | head`: the reader is gone, so are we, quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+
+
+def _run(cmd: Command, args: argparse.Namespace) -> int:
+    try:
         if args.typed in ALIASES:
             print(f"trufor-scan: note: `{args.typed}` is now `{cmd.name}`; the old name goes in a later release",
                   file=sys.stderr)
         from pipeline.base.options import from_args
 
         return cmd.run(from_args(config_class(cmd), args, cmd.name, **cmd.fixed))
+    except BrokenPipeError:
+        raise
     except (WeightsError, FileNotFoundError, FileExistsError, ValueError, RuntimeError) as e:
         from pipeline.base.lease import LeaseBusy
         from pipeline.base.storage import one_line, redact

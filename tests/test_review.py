@@ -257,3 +257,28 @@ def test_report_in_browser(generated, tmp_path):
     assert facts["pwned"] is None
     with Image.open(tmp_path / "shot.png") as im:
         assert im.size == (1400, 1000)
+
+
+def test_output_plays_with_the_shell(generated, capsys):
+    """CSV with \\n line endings and no trailing blank line; a reader that closes the pipe early ends
+    the command quietly (exit 0, nothing on stderr); an empty answer says why in one line."""
+    import shlex
+    import subprocess
+
+    from jobs.cli import main
+
+    out = str(generated["out"])
+    assert main(["query", out, "SELECT uri, score FROM latest ORDER BY uri LIMIT 3", "--format", "csv"]) == 0
+    text = capsys.readouterr().out
+    assert "\r" not in text and text.endswith("\n") and not text.endswith("\n\n") and len(text.splitlines()) == 4
+    assert main(["query", out, "SELECT 1/3 AS third, [0.123456789, 2.0] AS ci"]) == 0
+    assert "0.3333  [0.1235, 2]" in capsys.readouterr().out  # tables: 4 significant digits
+    assert main(["top", out, "--min-score", "0.9999"]) == 0
+    assert "no image scores at or above 0.9999 (--min-score): 80 scored, the highest 0.999" in capsys.readouterr().err
+    assert main(["contradictions", out]) == 0
+    assert "none of the 80 scored images carries valid or trusted content credentials" in capsys.readouterr().err
+    exe = str(Path(sys.executable).with_name("trufor-scan"))
+    p = subprocess.run(["bash", "-o", "pipefail", "-c", f"{shlex.quote(exe)} query {shlex.quote(out)} "
+                        "'SELECT * FROM range(3000000)' --format csv | head -c 9"],
+                       capture_output=True, text=True, timeout=120)
+    assert (p.returncode, p.stdout, p.stderr) == (0, "range\n0\n1", "")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import decimal
 import io
 import json
 from dataclasses import dataclass, field
@@ -101,25 +102,69 @@ def top(output: str, k: int = 50, min_score: float = DEFAULT_MIN_SCORE, since: d
     return run_sql(output, sql, params, storage, connector, as_of, limits)
 
 
+def why_empty(output: str, min_score: float, since: dt.date | None = None, storage: StorageConfig | None = None,
+              connector=None, as_of=None, credentials: bool = False) -> str:
+    """One line saying why `top` (or, with ``credentials``, `contradictions`) found nothing: what the
+    latest scans hold next to the condition that nothing met."""
+    from pipeline.results.contradictions import unedited_sql
+
+    scope = "AND scan_date >= ?" if since else ""
+    params = [since.isoformat()] if since else []
+    verdicts = ("count(*) FILTER (verdict = 'inconclusive'), count(*) FILTER (verdict = 'flagged')"
+                if connector is not None else "NULL, NULL")
+    sql = (f"SELECT count(*) FILTER (status = 'ok'), max(score), {verdicts}, "
+           "count(*) FILTER (c2pa_state IN ('valid', 'trusted')), "
+           f"count(*) FILTER ({unedited_sql()}) FROM latest WHERE TRUE {scope}")
+    ok, best, inconclusive, flagged, credentialed, unedited = run_sql(output, sql, params, storage, connector,
+                                                                      as_of)[1][0]
+    when = f" scanned since {since.isoformat()}" if since else ""
+    if not ok:
+        return f"nothing to show: no image{when} has an ok scan"
+    if credentials:
+        if not credentialed:
+            return (f"no contradictions: none of the {ok} scored images{when} carries valid or trusted content "
+                    "credentials (C2PA)")
+        if not unedited:
+            return (f"no contradictions: {credentialed} images{when} carry valid or trusted content credentials, "
+                    "none of them declares an unedited picture")
+    if connector is not None:
+        return (f"the calibration flags none of the {ok} scored images{when}" + (f" ({inconclusive} inconclusive)"
+                                                                                  if inconclusive else "")
+                + (f"; {unedited} declare no edit in their credentials" if credentials else ""))
+    return (f"no image{when} scores at or above {min_score:g} (--min-score): {ok} scored, the highest "
+            f"{best:.4g}" + (f"; {unedited} declare no edit in their credentials" if credentials else ""))
+
+
 def _plain(v):
     if isinstance(v, (dt.datetime, dt.date)):
         return v.isoformat()
     return v
 
 
+def _cell(v) -> str:
+    """A table cell: numbers to 4 significant digits (full precision is in CSV and JSON)."""
+    if v is None:
+        return ""
+    if isinstance(v, (float, decimal.Decimal)):
+        return f"{float(v):.4g}"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_cell(x) for x in v) + "]"
+    return str(_plain(v))
+
+
 def format_rows(cols: list[str], rows: list[tuple], fmt: str) -> str:
-    """Render as an aligned text table, CSV or JSON (a list of objects)."""
+    """Render as an aligned text table (numbers to 4 significant digits), CSV or JSON (a list of objects)."""
     if fmt == "json":
         return json.dumps([{c: _plain(v) for c, v in zip(cols, r)} for r in rows], indent=1)
-    if fmt == "csv":
+    if fmt == "csv":  # \n line endings (the shell's), and no trailing newline: print adds the last one
         buf = io.StringIO()
-        w = csv.writer(buf)
+        w = csv.writer(buf, lineterminator="\n")
         w.writerow(cols)
         w.writerows([[_plain(v) for v in r] for r in rows])
-        return buf.getvalue()
+        return buf.getvalue().removesuffix("\n")
     if fmt != "table":
         raise ValueError(f"unknown format {fmt!r}; expected table, csv or json")
-    cells = [[("" if v is None else f"{v:.4f}" if isinstance(v, float) else str(_plain(v))) for v in r] for r in rows]
+    cells = [[_cell(v) for v in r] for r in rows]
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(cols)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths)), "  ".join("-" * w for w in widths)]
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in cells]
