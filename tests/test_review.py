@@ -176,7 +176,7 @@ def test_export_bundle_is_complete_and_reproducible(generated, tmp_path):
         np.testing.assert_array_equal(np.asarray(Image.open(fa / "confidence.png")), map_to_gray8(confidence))
         readme = (fa / "README.txt").read_text()
         assert row["weights_sha256"] in readme and "UNTRAINED" in readme and f"{row['score']:.6f}" in readme
-        assert "trufor-scan predict --input original.jpg" in (fa / "reproduce.sh").read_text()
+        assert '"$TOOL" predict --input original.jpg' in (fa / "reproduce.sh").read_text()  # the tool found first
 
 
 def test_an_output_moved_elsewhere_keeps_its_maps(generated, tmp_path):
@@ -282,3 +282,47 @@ def test_output_plays_with_the_shell(generated, capsys):
                         "'SELECT * FROM range(3000000)' --format csv | head -c 9"],
                        capture_output=True, text=True, timeout=120)
     assert (p.returncode, p.stdout, p.stderr) == (0, "range\n0\n1", "")
+
+
+def test_paths_as_typed_and_repeated_flags(generated, tmp_path, monkeypatch, capsys):
+    """`show` and `export` take a local path as it was typed for the scan (relative, with `..`, through
+    a symlinked folder); `export --uri A --uri B` exports both; a manifest's `a/../b.jpg` is b.jpg."""
+    from jobs.cli import main
+    from pipeline.base.listing import list_input
+
+    first, second = (Path(u) for u in generated["top"][:2])
+    monkeypatch.chdir(first.parent.parent)
+    (tmp_path / "link").symlink_to(first.parent)
+    for typed in (f"{first.parent.name}/{first.name}", f"{first.parent.name}/../{first.parent.name}/{first.name}",
+                  str(tmp_path / "link" / first.name)):
+        assert find_row(str(generated["out"]), typed)["uri"] == str(first), typed
+    assert main(["export", str(generated["out"]), "--uri", str(first), "--uri", f"{second.parent.name}/{second.name}",
+                 "--out", str(tmp_path / "ev")]) == 0
+    assert len(capsys.readouterr().out.split()) == 2  # two bundles
+    manifest = tmp_path / "m.txt"
+    manifest.write_text(f"{first.parent.name}/../{first.parent.name}/{first.name}\n{tmp_path / 'link' / first.name}\n")
+    assert [f.uri for f in list_input(str(manifest), StorageConfig())] == [str(first), str(first)]
+
+
+def test_reproduce_sh_finds_its_tool_or_says_what_to_install(generated, tmp_path):
+    """reproduce.sh runs with the project's tool off PATH (it finds the environment that made the
+    bundle, or $TRUFOR_SCAN) and, where neither exists, fails with one line saying what to install."""
+    import subprocess
+
+    res = export(ExportConfig(output=str(generated["out"]), uri=(generated["top"][0],), out=str(tmp_path / "ev")))
+    script = (res.folders[0] / "reproduce.sh").read_text()
+    here = str(Path(sys.executable).with_name("trufor-scan"))
+    assert here in script and "TRUFOR_SCAN" in script
+    bare = {"PATH": "/usr/bin:/bin", "TRUFOR_WEIGHTS": "/nonexistent"}
+    # With the tool found, the script goes on to the weights check (which fails here: no weights).
+    p = subprocess.run(["sh", str(res.folders[0] / "reproduce.sh")], capture_output=True, text=True, env=bare,
+                       timeout=60)
+    assert p.returncode == 2 and "TRUFOR_WEIGHTS is not the TruFor weights" in p.stderr, p.stderr
+    # A copy of the bundle where the tool is gone: one line naming the version to install.
+    (res.folders[0] / "r2.sh").write_text(script.replace(here, "/gone/trufor-scan"))
+    p = subprocess.run(["sh", str(res.folders[0] / "r2.sh")], capture_output=True, text=True, env=bare, timeout=60)
+    assert p.returncode == 127 and p.stderr.startswith("trufor-scan not found: install trufor-scan generated")
+    assert p.stderr.count("\n") == 1
+    p = subprocess.run(["sh", str(res.folders[0] / "r2.sh")], capture_output=True, text=True, timeout=60,
+                       env=dict(bare, TRUFOR_SCAN=here))
+    assert p.returncode == 2 and "TRUFOR_WEIGHTS is not the TruFor weights" in p.stderr

@@ -21,7 +21,7 @@ from typing import Iterator
 import pyarrow as pa
 
 from pipeline.base.schema import ERROR_INPUT, ERROR_TRANSIENT
-from pipeline.base.storage import StorageConfig, is_remote, local_path, local_uri
+from pipeline.base.storage import StorageConfig, canonical_uri, is_remote, local_path, local_uri
 from trufor_core.config import IMAGE_EXTENSIONS
 
 MANIFEST_EXTENSIONS = (".parquet", ".csv", ".txt", ".lst")
@@ -234,7 +234,9 @@ def read_manifest_table(uri: str, storage: StorageConfig) -> pa.Table:
 
 def _manifest_entry(u: str) -> ListedFile:
     """A manifest line: size, kind and version are checked on the reading side (``pipeline.scan.decode``),
-    not here (that would be one request per line on object storage)."""
+    not here (that would be one request per line on object storage). A local path gets the uri the
+    folder walker would give it (``canonical_uri``: `a/../b.jpg` and `b.jpg` are one file)."""
+    u = canonical_uri(u)
     return ListedFile(u, skip_reason=classify(u))
 
 

@@ -54,9 +54,9 @@ def add_options(parser: argparse.ArgumentParser, cls, command: str, defaults: di
         flags = m["flag"] or "--" + f.name.replace("_", "-")
         flags = (flags,) if isinstance(flags, str) else tuple(flags)
         required = default is dataclasses.MISSING
-        nargs = None
-        if typing.get_origin(typ) is tuple:  # tuple[str, ...]: one option taking one or more values
-            typ, nargs = typing.get_args(typ)[0], "+"
+        nargs, action = None, None
+        if typing.get_origin(typ) is tuple:  # tuple[str, ...]: one or more values, and a repeated flag adds more
+            typ, nargs, action = typing.get_args(typ)[0], "+", "extend"
         if typ is bool:
             parser.add_argument(*flags, dest=f.name, action="store_false" if default else "store_true",
                                 help=m["help"].replace("%", "%%"))
@@ -64,7 +64,7 @@ def add_options(parser: argparse.ArgumentParser, cls, command: str, defaults: di
         shown = "" if required or default is None else f" (default: {default})"
         metavar = m["metavar"] or (None if m["choices"] else flags[0].lstrip("-").upper().replace("-", "_"))
         parser.add_argument(*flags, dest=f.name, type=typ, required=required, choices=m["choices"], metavar=metavar,
-                            nargs=nargs, default=None if required else default,
+                            nargs=nargs, default=None if required else default, **({"action": action} if action else {}),
                             # argparse %-formats help strings ("50% of memory" would crash --help)
                             help=argparse.SUPPRESS if m["hidden"] else (m["help"] + shown).replace("%", "%%"))
 

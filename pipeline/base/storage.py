@@ -88,6 +88,19 @@ def local_uri(path: bytes | str) -> str:
         return "file://" + urllib.parse.quote(raw, safe="/")
 
 
+def canonical_uri(ref: str, base_dir: str | None = None) -> str:
+    """The uri `scan` gives a local file typed as ``ref`` (relative to ``base_dir``, else the working
+    directory): absolute, with ``..`` and the symlinks of its folders resolved, its own name kept (as
+    the folder walker lists a symlinked file). Remote and ``file://`` uris are returned as they are."""
+    if is_remote(ref) or ref.startswith("file://"):
+        return ref
+    raw = os.fsencode(ref)
+    if not os.path.isabs(raw):
+        raw = os.path.join(os.fsencode(base_dir) if base_dir is not None else os.getcwdb(), raw)
+    raw = os.path.normpath(raw)
+    return local_uri(os.path.join(os.path.realpath(os.path.dirname(raw)), os.path.basename(raw)))
+
+
 def local_path(uri: str) -> bytes | str:
     """The path to open for a local uri (bytes when ``local_uri`` had to percent-encode it)."""
     if uri.startswith("file://"):

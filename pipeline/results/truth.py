@@ -10,7 +10,8 @@ A TRUTH file is one of:
   (CASIA, Columbia, COVERAGE, IMD2020, ...) work as they are.
 
 Local paths that are relative are taken relative to the TRUTH file's folder, then made absolute
-with symlinks resolved, as `scan` writes the uris of a folder it lists. Every entry that cannot be
+with ``..`` and folder symlinks resolved, as `scan` writes the uris of a folder it lists
+(``pipeline.base.storage.canonical_uri``). Every entry that cannot be
 used (bad label, duplicate uri, missing mask) is a problem line, counted and listed, never a silent
 drop. Masks are read within limits (regular files, a size cap, allowed formats, a pixel limit).
 """
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pipeline.base.reading import read_input
-from pipeline.base.storage import StorageConfig, is_remote, local_uri, one_line
+from pipeline.base.storage import StorageConfig, canonical_uri, is_remote, one_line
 from trufor_core.config import DEFAULT_MAX_PIXELS
 from trufor_core.image import allowed_formats
 
@@ -60,14 +61,6 @@ class Truth:
 
     def forged(self) -> list[TruthEntry]:
         return [e for e in self.entries if e.label == FORGED]
-
-
-def _canonical(ref: str, base_dir: str | None) -> str:
-    """A uri as `scan` writes it: remote as given; local absolute with symlinks resolved."""
-    if is_remote(ref) or ref.startswith("file://"):
-        return ref
-    path = ref if os.path.isabs(ref) or base_dir is None else os.path.join(base_dir, ref)
-    return local_uri(os.path.realpath(path))
 
 
 def _records(data: bytes, path: str) -> list[dict]:
@@ -137,13 +130,13 @@ def read_truth(spec: str, storage: StorageConfig | None = None) -> Truth:
         if not r["uri"] or not r["uri"].strip():
             truth.problems.append((where, "no uri"))
             continue
-        uri = _canonical(r["uri"].strip(), base_dir)
+        uri = canonical_uri(r["uri"].strip(), base_dir)
         label = (r["label"] or "").strip().lower()
         if label not in LABELS:
             truth.problems.append((uri, f"label {r['label']!r} is neither {PRISTINE!r} nor {FORGED!r}"))
             continue
         mask = r["mask"].strip() if r["mask"] and r["mask"].strip() else None
-        entry = TruthEntry(uri, label, _canonical(mask, base_dir) if mask else None,
+        entry = TruthEntry(uri, label, canonical_uri(mask, base_dir) if mask else None,
                            r["source"].strip() if r["source"] else None)
         if uri in seen:
             same = seen[uri] == entry

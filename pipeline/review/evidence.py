@@ -21,6 +21,7 @@ import hashlib
 import json
 import re
 import shlex
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -109,6 +110,9 @@ def _readme(row: dict, original_note: str, files: list[tuple[str, str]]) -> str:
               + ("   (and TRUFOR_NOISEPRINT=/path/to/noiseprint++ weights)" if w.get("noiseprint_sha256") else ""),
               "reproduce.sh checks the weights' sha256, runs `trufor-scan predict` on the original (the same",
               "model and pre-processing as the scan, one image at a time) and prints the recorded and the new score.",
+              f"It needs trufor-scan {w.get('code_version') or 'unknown'} (the code that scored it; on another machine: "
+              "pip install trufor-scan of that version, or the repository at that commit) and finds it in",
+              "$TRUFOR_SCAN, else in the environment that made this bundle, else on PATH.",
               f"Expected agreement: {AGREEMENT}.", ""]
     return "\n".join(lines)
 
@@ -118,15 +122,28 @@ def _reproduce_sh(row: dict, original: str) -> str:
     shell-quoted (``shlex.quote``): none can ever run as code."""
     q = shlex.quote
     np_sha = row.get("noiseprint_sha256")
-    cmd = ["trufor-scan", "predict", "--input", original, "--output", "reproduced.npz", "--checkpoint",
+    cmd = ["$TOOL", "predict", "--input", original, "--output", "reproduced.npz", "--checkpoint",
            "$TRUFOR_WEIGHTS"] + (["--noiseprint-weights", "$TRUFOR_NOISEPRINT"] if np_sha else []) + [
            "--precision", row["precision"] or "fp32", "--device", "cpu", "--no-download", "--overwrite"]
-    quoted = " ".join(f'"{c}"' if c in ("$TRUFOR_WEIGHTS", "$TRUFOR_NOISEPRINT") else q(str(c)) for c in cmd)
+    quoted = " ".join(f'"{c}"' if c in ("$TOOL", "$TRUFOR_WEIGHTS", "$TRUFOR_NOISEPRINT") else q(str(c)) for c in cmd)
+    here = Path(sys.executable).with_name("trufor-scan")  # the tool that made this bundle, if still there
+    version = str(row.get("code_version") or "unknown")
+    release = version.split("+")[0]
+    commit = version.split("+g")[1] if "+g" in version else None
+    need = (f"trufor-scan not found: install trufor-scan {release} (pip install trufor-scan=={release}"
+            + (f", or from its repository at commit {commit}: pip install -e ." if commit else "")
+            + "), or set TRUFOR_SCAN to the trufor-scan executable")
     checks = [("TRUFOR_WEIGHTS", row["weights_sha256"], "TruFor weights")] + (
         [("TRUFOR_NOISEPRINT", np_sha, "Noiseprint++ weights")] if np_sha else [])
     out = ["#!/bin/sh",
            "# Re-score this bundle's original with the weights it was scored with (trufor-scan predict).",
            "set -eu", 'cd "$(dirname "$0")"',
+           f"# Needs trufor-scan {version} (the code that scored it) and the weights named below.",
+           "# The tool: $TRUFOR_SCAN, else the one that made this bundle (if that machine still has it),",
+           "# else trufor-scan on PATH.",
+           f'TOOL=${{TRUFOR_SCAN:-}}; [ -n "$TOOL" ] || {{ [ -x {q(str(here))} ] && TOOL={q(str(here))}; }} || '
+           'TOOL=$(command -v trufor-scan) || true',
+           f'[ -n "$TOOL" ] && [ -x "$TOOL" ] || {{ echo {q(need)} >&2; exit 127; }}',
            f"printf '%s  %s\\n' {q(str(row['sha256']))} {q(original)} | sha256sum -c --quiet - || "
            "{ echo 'the original is not the scanned file (sha256 differs)' >&2; exit 2; }"]
     for var, sha, what in checks:
@@ -137,7 +154,7 @@ def _reproduce_sh(row: dict, original: str) -> str:
             "print('reproduced score %.6f' % float(np.load('reproduced.npz')['score']))")
     out += [quoted,
             "# The interpreter trufor-scan runs under (it has numpy), else python3.",
-            'PY=$(head -n 1 "$(command -v trufor-scan)" | sed -n "s/^#!//p")',
+            'PY=$(head -n 1 "$TOOL" | sed -n "s/^#!//p")',
             f'"${{PY:-python3}}" -c {q(code)}', ""]
     return "\n".join(out)
 

@@ -21,7 +21,7 @@ from pipeline.base import maps
 from pipeline.base.reading import read_input
 from pipeline.base.schema import COLUMNS, STATUS_OK
 from pipeline.base.sql import connect
-from pipeline.base.storage import StorageConfig, one_line, redact
+from pipeline.base.storage import StorageConfig, canonical_uri, one_line, redact
 from pipeline.base.store import resolve_ref
 from trufor_core.image import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
 
@@ -56,10 +56,16 @@ def find_row(output: str, uri_or_sha256: str, storage: StorageConfig | None = No
     Raises:
         NotScanned: nothing matches, or a sha256 prefix matches several images.
     """
+    # As typed, else as `scan` writes a local path typed this way (relative, `..`, folder symlinks).
+    spellings = list(dict.fromkeys([uri_or_sha256, canonical_uri(uri_or_sha256)]))
     con = connect(output, storage)
     try:
-        cur = con.execute(f"SELECT {', '.join(COLUMNS)} FROM latest WHERE uri = ? ORDER BY uri", [uri_or_sha256])
-        rows = cur.fetchall()
+        rows = []
+        for spelling in spellings:
+            rows = con.execute(f"SELECT {', '.join(COLUMNS)} FROM latest WHERE uri = ? ORDER BY uri",
+                               [spelling]).fetchall()
+            if rows:
+                break
         key = uri_or_sha256.lower()
         if not rows and SHA_RE.match(key):
             cur = con.execute(f"SELECT {', '.join(COLUMNS)} FROM latest WHERE starts_with(sha256, ?) "
