@@ -291,10 +291,21 @@ def _score(cfg: ScanConfig, plan: Plan, writer: ResultWriter, resolver, predicto
     pcfg = carried(cfg, PredictorConfig, checkpoint=ckpt, output_root=writer.output, run_id=run.run_id,
                    code_version=run.code_version, storage=storage, dedup=cfg.incremental,
                    timings_dir=cfg.actor_timings_dir)
-    bar = progress(plan.to_scan, run.command, cfg.progress_every_s)
+    # Stage lines: starting Ray and loading the model take a while before the first row.
+    t0 = time.monotonic()
+    address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
+    log(f"{run.command} {run.run_id}: " + (f"connecting to Ray at {redact(address)}" if address else "starting Ray"))
     started_ray = _init_ray(cfg)
+    log(f"{run.command} {run.run_id}: Ray ready after {time.monotonic() - t0:.0f} s; {cfg.actors} actor(s) load the "
+        "weights, then the first batch")
+    bar = progress(plan.to_scan, run.command, cfg.progress_every_s)
+    first = True
     try:
         for table in _pipeline(cfg, plan, pcfg, predictor_cls, log, c2pa_settings):
+            if first:
+                bar.write(f"{run.command} {run.run_id}: first results after {time.monotonic() - t0:.0f} s",
+                          file=bar.fp)
+                first = False
             ready = resolver.take(table) if resolver is not None else table
             writer.add(ready)
             bar.update(table.num_rows)
