@@ -258,3 +258,19 @@ def test_command_table_derives_the_parser_and_the_old_names_still_work(tmp_path,
     with pytest.raises(SystemExit):
         main(["noiseprint", "train"])  # --corpus and --output are required
     assert "--corpus" in capsys.readouterr().err
+
+
+def test_progress_off_a_terminal_is_whole_lines():
+    import io
+
+    from pipeline.base.progress import note_slow, progress
+
+    buf = io.StringIO()
+    bar = progress(3, "scan", every_s=0.0, stream=buf)
+    bar.update(2)
+    note_slow(bar, "s3://b/huge.tif", 75.0)
+    bar.update(1)
+    bar.close()
+    text = buf.getvalue()
+    assert "\r" not in text and text.endswith("\n") and "s3://b/huge.tif: 75 s for one image\n" in text
+    assert all(line.startswith(("scan:", "s3://b/huge.tif")) for line in text.splitlines())

@@ -306,6 +306,9 @@ def test_scan_command_line(shared, synth_ckpt, tmp_path, capsys):
     # The weights are said at the start and in the summary; untrained ones with a warning, also in the run record.
     assert f"scan cli1: weights {synth_ckpt}" in p.stderr and "UNTRAINED test weights" in p.stderr
     assert p.stderr.count("WARNING: these weights are UNTRAINED") == 2
+    # Stage lines before the first row; progress off a terminal as whole lines (a log file stays readable).
+    assert "scan cli1: starting Ray" in p.stderr and "scan cli1: first results after" in p.stderr
+    assert "\r" not in p.stderr
     q = subprocess.run([exe, "query", str(out), "SELECT uri, status, error FROM results ORDER BY uri",
                         "--format", "csv"], capture_output=True, text=True, timeout=120)
     assert q.returncode == 0, q.stderr
