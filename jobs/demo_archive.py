@@ -2,8 +2,9 @@
 
 Real photographs bundled with scikit-image, saved as a camera would (JPEG), plus what a crawl
 brings: a splice (a region of one photo pasted into another, then re-saved as JPEG), a repost
-(the same bytes under another name: scored once, recorded with dedup_of), a truncated file and a
-text file. Deterministic: the same bytes on every machine with the same Pillow.
+(the same bytes under another name: scored once, recorded with dedup_of), a resized and
+recompressed repost of the splice (a near-duplicate), a truncated file and a text file.
+Deterministic: the same bytes on every machine with the same Pillow.
 """
 from __future__ import annotations
 
@@ -57,6 +58,10 @@ def make_demo_archive(out: str | Path) -> list[Path]:
     spliced[120:280, 200:360] = photos["rocket"][200:360, 100:260]
     put("coffee_spliced.jpg", _jpeg(spliced, 90))
     put("reposts/astronaut_repost.jpg", (out / "astronaut.jpg").read_bytes())
+    # A platform's repost of the splice: resized to 75% and recompressed (new bytes, a near-duplicate:
+    # `trufor-scan duplicates` clusters it with the splice).
+    small = Image.fromarray(spliced).resize((spliced.shape[1] * 3 // 4, spliced.shape[0] * 3 // 4), Image.LANCZOS)
+    put("reposts/coffee_spliced_resized.jpg", _jpeg(np.asarray(small), 80))
     put("truncated.jpg", (out / "chelsea.jpg").read_bytes()[:3000])
     put("README.txt", b"trufor-scan demo archive (scikit-image photographs); not an image: a skipped row\n")
     return written

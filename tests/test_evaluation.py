@@ -365,3 +365,15 @@ def test_evaluate_real_splices_through_a_real_scan(shared, synth_ckpt, model, tm
     cal = json.loads(next((out / "_calibrations").glob("*.json")).read_text())
     assert [(s["source"], s["n"], s["forged_n"]) for s in cal["sources"]] == [("camera", 3, 3)]
     shutil.rmtree(ev_dir)
+
+
+def test_calibrate_takes_a_truth_file_with_one_source(labelled, tmp_path, capsys):
+    """A reference that names one source needs no --source-of: every row is that source, said in a warning."""
+    rows = _truth_rows(Path(labelled["truth"]))
+    one = tmp_path / "one.csv"
+    one.write_text("uri,label,mask,source\n" + "".join(f"{r['uri']},{r['label']},{r['mask']},desk's archive\n"
+                                                     for r in rows))
+    assert main(["calibrate", str(labelled["root"] / "out"), "--reference", str(one), "--forged", str(one),
+                 "--target-fpr", "0.1"]) == 0
+    cap = capsys.readouterr()
+    assert "the reference names one source, \"desk's archive\"" in cap.err and "desk's archive" in cap.out

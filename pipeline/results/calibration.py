@@ -155,11 +155,18 @@ def calibrate(cfg: CalibrateConfig) -> dict:
         source_table = _source_manifest(cfg.sources, storage)
     except ValueError as e:  # a manifest without a uri column, or listing one twice
         raise CalibrationError(str(e)) from None
-    named = ref.column("source").null_count < ref.num_rows
+    named = sorted({s for s in ref.column("source").to_pylist() if s is not None})
     source_of = cfg.source_of or ("manifest_source" if cfg.sources else None)
-    if named and not source_of:
-        raise CalibrationError("the reference manifest names sources, so --source-of (or --sources) must say how "
-                               "scanned rows get theirs (a column or SQL expression, e.g. exif_software)")
+    notes: list[str] = []
+    if len(named) == 1 and not source_of:
+        # One source named: every row belongs to it (an SQL literal, quoted as SQL quotes them).
+        source_of = "'" + named[0].replace("'", "''") + "'"
+        notes.append(f"the reference names one source, {named[0]!r}: every scanned row is calibrated as that source "
+                     "(--source-of to tell several apart)")
+    elif named and not source_of:
+        raise CalibrationError(f"the reference manifest names {len(named)} sources ({', '.join(named[:5])}), so "
+                               "--source-of (or --sources) must say how scanned rows get theirs (a column or SQL "
+                               "expression, e.g. exif_software)")
     con = connect(cfg.output, storage, tables={"reference_images": ref, "forged_images": forged,
                                                "source_manifest": source_table})
     try:
@@ -169,7 +176,7 @@ def calibrate(cfg: CalibrateConfig) -> dict:
         raise QueryError(f"--source-of {source_of!r} failed: {str(e).strip().splitlines()[0]}") from None
     finally:
         con.close()
-    warnings: list[str] = []
+    warnings: list[str] = notes
     if any(r["weights_untrained"] for r in rows + frows):
         warnings.append("the reference rows were scored with UNTRAINED weights (weights synthesize): these "
                         "thresholds mean nothing; scan with the released TruFor weights")
