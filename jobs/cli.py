@@ -251,8 +251,8 @@ def _cmd_make_demo_archive(cfg) -> int:
     from .demo_archive import make_demo_archive
 
     files = make_demo_archive(cfg.out)
-    print(f"wrote {len(files)} files to {cfg.out} (photographs, a splice, a repost, a resized repost, a truncated "
-          "file, a text file)",
+    print(f"wrote {len(files)} files to {cfg.out} (photographs, a splice with content credentials that declare no "
+          "edit, a repost, a resized repost, a truncated file, a text file)",
           file=sys.stderr)
     return EXIT_OK
 

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from jobs.demo_archive import CredentialSigner as C2paTestSigner  # noqa: F401 - the tests' signer
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("TRUFOR_SHARED", REPO.parent / "shared"))
 FIXTURES = SHARED / "fixtures" / "trufor_parity"
@@ -87,69 +89,6 @@ def write_parts(output, run_id: str, date: str, tables: list, state: str = "comp
         w.commit()
     w.close(state)
     return w
-
-
-class C2paTestSigner:
-    """A test CA (self-signed, made here) and a signing certificate under it, ES256 (content credentials)."""
-
-    def __init__(self):
-        import datetime as dt
-
-        from cryptography import x509
-        from cryptography.hazmat.primitives import hashes, serialization
-        from cryptography.hazmat.primitives.asymmetric import ec
-        from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-        def name(cn):
-            return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn),
-                              x509.NameAttribute(NameOID.ORGANIZATION_NAME, "trufor-scan tests")])
-
-        def usage(sign: bool):
-            return x509.KeyUsage(digital_signature=sign, content_commitment=False, key_encipherment=False,
-                                 data_encipherment=False, key_agreement=False, key_cert_sign=not sign,
-                                 crl_sign=not sign, encipher_only=False, decipher_only=False)
-
-        now = dt.datetime.now(dt.timezone.utc)
-        ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-        ca = (x509.CertificateBuilder().subject_name(name("trufor-scan test root")).issuer_name(name("trufor-scan test root"))
-              .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-              .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=30))
-              .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-              .add_extension(usage(False), critical=True)
-              .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-              .sign(ca_key, hashes.SHA256()))
-        cert = (x509.CertificateBuilder().subject_name(name("trufor-scan test signer")).issuer_name(ca.subject)
-                .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=30))
-                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-                .add_extension(usage(True), critical=True)
-                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION]), critical=False)
-                .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-                .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-                .sign(ca_key, hashes.SHA256()))
-        self.ca_pem = ca.public_bytes(serialization.Encoding.PEM).decode()
-        self.chain = cert.public_bytes(serialization.Encoding.PEM) + ca.public_bytes(serialization.Encoding.PEM)
-        self.key = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                     serialization.NoEncryption())
-
-    def sign(self, data: bytes, actions=("c2pa.created",), mime: str = "image/jpeg", remote_url: str | None = None) -> bytes:
-        import io
-
-        import c2pa
-
-        manifest = {"claim_generator_info": [{"name": "trufor-scan tests", "version": "1.0"}], "title": "test image",
-                    "assertions": [{"label": "c2pa.actions", "data": {"actions": [
-                        {"action": a, **({"digitalSourceType": "http://cv.iptc.org/newscodes/digitalsourcetype/"
-                                                               "digitalCapture"} if a == "c2pa.created" else {})}
-                        for a in actions]}}]}
-        signer = c2pa.Signer.from_info(c2pa.C2paSignerInfo(c2pa.C2paSigningAlg.ES256, self.chain, self.key, None))
-        builder = c2pa.Builder(manifest)
-        if remote_url:
-            builder.set_no_embed()
-            builder.set_remote_url(remote_url)
-        out = io.BytesIO()
-        builder.sign(signer, mime, io.BytesIO(data), out)
-        return out.getvalue()
 
 
 def fixture_npz(name: str, f64: bool = False) -> dict[str, np.ndarray]:

@@ -69,6 +69,8 @@ def test_readme_tour_runs_as_written(shared, synth_ckpt, moto_endpoint, tmp_path
     assert "UNTRAINED" in run("calibrate").stderr
     dup = run("duplicates")
     assert "coffee_spliced" in dup.stdout and "clusters of near-copies" in dup.stderr, dup.stdout + dup.stderr
+    contra = run("contradictions")  # the demo's splice carries credentials declaring an unedited capture
+    assert "coffee_spliced" in contra.stdout or "declare no edit in their credentials" in contra.stderr, contra.stderr
     assert (work / "review" / "index.html").is_file()
     bundles = [Path(line) for line in run("export").stdout.split()]
     assert len(bundles) == 1 and (work / bundles[0] / "reproduce.sh").is_file()
