@@ -274,3 +274,19 @@ def test_progress_off_a_terminal_is_whole_lines():
     text = buf.getvalue()
     assert "\r" not in text and text.endswith("\n") and "s3://b/huge.tif: 75 s for one image\n" in text
     assert all(line.startswith(("scan:", "s3://b/huge.tif")) for line in text.splitlines())
+
+
+def test_known_harmless_lines_leave_stderr_for_a_log(tmp_path, capfd):
+    """fd-2 lines of a known-harmless kind go to the log file, every other line to stderr, in order."""
+    import os
+
+    from pipeline.base.quiet import harmless_lines_to
+
+    log = tmp_path / "harmless.log"
+    with harmless_lines_to(str(log)):
+        os.write(2, b"first line\n[2026 E 1 1] core_worker.cc:2465: Actor with class name: 'X' and ID: 'y' has "
+                    b"constructor arguments in the object store and max_restarts > 0. See ...\n")
+        os.write(2, b"last line, no newline")
+    err = capfd.readouterr().err
+    assert err == "first line\nlast line, no newline"
+    assert "core_worker.cc:2465" in log.read_text()

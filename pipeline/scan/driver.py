@@ -20,6 +20,7 @@ from pipeline.base.maps import store_maps
 from pipeline.base.model_options import BatchOptions, WeightsOptions
 from pipeline.base.options import carried, opt
 from pipeline.base.progress import note_slow, progress
+from pipeline.base.quiet import harmless_lines_to
 from pipeline.base.schema import ERROR_TRANSIENT, STATUS_ERROR, ScanRow, rows_to_table
 from pipeline.base.storage import StorageOptions, local_copy, one_line, redact
 from pipeline.base.store import (MAPS_DIR, RESULTS_DIR, RUNS_DIR, STATE_COMPLETE, STATE_FAILED, ResultWriter, RunFailed,
@@ -141,6 +142,17 @@ class ScanSummary:
                 f"{' (UNTRAINED test weights)' if self.weights_untrained else ''}{warning}\n"
                 f"results: {self.results_uri}{version}\nmaps:    {self.maps_uri}\n"
                 f"runs:    {self.runs_uri} (run_id {self.run_id})")
+
+
+def _ray_log_path(run_id: str) -> str:
+    """Where the known-harmless lines of Ray go: its session's log folder, else the temporary folder."""
+    try:
+        import ray
+
+        folder = os.path.join(ray._private.worker.global_worker.node.get_session_dir_path(), "logs")
+    except Exception:  # noqa: BLE001 - a private API: any change of it only moves the file
+        folder = tempfile.gettempdir()
+    return os.path.join(folder, f"trufor-scan-{run_id}-harmless.log")
 
 
 def _init_ray(cfg: ScanConfig) -> bool:
@@ -301,16 +313,18 @@ def _score(cfg: ScanConfig, plan: Plan, writer: ResultWriter, resolver, predicto
     bar = progress(plan.to_scan, run.command, cfg.progress_every_s)
     first = True
     try:
-        for table in _pipeline(cfg, plan, pcfg, predictor_cls, log, c2pa_settings):
-            if first:
-                bar.write(f"{run.command} {run.run_id}: first results after {time.monotonic() - t0:.0f} s",
-                          file=bar.fp)
-                first = False
-            ready = resolver.take(table) if resolver is not None else table
-            writer.add(ready)
-            bar.update(table.num_rows)
-            for uri, ms in zip(table.column("uri").to_pylist(), table.column("elapsed_ms").to_pylist()):
-                note_slow(bar, uri, ms / 1000 if ms else None)
+        # Ray's known-harmless C++ lines go to a file in its session logs, not to the user's output.
+        with harmless_lines_to(_ray_log_path(run.run_id)):
+            for table in _pipeline(cfg, plan, pcfg, predictor_cls, log, c2pa_settings):
+                if first:
+                    bar.write(f"{run.command} {run.run_id}: first results after {time.monotonic() - t0:.0f} s",
+                              file=bar.fp)
+                    first = False
+                ready = resolver.take(table) if resolver is not None else table
+                writer.add(ready)
+                bar.update(table.num_rows)
+                for uri, ms in zip(table.column("uri").to_pylist(), table.column("elapsed_ms").to_pylist()):
+                    note_slow(bar, uri, ms / 1000 if ms else None)
     except Exception as e:  # noqa: BLE001 - its rows are recorded by the caller, then it is raised
         return e
     finally:
@@ -358,10 +372,6 @@ def run_scan(cfg: ScanConfig, log: Callable[[str], None] = lambda m: print(m, fi
     noiseprint = local_copy(cfg.noiseprint_weights, storage) if cfg.noiseprint_weights else None
     untrained = check_checkpoint(ckpt_local, noiseprint, cfg.variant)
     weights_sha, np_sha = sha256_file(ckpt_local), (sha256_file(noiseprint) if noiseprint else None)
-    log(f"{command} {run_id}: {weights_line(ckpt, weights_sha, untrained)}"
-        + (f"; Noiseprint++ {cfg.noiseprint_weights} (sha256 {np_sha[:12]})" if np_sha else ""))
-    if untrained:
-        log(f"WARNING: {UNTRAINED_WEIGHTS}")
     na_sha = None
     if cfg.noise_anomaly:  # a model fitted on another Noiseprint++ fails here, not in every actor
         from noiseprint_lab.localizers import NoiseAnomalyModel, check_fitted_on
@@ -378,6 +388,11 @@ def run_scan(cfg: ScanConfig, log: Callable[[str], None] = lambda m: print(m, fi
     check_layout(out_root, storage)  # an OUTPUT of the old layout: one line naming `migrate`, before anything
     # One writer per OUTPUT: a second run waits (--wait) or stops here with the holder named.
     lease = Lease(out_root, storage, run_id, ttl_s=cfg.lease_ttl).acquire(cfg.wait)
+    # Said once the run goes ahead (a run that finds the lease taken stops with its one line).
+    log(f"{command} {run_id}: {weights_line(ckpt, weights_sha, untrained)}"
+        + (f"; Noiseprint++ {cfg.noiseprint_weights} (sha256 {np_sha[:12]})" if np_sha else ""))
+    if untrained:
+        log(f"WARNING: {UNTRAINED_WEIGHTS}")
     if lease.took_over is not None:
         t = lease.took_over
         log(f"{command} {run_id}: took over the write lease from run {t.run_id} on {t.host} (last heartbeat "
