@@ -29,6 +29,8 @@ def _cmd_predict(cfg) -> int:
         print(f"skipped (not an image extension): {path}", file=sys.stderr)
     for path, msg in s.errors:
         print(f"failed: {path}: {msg}", file=sys.stderr)
+    if s.weights:
+        print(s.weights + (" (WARNING: their scores and maps mean nothing)" if s.untrained else ""), file=sys.stderr)
     return EXIT_ERROR_ROWS if s.errors else EXIT_OK
 
 
@@ -84,7 +86,7 @@ def _cmd_top(cfg) -> int:
 
 
 def _say_why_empty(cfg, cal, credentials: bool = False) -> None:
-    from pipeline.results.query import why_empty
+    from pipeline.results.explain import why_empty
 
     connector = None
     if cal:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from pipeline.base.listing import iter_listing
-from pipeline.base.model_options import WeightsOptions
+from pipeline.base.model_options import UNTRAINED_WEIGHTS, WeightsOptions, weights_line
 from pipeline.base.options import opt
 from pipeline.base.progress import note_slow, progress
 from pipeline.base.storage import StorageConfig, local_path
@@ -48,6 +48,8 @@ class PredictSummary:
     errors: list[tuple[str, str]] = field(default_factory=list)
     not_images: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    weights: str = ""  # which weights scored (the summary repeats what the start said)
+    untrained: bool = False
 
 
 def list_inputs(spec: str) -> tuple[list[str], list[str], list[tuple[str, str]]]:
@@ -122,9 +124,10 @@ def run_predict(cfg: PredictConfig, log=lambda m: print(m, file=sys.stderr)) -> 
     device = resolve_device(cfg.device)
     ckpt = resolve_weights(cfg.checkpoint, allow_download=cfg.allow_download, log=log)
     model, info = load_trufor(ckpt, noiseprint=cfg.noiseprint_weights, variant=cfg.variant, device=device)
-    log(f"=> TruFor weights {info.path} (sha256 {info.sha256[:12]}...), device {describe_device(device)}")
+    summary.weights, summary.untrained = weights_line(str(info.path), info.sha256, info.untrained), info.untrained
+    log(f"=> {summary.weights}, device {describe_device(device)}")
     if info.untrained:
-        log("WARNING: these weights are UNTRAINED (synthesized for tests); scores and maps mean nothing")
+        log(f"WARNING: {UNTRAINED_WEIGHTS}")
     ev = EvalConfig()
     bar = progress(len(images), "predict")
     for path in images:

@@ -1,12 +1,23 @@
 """The model options, declared once: which weights and numerics (`scan`/`sweep`, `predict`) and how
-images are batched into one forward (`scan`/`sweep` and the actors they start)."""
+images are batched into one forward (`scan`/`sweep` and the actors they start); how a run says which
+weights it scores with."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from pipeline.base.options import opt
+from pipeline.base.storage import redact
 from trufor_core.config import VARIANTS
 from trufor_core.model import PRECISION_HELP, PRECISIONS
+
+UNTRAINED_WEIGHTS = ("these weights are UNTRAINED (synthesized for tests by `weights synthesize`): their scores and "
+                     "maps mean nothing; scan with the released TruFor weights (`weights download`)")
+
+
+def weights_line(path: str, sha256: str, untrained: bool) -> str:
+    """Which weights a run scores with, said at its start."""
+    kind = "UNTRAINED test weights" if untrained else "trained weights (not marked untrained)"
+    return f"weights {redact(str(path))} (sha256 {sha256[:12]}...), {kind}"
 
 
 @dataclass(frozen=True, kw_only=True)

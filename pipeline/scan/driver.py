@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from pipeline.base.lease import DEFAULT_TTL_S, Lease, LeaseLost
 from pipeline.base.maps import store_maps
-from pipeline.base.model_options import BatchOptions, WeightsOptions
+from pipeline.base.model_options import UNTRAINED_WEIGHTS, BatchOptions, WeightsOptions, weights_line
 from pipeline.base.options import carried, opt
 from pipeline.base.progress import note_slow, progress
 from pipeline.base.quiet import harmless_lines_to
@@ -49,16 +49,6 @@ SIDE_CPUS = DECODE_CPUS + MAP_CPUS
 # Quiet, local-friendly Ray defaults; a user's own environment wins.
 RAY_ENV_DEFAULTS = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
                     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_DATA_LOG_LEVEL": "ERROR"}
-
-
-UNTRAINED_WEIGHTS = ("these weights are UNTRAINED (synthesized for tests by `weights synthesize`): their scores and "
-                     "maps mean nothing; scan with the released TruFor weights (`weights download`)")
-
-
-def weights_line(path: str, sha256: str, untrained: bool) -> str:
-    """Which weights a run scores with, said at its start."""
-    kind = "UNTRAINED test weights" if untrained else "trained weights (not marked untrained)"
-    return f"weights {redact(str(path))} (sha256 {sha256[:12]}...), {kind}"
 
 
 @dataclass(frozen=True)
