@@ -5,6 +5,7 @@ Used by the integration tests, and by hand on any report:
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -30,6 +31,27 @@ def browser_missing() -> str | None:
     return None
 
 
+@contextlib.contextmanager
+def open_page(index: Path):
+    """A headless Chromium page on ``index`` (loaded), with the script errors and the requests that left
+    the disk collected: yields (page, errors, remote)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            errors, remote = [], []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("request", lambda r: remote.append(r.url) if not r.url.startswith(("file://", "data:")) else None)
+            page.goto(Path(index).resolve().as_uri())
+            page.wait_for_load_state("load")
+            yield page, errors, remote
+        finally:
+            browser.close()
+
+
 def check_report(report_dir: Path, expected_cards: int | None = None, screenshot: Path | None = None,
                  detail_screenshot: Path | None = None) -> dict:
     """Load ``index.html`` from disk and use it; raises AssertionError with what a person would see wrong.
@@ -39,87 +61,73 @@ def check_report(report_dir: Path, expected_cards: int | None = None, screenshot
     detail view opens and closes; no request leaves the disk and no script error happens.
     Returns what it measured (card uris in order, counts).
     """
-    from playwright.sync_api import sync_playwright
-
-    index = (Path(report_dir) / "index.html").resolve()
     facts: dict = {}
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            errors, remote = [], []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.on("request", lambda r: remote.append(r.url) if not r.url.startswith(("file://", "data:")) else None)
-            page.goto(index.as_uri())
-            page.wait_for_load_state("load")
-            cards = page.locator("article.card")
-            n = cards.count()
-            facts["cards"] = n
-            if expected_cards is not None:
-                assert n == expected_cards, f"{n} cards on the page, expected {expected_cards}"
-            broken = page.evaluate("""() => Array.from(document.images).filter(i => !i.closest('dialog'))
-                                      .filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src)""")
-            assert not broken, f"images that did not decode: {broken[:5]}"
-            facts["images"] = page.evaluate("() => Array.from(document.images).filter(i => !i.closest('dialog')).length")
+    with open_page(Path(report_dir) / "index.html") as (page, errors, remote):
+        cards = page.locator("article.card")
+        n = cards.count()
+        facts["cards"] = n
+        if expected_cards is not None:
+            assert n == expected_cards, f"{n} cards on the page, expected {expected_cards}"
+        broken = page.evaluate("""() => Array.from(document.images).filter(i => !i.closest('dialog'))
+                                  .filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src)""")
+        assert not broken, f"images that did not decode: {broken[:5]}"
+        facts["images"] = page.evaluate("() => Array.from(document.images).filter(i => !i.closest('dialog')).length")
 
-            def order() -> list[str]:
-                return page.evaluate("() => Array.from(document.querySelectorAll('article.card'))"
-                                     ".filter(c => !c.hidden).map(c => c.dataset.uri)")
+        def order() -> list[str]:
+            return page.evaluate("() => Array.from(document.querySelectorAll('article.card'))"
+                                 ".filter(c => !c.hidden).map(c => c.dataset.uri)")
 
-            def scores() -> list[float]:
-                return page.evaluate("() => Array.from(document.querySelectorAll('article.card'))"
-                                     ".map(c => Number(c.dataset.score))")
+        def scores() -> list[float]:
+            return page.evaluate("() => Array.from(document.querySelectorAll('article.card'))"
+                                 ".map(c => Number(c.dataset.score))")
 
-            first = order()
-            facts["order"] = first
-            assert scores() == sorted(scores(), reverse=True), "cards are not in score order on load"
-            if screenshot:
-                page.screenshot(path=str(screenshot), full_page=False)
-            page.select_option("#sort-key", "score")
-            page.click("#sort-dir")  # lowest first
-            assert scores() == sorted(scores()), "sorting by score (lowest first) did not reorder the cards"
-            if n > 1 and len(set(scores())) > 1:
-                assert order() != first, "sorting by score did not change the order"
-            page.click("#sort-dir")
-            assert order() == first, "sorting back (highest first) did not restore the order"
-            if n:
-                # Filter by the last card's uri: at least that card stays, and the count line follows.
-                needle = first[-1].lower()
-                page.fill("#filter", needle)
-                visible = order()
-                assert first[-1] in visible and all(needle in u.lower() for u in visible), visible
-                facts["filtered"] = len(visible)
-                page.fill("#filter", "no-such-image-anywhere-0123")
-                assert order() == [], "the filter hid nothing"
-                assert page.inner_text("#shown-count").startswith("0 of"), page.inner_text("#shown-count")
-                page.fill("#filter", "")
-                assert len(order()) == n
-                page.locator("article.card").first.locator("button.open").click()
-                dialog = page.locator("article.card").first.locator("dialog")
-                dialog.wait_for(state="visible")
-                page.wait_for_function("""() => { const d = document.querySelector('dialog[open]');
-                    return d && Array.from(d.querySelectorAll('img')).every(i => i.complete); }""")
-                bad = page.evaluate("""() => Array.from(document.querySelector('dialog[open]').querySelectorAll('img'))
-                                       .filter(i => !(i.naturalWidth > 0)).map(i => i.src)""")
-                panels = page.evaluate("() => document.querySelector('dialog[open]').querySelectorAll('img').length")
-                assert not bad, f"detail images that did not decode: {bad}"
-                facts["detail_panels"] = panels
-                if detail_screenshot:
-                    page.screenshot(path=str(detail_screenshot), full_page=False)
-                page.keyboard.press("Escape")
-                dialog.wait_for(state="hidden")
-            # Nothing from the data ran: only the page's own script exists, no inline handlers.
-            facts["pwned"] = page.evaluate("() => window.__pwned ?? null")
-            scripts = page.evaluate("() => Array.from(document.scripts).map(s => s.src ? 'src' : s.type)")
-            assert scripts == ["src"], f"unexpected scripts in the page: {scripts}"
-            handlers = page.evaluate("() => Array.from(document.querySelectorAll('*')).filter(e => "
-                                     "Array.from(e.attributes).some(a => a.name.startsWith('on'))).length")
-            assert handlers == 0, f"{handlers} elements with inline event handlers"
-            assert not remote, f"the page made requests off the disk: {remote[:5]}"
-            assert not errors, f"script errors: {errors[:5]}"
-        finally:
-            browser.close()
+        first = order()
+        facts["order"] = first
+        assert scores() == sorted(scores(), reverse=True), "cards are not in score order on load"
+        if screenshot:
+            page.screenshot(path=str(screenshot), full_page=False)
+        page.select_option("#sort-key", "score")
+        page.click("#sort-dir")  # lowest first
+        assert scores() == sorted(scores()), "sorting by score (lowest first) did not reorder the cards"
+        if n > 1 and len(set(scores())) > 1:
+            assert order() != first, "sorting by score did not change the order"
+        page.click("#sort-dir")
+        assert order() == first, "sorting back (highest first) did not restore the order"
+        if n:
+            # Filter by the last card's uri: at least that card stays, and the count line follows.
+            needle = first[-1].lower()
+            page.fill("#filter", needle)
+            visible = order()
+            assert first[-1] in visible and all(needle in u.lower() for u in visible), visible
+            facts["filtered"] = len(visible)
+            page.fill("#filter", "no-such-image-anywhere-0123")
+            assert order() == [], "the filter hid nothing"
+            assert page.inner_text("#shown-count").startswith("0 of"), page.inner_text("#shown-count")
+            page.fill("#filter", "")
+            assert len(order()) == n
+            page.locator("article.card").first.locator("button.open").click()
+            dialog = page.locator("article.card").first.locator("dialog")
+            dialog.wait_for(state="visible")
+            page.wait_for_function("""() => { const d = document.querySelector('dialog[open]');
+                return d && Array.from(d.querySelectorAll('img')).every(i => i.complete); }""")
+            bad = page.evaluate("""() => Array.from(document.querySelector('dialog[open]').querySelectorAll('img'))
+                                   .filter(i => !(i.naturalWidth > 0)).map(i => i.src)""")
+            panels = page.evaluate("() => document.querySelector('dialog[open]').querySelectorAll('img').length")
+            assert not bad, f"detail images that did not decode: {bad}"
+            facts["detail_panels"] = panels
+            if detail_screenshot:
+                page.screenshot(path=str(detail_screenshot), full_page=False)
+            page.keyboard.press("Escape")
+            dialog.wait_for(state="hidden")
+        # Nothing from the data ran: only the page's own script exists, no inline handlers.
+        facts["pwned"] = page.evaluate("() => window.__pwned ?? null")
+        scripts = page.evaluate("() => Array.from(document.scripts).map(s => s.src ? 'src' : s.type)")
+        assert scripts == ["src"], f"unexpected scripts in the page: {scripts}"
+        handlers = page.evaluate("() => Array.from(document.querySelectorAll('*')).filter(e => "
+                                 "Array.from(e.attributes).some(a => a.name.startsWith('on'))).length")
+        assert handlers == 0, f"{handlers} elements with inline event handlers"
+        assert not remote, f"the page made requests off the disk: {remote[:5]}"
+        assert not errors, f"script errors: {errors[:5]}"
     return facts
 
 

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from conftest import REPO
-from page_check import CHROMIUM_ARGS, browser_missing, chromium_path
+from page_check import browser_missing, open_page
 
 sys.path.insert(0, str(REPO / "bench"))
 from evaluation_data import make_labelled_set  # noqa: E402
@@ -284,29 +284,16 @@ def test_evaluation_page_in_browser(labelled, tmp_path):
     out = tmp_path / "ev"
     assert main(["evaluate", str(labelled["root"] / "out"), "--truth", labelled["truth"], "--out", str(out),
                  "--workers", "1", "--bootstrap", "50"]) == 0
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            errors, remote = [], []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.on("request", lambda r: remote.append(r.url) if not r.url.startswith(("file://", "data:")) else None)
-            page.goto((out / "index.html").as_uri())
-            page.wait_for_load_state("load")
-            assert page.locator("#detector-trufor table.figures").count() == 2  # image and pixel level
-            assert "UNTRAINED" in page.locator("#warning-1").inner_text()
-            assert page.locator("#count-evaluated").inner_text() == "28"
-            broken = page.evaluate("Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0))"
-                                   ".map(i => i.src)")
-            n_images = page.evaluate("document.images.length")
-            assert broken == [] and n_images >= 2 + 2 * 12, (broken, n_images)
-            assert page.locator("section.misses article.card").count() == 24
-            assert errors == [] and remote == []
-        finally:
-            browser.close()
+    with open_page(out / "index.html") as (page, errors, remote):
+        assert page.locator("#detector-trufor table.figures").count() == 2  # image and pixel level
+        assert "UNTRAINED" in page.locator("#warning-1").inner_text()
+        assert page.locator("#count-evaluated").inner_text() == "28"
+        broken = page.evaluate("Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0))"
+                               ".map(i => i.src)")
+        n_images = page.evaluate("document.images.length")
+        assert broken == [] and n_images >= 2 + 2 * 12, (broken, n_images)
+        assert page.locator("section.misses article.card").count() == 24
+        assert errors == [] and remote == []
 
 
 @pytest.mark.slow
