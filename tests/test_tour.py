@@ -31,8 +31,13 @@ def test_readme_tour_runs_as_written(shared, synth_ckpt, moto_endpoint, tmp_path
     from jobs.demo_archive import make_demo_archive
 
     fs = s3fs.S3FileSystem(key=S3_KEY, secret=S3_SECRET, endpoint_url=moto_endpoint)
-    fs.mkdir("crawl")
-    fs.mkdir("scans")
+    # moto keeps one store per process: other modules' tests may have made these buckets already.
+    for bucket in ("crawl", "scans"):
+        if not fs.exists(bucket):
+            fs.mkdir(bucket)
+    for prefix in ("crawl/incoming", "scans/crawl"):
+        if fs.exists(prefix):
+            fs.rm(prefix, recursive=True)
     demo = tmp_path / "demo"
     make_demo_archive(demo)
     fs.put(str(demo) + "/", "crawl/incoming/", recursive=True)
