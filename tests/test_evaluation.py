@@ -364,3 +364,23 @@ def test_calibrate_takes_a_truth_file_with_one_source(labelled, tmp_path, capsys
                  "--target-fpr", "0.1"]) == 0
     cap = capsys.readouterr()
     assert "the reference names one source, \"desk's archive\"" in cap.err and "desk's archive" in cap.out
+
+
+def test_evaluate_with_a_calibrations_verdicts(labelled, tmp_path, capsys):
+    """--calibration: the balanced accuracy of the calibration's verdicts (flagged vs not), recounted."""
+    truth, out = labelled["truth"], str(labelled["root"] / "out")
+    assert main(["calibrate", out, "--reference", truth, "--forged", truth, "--sources", truth,
+                 "--target-fpr", "0.1"]) == 0
+    assert main(["evaluate", out, "--truth", truth, "--out", str(tmp_path / "ev"), "--calibration", "latest",
+                 "--workers", "1", "--bootstrap", "20"]) == 0
+    ev = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
+    got = ev["detectors"]["trufor"]["image"]["all"]["balanced_accuracy_calibrated"]["value"]
+    from pipeline.base.sql import run_sql
+    from pipeline.results.calibration import connector, load_calibration
+
+    cal = load_calibration("latest", out, StorageConfig())
+    labels = {r["uri"]: r["label"] == "forged" for r in _truth_rows(Path(truth))}
+    _, rows = run_sql(out, "SELECT uri, verdict FROM latest", connector=connector(cal))
+    y = [labels[u] for u, _ in rows if u in labels]
+    flagged = [v == "flagged" for u, v in rows if u in labels]
+    assert ev["calibration"] == cal["id"] and got == pytest.approx(sk.balanced_accuracy_score(y, flagged), abs=1e-12)
