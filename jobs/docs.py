@@ -62,7 +62,8 @@ def cli_reference() -> str:
              "`trufor-scan COMMAND [options]`; `trufor-scan COMMAND --help` prints the same. Exit status: "
              f"{EXIT_OK} every input ok, {EXIT_ERROR_ROWS} finished with error rows, {EXIT_FAILED} failed while "
              f"running, {EXIT_USAGE} could not start, {EXIT_BUSY} another run holds OUTPUT's write lease "
-             "([operations](operations.md)).", "",
+             "([operations](operations.md)). An option that takes one value is refused when given twice; an "
+             "option that takes several (`export --uri`) adds the values of every time it is given.", "",
              "| command | what it does |", "|---|---|"]
     leaves = _leaf_parsers()
     shown_groups = set()

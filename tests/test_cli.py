@@ -290,3 +290,18 @@ def test_known_harmless_lines_leave_stderr_for_a_log(tmp_path, capfd):
     err = capfd.readouterr().err
     assert err == "first line\nlast line, no newline"
     assert "core_worker.cc:2465" in log.read_text()
+
+
+def test_a_single_valued_option_given_twice_is_refused(capsys):
+    """`--min-score 0.5 ... --min-score 0.9` is refused (argparse alone keeps the last silently); a list
+    option given twice accumulates (tests/test_review.py: export --uri A --uri B)."""
+    from jobs.cli import build_parser
+
+    with pytest.raises(SystemExit) as ex:
+        build_parser("top").parse_args(["top", "out", "--min-score", "0.5", "--min-score", "0.9"])
+    assert ex.value.code == 2 and "argument --min-score: given more than once" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        build_parser("predict").parse_args(["predict", "-in", "a.jpg", "--input", "b.jpg", "--output", "o"])
+    assert "argument --input: given more than once" in capsys.readouterr().err
+    args = build_parser("export").parse_args(["export", "out", "--uri", "a", "b", "--uri", "c", "--out", "x"])
+    assert args.uri == ["a", "b", "c"]

@@ -41,6 +41,18 @@ def cli_fields(cls, command: str) -> list[dataclasses.Field]:
     return sorted(fields, key=lambda f: f.kw_only is True)  # shared keyword-only options (storage) last
 
 
+class Once(argparse.Action):
+    """A single-valued option given twice is refused (argparse would keep the last one silently:
+    `--min-score 0.5 ... --min-score 0.9` is a typo or a pasted line, not a wish)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        seen = namespace.__dict__.setdefault("_given_once", set())
+        if self.dest in seen:
+            parser.error(f"argument {option_string}: given more than once (it takes one value)")
+        seen.add(self.dest)
+        setattr(namespace, self.dest, values)
+
+
 def add_options(parser: argparse.ArgumentParser, cls, command: str, defaults: dict | None = None) -> None:
     """Add one argparse argument per CLI field of dataclass ``cls`` offered by ``command``."""
     hints = typing.get_type_hints(cls)
@@ -54,7 +66,7 @@ def add_options(parser: argparse.ArgumentParser, cls, command: str, defaults: di
         flags = m["flag"] or "--" + f.name.replace("_", "-")
         flags = (flags,) if isinstance(flags, str) else tuple(flags)
         required = default is dataclasses.MISSING
-        nargs, action = None, None
+        nargs, action = None, Once
         if typing.get_origin(typ) is tuple:  # tuple[str, ...]: one or more values, and a repeated flag adds more
             typ, nargs, action = typing.get_args(typ)[0], "+", "extend"
         if typ is bool:
@@ -64,7 +76,7 @@ def add_options(parser: argparse.ArgumentParser, cls, command: str, defaults: di
         shown = "" if required or default is None else f" (default: {default})"
         metavar = m["metavar"] or (None if m["choices"] else flags[0].lstrip("-").upper().replace("-", "_"))
         parser.add_argument(*flags, dest=f.name, type=typ, required=required, choices=m["choices"], metavar=metavar,
-                            nargs=nargs, default=None if required else default, **({"action": action} if action else {}),
+                            nargs=nargs, default=None if required else default, action=action,
                             # argparse %-formats help strings ("50% of memory" would crash --help)
                             help=argparse.SUPPRESS if m["hidden"] else (m["help"] + shown).replace("%", "%%"))
 
