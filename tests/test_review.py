@@ -326,3 +326,19 @@ def test_reproduce_sh_finds_its_tool_or_says_what_to_install(generated, tmp_path
     p = subprocess.run(["sh", str(res.folders[0] / "r2.sh")], capture_output=True, text=True, timeout=60,
                        env=dict(bare, TRUFOR_SCAN=here))
     assert p.returncode == 2 and "TRUFOR_WEIGHTS is not the TruFor weights" in p.stderr
+
+
+def test_a_map_reference_to_a_fifo_is_never_opened(tmp_path):
+    """A stored map is read like any input: a FIFO under maps/ (an edited table) is refused, not opened
+    (opening it would block forever)."""
+    import os
+
+    from pipeline.base import maps
+
+    fifo = tmp_path / "maps" / "ab" / "x.npz"
+    fifo.parent.mkdir(parents=True)
+    os.mkfifo(fifo)
+    with pytest.raises(OSError, match="FIFO|not a regular file"):
+        maps.load(str(fifo))
+    with pytest.raises(OSError, match="FIFO|not a regular file"):
+        maps.load_noise_anomaly(str(fifo))

@@ -92,11 +92,21 @@ def save(maps_root: str, sha256: str, margin_lowres: np.ndarray, conf_lowres: np
     return uri
 
 
+# Reading a stored map back: a regular file only, at most this big, within this time (an edited
+# row may point at a FIFO; an object store may stall): never a hang.
+MAX_MAP_BYTES = 256 * 2**20
+READ_TIMEOUT_S = 120.0
+
+
+def _read(uri: str, storage: StorageConfig | None) -> bytes:
+    from pipeline.base.reading import read_input
+
+    return read_input(uri, storage or StorageConfig(), MAX_MAP_BYTES, READ_TIMEOUT_S)[0]
+
+
 def load(map_uri: str, storage: StorageConfig | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Read a map written by a scan: returns (anomaly, confidence) as float32 (H, W) arrays."""
-    fs, path = (storage or StorageConfig()).filesystem(map_uri)
-    with fs.open(path, "rb") as f:
-        return decode(f.read())
+    return decode(_read(map_uri, storage))
 
 
 def preview_uri(map_uri: str) -> str:
@@ -147,8 +157,7 @@ def load_noise_anomaly(uri: str, storage: StorageConfig | None = None) -> np.nda
     import torch  # here only, as in decode
     import torch.nn.functional as F
 
-    fs, path = (storage or StorageConfig()).filesystem(uri)
-    with fs.open(path, "rb") as f, np.load(io.BytesIO(f.read()), allow_pickle=False) as z:
+    with np.load(io.BytesIO(_read(uri, storage)), allow_pickle=False) as z:
         low = torch.from_numpy(z["noise"].astype(np.float32))[None, None]  # (h, w) -> (1, 1, h, w)
         h, w = (int(v) for v in z["size"])
     return F.interpolate(low, size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy()
