@@ -426,7 +426,8 @@ def test_reproduce_sh_quotes_every_value_from_the_row(tmp_path):
 
     marker = tmp_path / "PWNED"
     evil = f'0"; touch {marker}; echo "0\'$(touch {marker})`touch {marker}`'
-    row = {"sha256": evil, "weights_sha256": evil, "noiseprint_sha256": evil, "precision": evil, "score": 0.5}
+    row = {"sha256": evil, "weights_sha256": evil, "noiseprint_sha256": evil, "precision": evil, "score": 0.5,
+           "code_version": f"1.0\ntouch {marker}\n# {evil}"}  # it also stands in a comment line
     script = tmp_path / "reproduce.sh"
     script.write_text(_reproduce_sh(row, "original.jpg"))
     (tmp_path / "original.jpg").write_bytes(b"x")

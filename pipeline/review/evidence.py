@@ -127,7 +127,9 @@ def _reproduce_sh(row: dict, original: str) -> str:
            "--precision", row["precision"] or "fp32", "--device", "cpu", "--no-download", "--overwrite"]
     quoted = " ".join(f'"{c}"' if c in ("$TOOL", "$TRUFOR_WEIGHTS", "$TRUFOR_NOISEPRINT") else q(str(c)) for c in cmd)
     here = Path(sys.executable).with_name("trufor-scan")  # the tool that made this bundle, if still there
-    version = str(row.get("code_version") or "unknown")
+    # From the row (an edited file may hold a line break): one line, and only safe characters, since it
+    # also stands in a comment of the script, where quoting does not apply.
+    version = re.sub(r"[^A-Za-z0-9.+_-]", "?", one_line(str(row.get("code_version") or "unknown"), 100))
     release = version.split("+")[0]
     commit = version.split("+g")[1] if "+g" in version else None
     need = (f"trufor-scan not found: install trufor-scan {release} (pip install trufor-scan=={release}"
