@@ -19,8 +19,10 @@ from pipeline.base.options import opt
 from pipeline.base.progress import note_slow, progress
 from pipeline.base.storage import StorageConfig, local_path
 from trufor_core import EvalConfig, load_trufor
+from trufor_core.backends import make_runner, openvino_cache
 from trufor_core.image import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, decode_rgb, to_model_input
 from trufor_core.model import autocast, describe_device, resolve_device
+from trufor_core.progress import Watch
 from trufor_core.weights import resolve_weights
 
 NAME_MAX = 255  # bytes in one file name (ext4, xfs, APFS)
@@ -128,6 +130,9 @@ def run_predict(cfg: PredictConfig, log=lambda m: print(m, file=sys.stderr)) -> 
     log(f"=> {summary.weights}, device {describe_device(device)}")
     if info.untrained:
         log(f"WARNING: {UNTRAINED_WEIGHTS}")
+    runner = make_runner(model, cfg.backend, f"{info.sha256}:{info.noiseprint_sha256}:{cfg.variant}", cfg.precision,
+                         cache=openvino_cache(), log=log)
+    log(f"=> backend {runner.name}")
     ev = EvalConfig()
     bar = progress(len(images), "predict")
     for path in images:
@@ -138,8 +143,12 @@ def run_predict(cfg: PredictConfig, log=lambda m: print(m, file=sys.stderr)) -> 
         else:
             try:
                 rgb, _ = decode_rgb(path, cfg.max_pixels)
+                x = to_model_input(rgb).to(device)
+                # A line per minute for an image that takes longer (step k of N: tiles, chunks, bands).
+                watch = Watch(runner.steps(x, ev), report=lambda done, total, s, path=path: bar.write(
+                    f"{path}: step {done}/{total} after {s:.0f} s", file=bar.fp))
                 with torch.inference_mode(), autocast(device, cfg.precision):
-                    res = model(to_model_input(rgb).to(device), ev).results()[0]
+                    res = runner(x, ev, watch)[0].results()[0]
                 fields = res.official_npz(save_np=cfg.save_np)
                 if info.untrained:
                     fields["weights_untrained"] = True

@@ -1,7 +1,10 @@
 """Shared test fixtures: the ../shared data, a synthesized checkpoint, loaded models."""
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +18,13 @@ FIXTURES = SHARED / "fixtures" / "trufor_parity"
 FIXTURES_F64 = SHARED / "fixtures" / "trufor_parity_f64"
 IMAGES = SHARED / "fixtures" / "images"
 NOISEPRINT = SHARED / "weights" / "noiseprint++.th"
+
+
+# Converted models (trufor_core.backends: OpenVINO) go to a cache of this test session, never the user's
+# (set before any test starts Ray or a subprocess, which inherit it).
+if not os.environ.get("TRUFOR_CACHE_DIR"):
+    os.environ["TRUFOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="trufor-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["TRUFOR_CACHE_DIR"], True)
 
 
 def _need_shared() -> None:

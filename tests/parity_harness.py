@@ -25,6 +25,25 @@ PATHS = {"naive": EvalConfig.naive(),
 DERIVED = {"alt_anomaly_maxabsdiff"}
 
 
+# The fields a compiled backend computes (trufor_core.backends: everything but the encoder's inner
+# features and the train_test variant's second decoder, which run only on the eager model).
+BACKEND_FIELDS = ("imgsize", "map", "conf", "np++", "score", "det_logit", "pooled", "anomaly_logits_lowres",
+                  "conf_logits_lowres", "anomaly_logits", "conf_logits")
+
+
+def run_backend_image(runner, image: str | Path) -> tuple[dict[str, np.ndarray], str]:
+    """``BACKEND_FIELDS`` of one input through a ``trufor_core.backends`` runner, and the path that ran it."""
+    rgb, _ = decode_rgb(image)
+    with torch.inference_mode():
+        out, path = runner(to_model_input(rgb), EvalConfig())
+    res = out.results()[0]
+    return {"imgsize": np.array(res.imgsize), "map": res.anomaly_map, "conf": res.confidence_map,
+            "np++": res.noiseprint, "score": np.float64(res.score), "det_logit": res.det_logit, "pooled": res.pooled,
+            "anomaly_logits_lowres": out.anomaly_logits_lowres[0].numpy(),
+            "conf_logits_lowres": out.conf_logits_lowres[0].numpy(), "anomaly_logits": out.anomaly_logits[0].numpy(),
+            "conf_logits": out.conf_logits[0, 0].numpy()}, path
+
+
 def run_fixture_image(model, image: str | Path, ev, alt_model=None) -> dict[str, np.ndarray]:
     """Every fixture field our model computes for one input image, under the fixtures' names.
 

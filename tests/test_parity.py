@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from conftest import IMAGES, fixture_npz
-from parity_harness import DERIVED, PATHS, SMALL, run_fixture_image
+from parity_harness import BACKEND_FIELDS, DERIVED, PATHS, SMALL, run_backend_image, run_fixture_image
 from tolerances import F32_ATOL, assert_f32_close, maxdiff
 from trufor_core import EvalConfig, load_trufor
 from trufor_core.image import decode_rgb, to_model_input
@@ -47,6 +47,28 @@ def test_small_fixture_parity(model, alt_model, name, image, path):
     _check_fields(got, ref, set(ref) - {"imgsize"})
     assert got["alt_anomaly_maxabsdiff"] == 0.0
     # Not degenerate (the fixture README gives these ranges).
+    assert got["map"].std() > 1e-3
+
+
+@pytest.fixture(scope="module")
+def openvino_runner(model, synth_ckpt):
+    from trufor_core.backends import make_runner, openvino_cache
+    from trufor_core.checkpoint import sha256_file
+
+    runner = make_runner(model, "openvino", sha256_file(synth_ckpt), cache=openvino_cache())
+    assert runner.name.startswith("openvino")
+    return runner
+
+
+@pytest.mark.parametrize("name,image", SMALL)
+def test_small_fixture_parity_openvino(openvino_runner, name, image):
+    """The compiled path (OpenVINO, the CPU default) against the float64 official outputs, at the same
+    float32 tolerances as the eager paths: its kernels are one more way of rounding the same function."""
+    ref = fixture_npz(name, f64=True)
+    got, path = run_backend_image(openvino_runner, IMAGES / image)
+    assert path == openvino_runner.name  # the compiled graph ran, not the eager fallback for large images
+    np.testing.assert_array_equal(got["imgsize"], ref["imgsize"])
+    _check_fields(got, ref, set(BACKEND_FIELDS) - {"imgsize"})
     assert got["map"].std() > 1e-3
 
 

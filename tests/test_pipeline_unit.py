@@ -263,6 +263,7 @@ def test_predictor_hand_built_batch(shared, synth_ckpt, model, tmp_path):
     assert rows[0].device.startswith(f"cpu ({torch.backends.cpu.get_cpu_capability()}, ")
     assert rows[0].device.endswith(", 2 threads)")
     assert rows[0].precision == "fp32"  # the default: exact float32, recorded in every row
+    assert rows[0].backend.startswith("openvino ") and rows[0].steps == 1  # the CPU default: one compiled call
     with torch.inference_mode():
         ref = model(to_model_input(rgb)).results()[0]
     # The predictor batches two images (the reference runs one): float32 kernels may sum in another
@@ -281,14 +282,15 @@ def test_predictor_hand_built_batch(shared, synth_ckpt, model, tmp_path):
     assert_close(rows[0].max_anom_conf, np.max(am * cm), "max_anom_conf", tm + tc)
 
     # A model failure becomes an error row for that image only; the predictor keeps working.
-    real = pred.model.forward
+    real = pred.runner
 
-    def failing(x, ev=None):
+    def failing(x, ev, watch=None):
         if x.shape[0] > 1 or float(x[0, 0, 0, 0]) == float(flipped[0, 0, 0]) / 256:
             raise RuntimeError("boom")
-        return real(x, ev)
+        return real(x, ev, watch)
 
-    pred.model.forward = failing
+    failing.steps = real.steps
+    pred.runner = failing
     rows = table_to_rows(pred(batch))
     assert [r.status for r in rows] == ["ok", "error", "error", "ok"]
     assert "inference failed: RuntimeError: boom" in rows[1].error

@@ -14,6 +14,12 @@ ALLOWED_FORMATS = ("JPEG", "MPO", "PNG", "TIFF", "BMP", "WEBP", "GIF", "HEIF")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif",
                     ".heic", ".heif", ".hif")
 DEFAULT_MAX_PIXELS = 100_000_000
+# Decompression bombs: an image over BOMB_MIN_PIXELS must come from at least one byte of file per
+# MAX_PIXELS_PER_BYTE pixels, or it is refused from its header, before any pixel is decoded. Photographs
+# are 2-20 pixels per byte (JPEG) and under 2 (PNG); flat graphics a few hundred at most; a bomb
+# thousands (a 86 KB PNG that decodes to 88 MP: 1,023).
+BOMB_MIN_PIXELS = 16_000_000
+MAX_PIXELS_PER_BYTE = 500
 
 
 # The official numerics: test_docker (inference, the default) and train_test (conf-head BN eps 1e-3).

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import EvalConfig
+from .progress import step
 
 
 class MLP(nn.Module):
@@ -82,7 +83,9 @@ class MLPDecoder(nn.Module):
         if ev.decoder_block_elems is None or b * h1 * w1 * 4 * embed <= ev.decoder_block_elems:
             ups = [F.interpolate(getattr(self, f"linear_c{i}")(c), size=size, mode="bilinear", align_corners=False)
                    for i, c in ((4, c4), (3, c3), (2, c2))]
-            return self._head(torch.cat(ups + [self.linear_c1(c1)], dim=1))
+            y = self._head(torch.cat(ups + [self.linear_c1(c1)], dim=1))
+            step()
+            return y
         # Everything after the upsampling is per pixel, so row bands give the same result.
         rows = max(1, ev.decoder_block_elems // (b * w1 * 4 * embed))
         out = c1.new_empty(b, self.linear_pred.out_channels, h1, w1)
@@ -91,4 +94,5 @@ class MLPDecoder(nn.Module):
             parts = [upsample_band(getattr(self, f"linear_c{i}"), c, size, r0, r1) for i, c in ((4, c4), (3, c3), (2, c2))]
             parts.append(self.linear_c1(c1[:, :, r0:r1]))
             out[:, :, r0:r1] = self._head(torch.cat(parts, dim=1))
+            step()
         return out

@@ -12,7 +12,8 @@ import numpy as np
 import pillow_heif
 from PIL import Image
 
-from .config import ALLOWED_FORMATS, DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS  # noqa: F401 - re-exported
+from .config import IMAGE_EXTENSIONS  # noqa: F401 - re-exported
+from .config import ALLOWED_FORMATS, BOMB_MIN_PIXELS, DEFAULT_MAX_PIXELS, MAX_PIXELS_PER_BYTE
 
 # Modes whose convert("RGB") is lossy in a way that changes the result silently (16-bit clips to
 # white, float TIFFs turn black): refused rather than guessed.
@@ -95,10 +96,12 @@ def decode_image(source: str | os.PathLike | bytes, max_pixels: int = DEFAULT_MA
     """Decode to (H, W, 3) uint8 RGB as the official code does: alpha dropped, no EXIF transpose.
 
     Raises:
-        ImageDecodeError: unsupported format, too many pixels, unsupported mode, or a broken file.
+        ImageDecodeError: unsupported format, too many pixels, a decompression bomb (``MAX_PIXELS_PER_BYTE``),
+            unsupported mode, or a broken file.
     """
     fp = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
     name = "<bytes>" if isinstance(source, (bytes, bytearray)) else str(source)
+    nbytes = len(source) if isinstance(source, (bytes, bytearray)) else os.path.getsize(source)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -106,6 +109,11 @@ def decode_image(source: str | os.PathLike | bytes, max_pixels: int = DEFAULT_MA
                 w, h = im.size
                 if w * h > max_pixels:
                     raise ImageDecodeError(f"{name}: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}")
+                if w * h > BOMB_MIN_PIXELS and w * h > MAX_PIXELS_PER_BYTE * nbytes:
+                    raise ImageDecodeError(f"{name}: {w}x{h} = {w * h} pixels from a file of {nbytes} bytes "
+                                           f"({w * h / max(nbytes, 1):.0f} pixels per byte, over {MAX_PIXELS_PER_BYTE} "
+                                           f"above {BOMB_MIN_PIXELS // 1_000_000} MP): refused as a decompression bomb "
+                                           "before decoding")
                 depth = _deep_samples(im)
                 if depth:
                     raise ImageDecodeError(f"{name}: {depth} (more than 8 bits per sample, or float) is not supported: "

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import EvalConfig
+from .progress import step
 
 
 class OverlapPatchEmbed(nn.Module):
@@ -39,6 +40,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, ev: 
         else:
             attn = (qc @ k.transpose(-2, -1)) * scale
             outs.append(attn.softmax(dim=-1) @ v)
+        step()
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
 
 
@@ -103,7 +105,9 @@ class Mlp(nn.Module):
         b, n, c = x.shape
         hidden = self.fc1.out_features
         if ev.mlp_block_elems is None or b * n * hidden <= ev.mlp_block_elems:
-            return self._run(x, h, w)
+            y = self._run(x, h, w)
+            step()
+            return y
         # The 3x3 depthwise conv reads one row above and below: a band computed with a one-row
         # halo (clipped at the image edge, where zero padding applies as before) is exact.
         rows = max(1, ev.mlp_block_elems // (b * w * hidden))
@@ -116,6 +120,7 @@ class Mlp(nn.Module):
             y = self.act(self.dwconv(self.fc1(band), a1 - a0, w))
             y = y.reshape(b, a1 - a0, w, hidden)[:, r0 - a0:r1 - a0]  # (B, rows, w, hidden)
             out[:, r0:r1] = self.fc2(y)
+            step()
         return out.reshape(b, n, -1)  # (B, h, w, C) -> (B, N, C)
 
 

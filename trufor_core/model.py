@@ -129,9 +129,22 @@ class TruFor(nn.Module):
 
     def decode(self, npp: torch.Tensor, feats: list[torch.Tensor], ev: EvalConfig) -> TruForOutput:
         """Both decoders, full-resolution logits, pooling and detection."""
+        return self.finish(npp, *self.decode_lowres(feats, ev))
+
+    def decode_lowres(self, feats: list[torch.Tensor], ev: EvalConfig) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two decoders' stride-4 logits: anomaly (B, 2, h1, w1) and confidence (B, 1, h1, w1)."""
+        return self.decode_head(feats, ev), self.decode_head_conf(feats, ev)
+
+    def lowres(self, x: torch.Tensor, ev: EvalConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Noiseprint++ (B, H, W) and both stride-4 logits: the part of the forward a compiled backend
+        runs (``trufor_core.backends``); ``finish`` does the rest in the model dtype."""
+        npp, feats = self.encode(x, ev)
+        return (npp, *self.decode_lowres(feats, ev))
+
+    def finish(self, npp: torch.Tensor, loc_low: torch.Tensor, conf_low: torch.Tensor) -> TruForOutput:
+        """Full-resolution logits, pooling and detection from the stride-4 logits."""
         size = tuple(npp.shape[-2:])
-        loc_low = self.decode_head(feats, ev).to(npp.dtype)
-        conf_low = self.decode_head_conf(feats, ev).to(npp.dtype)
+        loc_low, conf_low = loc_low.to(npp.dtype), conf_low.to(npp.dtype)
         # Whatever the precision: upsampling, the pooling over every pixel (softmin/softmax, where
         # bf16's 8-bit mantissa would dominate the score) and the detection head in the model dtype.
         with torch.autocast(device_type=npp.device.type, enabled=False):

@@ -5,6 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .progress import step
+
 
 class DnCNN(nn.Sequential):
     """Plain DnCNN without residual connection, indexed like the official ``nn.Sequential``.
@@ -75,7 +77,9 @@ class DnCNN(nn.Sequential):
         """
         b, _, h, w = x.shape
         if tile is None or (h <= tile and w <= tile):
-            return self(x)
+            y = self(x)
+            step()
+            return y
         halo = self.halo
         out = x.new_empty(b, self[-1].out_channels, h, w)
         for r0 in range(0, h, tile):
@@ -86,4 +90,5 @@ class DnCNN(nn.Sequential):
                 b0, b1 = max(0, c0 - halo), min(w, c1 + halo)
                 y = self(x[:, :, a0:a1, b0:b1])
                 out[:, :, r0:r1, c0:c1] = y[:, :, r0 - a0:r1 - a0, c0 - b0:c1 - b0]
+                step()
         return out

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from pipeline.base.options import opt
 from pipeline.base.storage import redact
+from trufor_core.backends import BACKEND_HELP, BACKENDS
 from trufor_core.config import VARIANTS
 from trufor_core.model import PRECISION_HELP, PRECISIONS
 
@@ -31,6 +32,7 @@ class WeightsOptions:
     variant: str = field(default=VARIANTS[0], metadata=opt(
         "train_test: confidence-head BN eps 1e-3 as in TruFor_train_test", choices=VARIANTS))
     precision: str = field(default="fp32", metadata=opt(PRECISION_HELP, choices=tuple(PRECISIONS)))
+    backend: str = field(default="auto", metadata=opt(BACKEND_HELP, choices=BACKENDS))
     allow_download: bool = field(default=True, metadata=opt("fail instead of downloading missing weights",
                                                            flag="--no-download"))
 

@@ -93,10 +93,16 @@ class ScanRow:
     device: str | None = _opt("run", "the kernel family float32 rounding depends on, e.g. `cpu (AVX512, 2 threads)`, "
                               "`cuda:0 (<GPU name>, sm_90)` (docs/numerics.md)")
     precision: str | None = _opt("run", "fp32 / bf16 / fp16 (autocast)")
+    backend: str | None = _opt("run", "what computed the forward (``trufor_core.backends``): `eager`, `openvino "
+                               "<version>`, `inductor`, or `eager (bounded: over N px)` for an image too large for a "
+                               "compiled graph")
     ray_node_id: str | None = _opt("run", "the Ray node that scored it")
     run_id: str | None = _opt("run", "the run that wrote the row (``runs`` table)")
     scanned_at: dt.datetime | None = _opt("run", "when the row was made (UTC)")
     elapsed_ms: float | None = _opt("run", "the row's share of its batch's forward, in ms")
+    steps: int | None = _opt("run", "pieces of work its forward took (``trufor_core.progress``): the tiles, chunks and "
+                             "bands of the bounded-memory path, or 1 for a compiled graph; progress lines and the "
+                             "review's slow images count them")
     noise_anomaly_score: float | None = _opt("second opinion", "``scan --noise-anomaly MODEL``: the largest value of "
                                              "the Noiseprint++ noise-anomaly heat map (``noiseprint_lab.localizers``)")
     noise_anomaly_map_uri: str | None = _opt("second opinion", "its map (``pipeline.base.maps.load_noise_anomaly``)")

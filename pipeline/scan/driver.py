@@ -7,6 +7,7 @@ import math
 import os
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from pipeline.base.lease import DEFAULT_TTL_S, Lease, LeaseLost
 from pipeline.base.maps import store_maps
 from pipeline.base.model_options import UNTRAINED_WEIGHTS, BatchOptions, WeightsOptions, weights_line
 from pipeline.base.options import carried, opt
-from pipeline.base.progress import note_slow, progress
+from pipeline.base.progress import SLOW_IMAGE_S, note_slow, progress
 from pipeline.base.quiet import harmless_lines_to
 from pipeline.base.schema import ERROR_TRANSIENT, STATUS_ERROR, ScanRow, rows_to_table
 from pipeline.base.storage import StorageOptions, local_copy, one_line, redact
@@ -72,6 +73,10 @@ class ScanConfig(WeightsOptions, BatchOptions, StorageOptions):
     gpus_per_actor: float | None = field(default=None, metadata=opt("default: 1 when a GPU exists, else 0"))
     cpus_per_actor: float | None = field(default=None, metadata=opt("default: the CPUs shared among actors"))
     max_pixels: int = field(default=DEFAULT_MAX_PIXELS, metadata=opt("larger images become error rows (never resized)"))
+    max_seconds_per_image: float = field(default=1800.0, metadata=opt(
+        "seconds one image may take in the model (0: no limit); past it the image gets a transient error row saying "
+        "how far it got (retried by the next sweep); progress lines from a minute on (docs/scanning.md \"Huge "
+        "images\")"))
     max_bytes: int = field(default=200 * 2**20, metadata=opt("larger files become error rows, refused before reading"))
     read_timeout_s: float = field(default=120.0, metadata=opt(
         "seconds to read one file before it becomes an error row (retried by the next sweep)", flag="--read-timeout"))
@@ -91,6 +96,7 @@ class ScanConfig(WeightsOptions, BatchOptions, StorageOptions):
     progress_every_s: float = field(default=10.0, metadata=opt("seconds between progress lines off a terminal",
                                                                flag="--progress-every"))
     object_store_bytes: int | None = None  # local Ray only (tests, benchmarks)
+    slow_image_s: float = SLOW_IMAGE_S  # tests: when an image's forward starts reporting progress lines
     actor_timings_dir: str | None = None  # benchmarks: each actor call's timings (PredictorConfig.timings_dir)
     ray_temp_dir: str | None = None  # local Ray only (tests, benchmarks)
 
@@ -199,7 +205,7 @@ def _feed(plan: Plan, actors: int) -> list:
 
 
 def _pipeline(cfg: ScanConfig, plan: Plan, pcfg: PredictorConfig, predictor_cls, log,
-              c2pa_settings: str) -> Iterator[pa.Table]:
+              c2pa_settings: str, lines) -> Iterator[pa.Table]:
     """Result tables as the actors produce them."""
     import ray
 
@@ -215,7 +221,10 @@ def _pipeline(cfg: ScanConfig, plan: Plan, pcfg: PredictorConfig, predictor_cls,
                                    "min_side": min_image_side(TruForConfig()), "max_bytes": cfg.max_bytes,
                                    "read_timeout_s": cfg.read_timeout_s, "c2pa_settings": c2pa_settings})
     # Two batches in flight per actor: one running, one queued, so idle actors get the rest.
-    ds = ds.map_batches(predictor_cls, fn_constructor_kwargs={"cfg": pcfg, "known_hashes": known},
+    kwargs = {"cfg": pcfg, "known_hashes": known}
+    if lines is not None:
+        kwargs["progress"] = lines
+    ds = ds.map_batches(predictor_cls, fn_constructor_kwargs=kwargs,
                         batch_size=cfg.batch_size,
                         compute=ray.data.ActorPoolStrategy(size=cfg.actors, max_tasks_in_flight_per_actor=2),
                         num_cpus=cpus, num_gpus=gpus)
@@ -302,10 +311,13 @@ def _score(cfg: ScanConfig, plan: Plan, writer: ResultWriter, resolver, predicto
         "weights, then the first batch")
     bar = progress(plan.to_scan, run.command, cfg.progress_every_s)
     first = True
+    # Lines about images past a minute come from the actors through a Ray queue, printed above the bar.
+    lines = ProgressLines(bar) if issubclass(predictor_cls, TruForPredictor) else None
     try:
         # Ray's known-harmless C++ lines go to a file in its session logs, not to the user's output.
         with harmless_lines_to(_ray_log_path(run.run_id)):
-            for table in _pipeline(cfg, plan, pcfg, predictor_cls, log, c2pa_settings):
+            for table in _pipeline(cfg, plan, pcfg, predictor_cls, log, c2pa_settings,
+                                   lines.queue if lines else None):
                 if first:
                     bar.write(f"{run.command} {run.run_id}: first results after {time.monotonic() - t0:.0f} s",
                               file=bar.fp)
@@ -318,12 +330,47 @@ def _score(cfg: ScanConfig, plan: Plan, writer: ResultWriter, resolver, predicto
     except Exception as e:  # noqa: BLE001 - its rows are recorded by the caller, then it is raised
         return e
     finally:
+        if lines is not None:
+            lines.close()
         bar.close()
         if started_ray:
             import ray
 
             ray.shutdown()
     return None
+
+
+class ProgressLines:
+    """The driver's end of the actors' progress lines: a Ray queue (an actor of no CPU) read by a thread
+    that writes each line above the bar; every call has a timeout, and closing waits for the thread."""
+
+    def __init__(self, bar):
+        from ray.util.queue import Queue
+
+        self.bar, self.queue = bar, Queue(maxsize=1000, actor_options={"num_cpus": 0})
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="progress-lines", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        from ray.util.queue import Empty
+
+        while not self._stop.is_set():
+            try:
+                line = self.queue.get(timeout=1.0)
+            except Empty:
+                continue
+            except Exception:  # noqa: BLE001 - the queue is gone (Ray shut down): nothing more will come
+                return
+            self.bar.write(str(line), file=self.bar.fp)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        try:
+            self.queue.shutdown(force=True)
+        except Exception:  # noqa: BLE001 - best effort: Ray's shutdown ends the queue's actor anyway
+            pass
 
 
 def _failure_summary(e: BaseException) -> str:

@@ -14,13 +14,16 @@ import torch
 
 from pipeline.base import maps
 from pipeline.base.model_options import BatchOptions
+from pipeline.base.progress import SLOW_IMAGE_S
 from pipeline.base.schema import (DECODED_COLUMNS, ERROR_TRANSIENT, STATUS_ERROR, STATUS_OK, ScanRow, coerce,
                                   rows_to_table)
 from pipeline.base.storage import StorageConfig, local_copy, one_line, redact
 from pipeline.scan.dedup import CopyMarker
 from trufor_core import EvalConfig, load_trufor
+from trufor_core.backends import make_runner, openvino_cache
 from trufor_core.config import POOLED_FEATURE_NAMES
 from trufor_core.model import autocast, describe_device, resolve_device
+from trufor_core.progress import OutOfTime, Watch
 
 MODEL_NAME = "trufor-detconfcmx-mit_b2"
 
@@ -41,10 +44,14 @@ class PredictorConfig(BatchOptions):
         torch_threads: intra-op threads (Ray gives workers OMP_NUM_THREADS=1).
         storage: object-store endpoint settings.
         precision: "fp32" (default), "bf16" or "fp16" (autocast; ``trufor_core.model.autocast``).
+        backend: what runs the forward (``trufor_core.backends``: auto, eager, openvino, inductor).
         timings_dir: when set, each call appends its timings to ``actor-<pid>.jsonl`` there (benchmarks).
         dedup: do not score bytes (sha256) already scored with these weights, in earlier runs
             (``known_hashes``) or earlier in this actor: such rows are marked ``dedup.pending`` and
             completed from the original's row on the driver (``pipeline.scan.dedup.DedupResolver``).
+        max_seconds_per_image: the time one image may take (a batch: that times its images; 0: no limit); past
+            it the forward stops and the image gets a ``transient`` error row saying how far it got.
+        slow_image_s: a forward running longer reports a progress line (``progress``), then as often again.
         noise_anomaly: a model from `noiseprint fit-anomaly` (fitted on this checkpoint's Noiseprint++):
             each scored image also gets its noise-anomaly heat map and score (a second opinion).
     """
@@ -59,9 +66,16 @@ class PredictorConfig(BatchOptions):
     torch_threads: int | None = None
     storage: StorageConfig = field(default_factory=StorageConfig)
     precision: str = "fp32"
+    backend: str = "auto"
     dedup: bool = False
     timings_dir: str | None = None
     noise_anomaly: str | None = None
+    max_seconds_per_image: float = 0.0
+    slow_image_s: float = SLOW_IMAGE_S
+
+    def __post_init__(self) -> None:
+        if self.max_seconds_per_image < 0:
+            raise ValueError(f"--max-seconds-per-image must be >= 0 (0: no limit), got {self.max_seconds_per_image}")
 
 
 def _node_id() -> str | None:
@@ -88,7 +102,9 @@ def group_batches(shapes: list[tuple[int, int]], batch_size: int, max_pixels: in
 class TruForPredictor:
     """Ray Data callable class (``map_batches(TruForPredictor, compute=ActorPoolStrategy(...))``)."""
 
-    def __init__(self, cfg: PredictorConfig, known_hashes: list | None = None):
+    def __init__(self, cfg: PredictorConfig, known_hashes: list | None = None, progress=None):
+        """``progress``: where lines about an image that runs over a minute go (``put(line, timeout=)``: the
+        scan passes a Ray queue its driver prints from; None: nowhere)."""
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)
         self.cfg = cfg
@@ -97,9 +113,12 @@ class TruForPredictor:
         self.model, self.info = load_trufor(local_copy(cfg.checkpoint, cfg.storage), variant=cfg.variant,
                                             device=self.device, noiseprint=noiseprint)
         self.ev = EvalConfig()
+        self.runner = make_runner(self.model, cfg.backend, f"{self.info.sha256}:{self.info.noiseprint_sha256}:{cfg.variant}",
+                                  cfg.precision, torch.get_num_threads(), openvino_cache())
         self.device_desc = describe_device(self.device)
         self.node_id = _node_id()
         self.copies = CopyMarker(cfg.dedup, known_hashes)
+        self.progress = progress
         self.noise_anomaly = self.noise_anomaly_sha = None
         if cfg.noise_anomaly:
             from noiseprint_lab.localizers import NoiseAnomalyModel, check_fitted_on
@@ -117,7 +136,18 @@ class TruForPredictor:
                 "device": self.device_desc, "precision": self.cfg.precision, "ray_node_id": self.node_id,
                 "run_id": self.cfg.run_id}
 
-    def _score(self, pixels: list[np.ndarray]) -> list[dict]:
+    def _report(self, uris: list[str], done: int, total: int, seconds: float) -> None:
+        """A progress line for a forward past a minute; a queue that fails is dropped (reporting never
+        stops scoring)."""
+        if self.progress is None:
+            return
+        what = uris[0] if len(uris) == 1 else f"{uris[0]} (+{len(uris) - 1} in its batch)"
+        try:
+            self.progress.put(f"{what}: step {done}/{total} after {seconds:.0f} s", timeout=5)
+        except Exception:  # noqa: BLE001 - progress is best effort; the row is what counts
+            self.progress = None
+
+    def _score(self, pixels: list[np.ndarray], uris: list[str]) -> list[dict]:
         """One forward over same-shape images; per image its model outputs and map payload.
 
         Only what the rows need leaves the device: scores, pooled features, three map statistics and
@@ -129,8 +159,12 @@ class TruForPredictor:
             x = x.pin_memory().to(self.device, non_blocking=True)
         x = x.permute(0, 3, 1, 2).to(self.model.dtype).contiguous() / 256.0  # (B, 3, H, W), as to_model_input
         with torch.inference_mode():
+            budget = self.cfg.max_seconds_per_image
+            watch = Watch(self.runner.steps(x, self.ev), budget * len(pixels) if budget > 0 else None,
+                          report=lambda *a: self._report(uris, *a), report_after_s=self.cfg.slow_image_s,
+                          report_every_s=self.cfg.slow_image_s)
             with autocast(self.device, self.cfg.precision):
-                out = self.model(x, self.ev)
+                out, backend = self.runner(x, self.ev, watch)
             a, c = out.maps()  # (B, H, W) each, in the model dtype (outside autocast), on the device
             hot = a > 0.5
             stats = torch.stack([hot.sum((1, 2)), (hot & (c > 0.5)).sum((1, 2))], 1).cpu().tolist()
@@ -145,7 +179,7 @@ class TruForPredictor:
         return [{"score": scores[i], "det_logit": dets[i].item(),
                  **{k: float(v) for k, v in zip(POOLED_FEATURE_NAMES, pooled[i])},
                  "frac_anom": stats[i][0] / n_pix, "frac_anom_conf": stats[i][1] / n_pix, "max_anom_conf": peak[i],
-                 "noise_anomaly_score": noise[i][0], "noise_anomaly_model": self.noise_anomaly_sha,
+                 "backend": backend, "steps": watch.total, "noise_anomaly_score": noise[i][0], "noise_anomaly_model": self.noise_anomaly_sha,
                  maps.PAYLOAD_COLUMN: maps.pack(margin[i], conf[i], size, noise[i][1])} for i in range(len(pixels))]
 
     def _noise_anomaly(self, rgb: np.ndarray) -> tuple[float, np.ndarray]:
@@ -156,21 +190,24 @@ class TruForPredictor:
         low = pad.reshape(pad.shape[0] // 4, 4, pad.shape[1] // 4, 4).mean((1, 3))  # (ceil(H/4), ceil(W/4))
         return float(heat.max()), low
 
-    def _run_group(self, idx: list[int], pixels, extra: list[dict]) -> float:
-        """Score one same-shape group; a failing group is retried image by image to isolate the culprit.
+    def _run_group(self, idx: list[int], pixels, uris, extra: list[dict]) -> float:
+        """Score one same-shape group; a failing group is retried image by image to isolate the culprit, except
+        when it ran out of time (same-shape images take the same time: each would run out too).
 
         Returns the seconds spent in forward passes.
         """
         t0 = time.perf_counter()
         try:
-            results = self._score([pixels[i] for i in idx])
+            results = self._score([pixels[i] for i in idx], [str(uris[i]) for i in idx])
         except Exception as e:  # noqa: BLE001 - becomes error rows, the actor lives on
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
-            if len(idx) > 1:
-                return sum(self._run_group([i], pixels, extra) for i in idx)
-            extra[idx[0]] = {"status": STATUS_ERROR, "error_kind": ERROR_TRANSIENT,
-                             "error": one_line(redact(f"inference failed: {type(e).__name__}: {e}"))}
+            if len(idx) > 1 and not isinstance(e, OutOfTime):
+                return sum(self._run_group([i], pixels, uris, extra) for i in idx)
+            what = (f"out of time: {e}; a later sweep retries it (with a larger --max-seconds-per-image or on a faster "
+                    "machine)") if isinstance(e, OutOfTime) else f"inference failed: {type(e).__name__}: {e}"
+            for i in idx:
+                extra[i] = {"status": STATUS_ERROR, "error_kind": ERROR_TRANSIENT, "error": one_line(redact(what))}
             return time.perf_counter() - t0
         forward_s = time.perf_counter() - t0
         for i, fields in zip(idx, results):
@@ -194,7 +231,7 @@ class TruForPredictor:
             ok.append(i)
         groups = group_batches([tuple(batch["pixels"][i].shape[:2]) for i in ok], self.cfg.batch_size,
                                self.cfg.batch_max_pixels)
-        forward_s = sum(self._run_group([ok[j] for j in g], batch["pixels"], extra) for g in groups)
+        forward_s = sum(self._run_group([ok[j] for j in g], batch["pixels"], batch["uri"], extra) for g in groups)
         now = dt.datetime.now(dt.timezone.utc)
         common = self._common()
         rows, payloads = [], []
