@@ -1,10 +1,13 @@
 """`make bench-gpu`: TruFor's speed per GPU, ready for the first GPU machine (no install needed).
 
     PYTHONPATH=. python bench/bench_gpu.py [--sizes 0.5 1 3 12] [--precisions fp32 bf16 fp16] [--n 8]
+                                           [--backends eager inductor]
 
 Runs with the repository on PYTHONPATH and only torch, numpy, Pillow and pyarrow (no Ray, DuckDB
 or fsspec), on generated JPEGs and the synthesized (untrained) checkpoint unless --checkpoint is
-given; speed does not depend on the weights' values. Per image size and precision it prints:
+given; speed does not depend on the weights' values. Per image size, precision and backend
+(``trufor_core.backends``: eager and torch.compile's Inductor on CUDA, where OpenVINO does not run;
+the first call of each shape, compilation included, is the warm-up, reported apart) it prints:
 
 - model: images/s of the forward alone (batch 1, inputs already on the GPU), the GPU busy share
   (sum of CUDA-event times of the forwards / wall time) and the peak GPU memory;
@@ -41,6 +44,7 @@ sys.path.insert(0, REPO)
 from trufor_core import EvalConfig, load_trufor  # noqa: E402
 from trufor_core.checkpoint import write_synthetic_checkpoint  # noqa: E402
 from trufor_core.image import decode_rgb, to_model_input  # noqa: E402
+from trufor_core.backends import make_runner  # noqa: E402
 from trufor_core.model import PRECISIONS, autocast, describe_device  # noqa: E402
 
 
@@ -65,12 +69,15 @@ def _sync(dev: torch.device) -> None:
         torch.cuda.synchronize(dev)
 
 
-def bench_model(model, jpegs, dev, precision) -> dict:
+def bench_model(runner, jpegs, dev, precision) -> dict:
     xs = [to_model_input(decode_rgb(j)[0]).to(dev) for j in jpegs]
     ev = EvalConfig()
+    model = lambda x, ev: runner(x, ev)[0]  # noqa: E731 - the backend's forward
     with torch.inference_mode(), autocast(dev, precision):
-        model(xs[0], ev)  # warm-up (cuDNN autotune, allocator)
+        t0 = time.perf_counter()
+        model(xs[0], ev)  # warm-up (compilation, cuDNN autotune, allocator)
         _sync(dev)
+        warm = time.perf_counter() - t0
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
         busy, t0 = 0.0, time.perf_counter()
@@ -85,7 +92,7 @@ def bench_model(model, jpegs, dev, precision) -> dict:
             else:
                 model(x, ev).det_logit.cpu()
         wall = time.perf_counter() - t0
-    return {"img_s": len(xs) / wall, "busy": busy / wall if dev.type == "cuda" else None,
+    return {"img_s": len(xs) / wall, "warm": warm, "busy": busy / wall if dev.type == "cuda" else None,
             "peak_gib": torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None}
 
 
@@ -108,7 +115,7 @@ def bench_official(model, jpegs, dev) -> float:
         torch.backends.cudnn.enabled = cudnn
 
 
-def bench_predictor(ckpt, jpegs, dev, precision, workdir) -> tuple[float, float]:
+def bench_predictor(ckpt, jpegs, dev, precision, workdir, backend) -> tuple[float, float]:
     """TruForPredictor as a scan actor runs it: decoded batches of 4 from a thread pool, maps stored by
     a second pool (the scan's map stage). Returns (images/s, share of the wall time in forwards)."""
     from pipeline.base.maps import store_maps
@@ -118,15 +125,16 @@ def bench_predictor(ckpt, jpegs, dev, precision, workdir) -> tuple[float, float]
 
     files = []
     for i, j in enumerate(jpegs):
-        path = os.path.join(workdir, f"in_{precision}_{i}.jpg")
+        path = os.path.join(workdir, f"in_{precision}_{backend}_{i}.jpg")
         with open(path, "wb") as f:
             f.write(j + bytes([i % 251]))  # distinct bytes: each image scored and its map written
         files.append(path)
-    out_root, timings = os.path.join(workdir, f"out_{precision}"), os.path.join(workdir, f"timings_{precision}")
+    out_root = os.path.join(workdir, f"out_{precision}_{backend}")
+    timings = os.path.join(workdir, f"timings_{precision}_{backend}")
     os.makedirs(timings)
     pred = TruForPredictor(PredictorConfig(checkpoint=ckpt, output_root=out_root, run_id="bench-gpu",
                                            code_version="bench", device=str(dev), batch_size=4,
-                                           precision=precision, timings_dir=timings))
+                                           precision=precision, backend=backend, timings_dir=timings))
     batches = [files[k:k + 4] for k in range(0, len(files), 4)]
 
     def decode(paths):
@@ -161,23 +169,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--precisions", nargs="*", default=list(PRECISIONS), choices=list(PRECISIONS))
     ap.add_argument("--n", type=int, default=8, help="images per case")
     ap.add_argument("--checkpoint", help="default: the synthesized fixture-recipe checkpoint (speed only)")
+    ap.add_argument("--backends", nargs="*", default=None,
+                    help="default: eager and inductor on CUDA; eager in --cpu-dry-run (a CPU compile takes minutes)")
     ap.add_argument("--cpu-dry-run", action="store_true", help="every code path on the CPU at 0.02 MP (tests)")
     a = ap.parse_args(argv)
     if a.cpu_dry_run:
         dev, a.sizes, a.n = torch.device("cpu"), [0.02], 2
+        a.backends = a.backends or ["eager"]
     elif not torch.cuda.is_available():
         print("bench-gpu: no CUDA device on this machine; nothing measured (run it on a GPU machine: "
               "PYTHONPATH=. python bench/bench_gpu.py)")
         return 0
     else:
         dev = torch.device("cuda:0")
+        a.backends = a.backends or ["eager", "inductor"]
     with tempfile.TemporaryDirectory(prefix="bench-gpu-") as work:
         ckpt = a.checkpoint or str(write_synthetic_checkpoint(os.path.join(work, "UNTRAINED.pth.tar")))
         model, info = load_trufor(ckpt, device=dev)
         print(f"bench-gpu: {describe_device(dev)}, torch {torch.__version__}, weights sha256 {info.sha256[:12]}"
               f"{' (untrained: speed only)' if info.untrained else ''}, {a.n} images per case")
-        print(f"{'MP':>5s} {'HxW':>11s} {'prec':5s} {'model img/s':>11s} {'GPU busy':>8s} {'peak GiB':>8s} "
-              f"{'predictor img/s':>15s} {'in forward':>10s} {'official img/s':>14s} {'model/official':>14s}")
+        print(f"{'MP':>5s} {'HxW':>11s} {'prec':5s} {'backend':>8s} {'model img/s':>11s} {'GPU busy':>8s} {'peak GiB':>8s} "
+              f"{'predictor img/s':>15s} {'in forward':>10s} {'official img/s':>14s} {'model/official':>14s} "
+              f"{'warm-up s':>9s}")
         for mp in a.sizes:
             jpegs = make_jpegs(mp, a.n)
             with Image.open(io.BytesIO(jpegs[0])) as im:
@@ -187,12 +200,14 @@ def main(argv: list[str] | None = None) -> int:
                 if p == "fp16" and dev.type == "cpu":
                     print(f"{mp:5.2f} {hw:>11s} {p:5s} (not on a CPU: no fast fp16 kernels)")
                     continue
-                m = bench_model(model, jpegs, dev, p)
-                pr, in_forward = bench_predictor(ckpt, jpegs, dev, p, work)
-                busy = "-" if m["busy"] is None else f"{m['busy']:.0%}"
-                peak = "-" if m["peak_gib"] is None else f"{m['peak_gib']:.2f}"
-                print(f"{mp:5.2f} {hw:>11s} {p:5s} {m['img_s']:11.2f} {busy:>8s} {peak:>8s} {pr:15.2f} {in_forward:10.0%} "
-                      f"{official:14.2f} {m['img_s'] / official:14.2f}", flush=True)
+                for backend in a.backends:
+                    runner = make_runner(model, backend, info.sha256, p)
+                    m = bench_model(runner, jpegs, dev, p)
+                    pr, in_forward = bench_predictor(ckpt, jpegs, dev, p, work, backend)
+                    busy = "-" if m["busy"] is None else f"{m['busy']:.0%}"
+                    peak = "-" if m["peak_gib"] is None else f"{m['peak_gib']:.2f}"
+                    print(f"{mp:5.2f} {hw:>11s} {p:5s} {backend:>8s} {m['img_s']:11.2f} {busy:>8s} {peak:>8s} {pr:15.2f} "
+                          f"{in_forward:10.0%} {official:14.2f} {m['img_s'] / official:14.2f} {m['warm']:9.1f}", flush=True)
     return 0
 
 

@@ -74,6 +74,9 @@ def main() -> None:
     ap.add_argument("--checkpoint", help="weights (default: synthesize untrained fixture-recipe weights)")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--attention", default="sdpa", choices=["sdpa", "math"])
+    ap.add_argument("--extrapolate", default="", help="comma-separated MP: with 3+ bounded sizes, the seconds and "
+                    "memory of a fit (seconds: a + b MP + c MP^2, the attention being quadratic; memory: linear) "
+                    "at these sizes, printed as a fit, not a measurement")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--size", help=argparse.SUPPRESS)
     ap.add_argument("--mode", help=argparse.SUPPRESS)
@@ -96,6 +99,7 @@ def main() -> None:
           f"cpu count {os.cpu_count()}")
     print(f"{'image':>11} {'MPix':>5} {'mode':>8} {'seconds':>8} {'peak RSS GiB':>12} {'speed vs naive':>14} "
           f"{'max|dmap|':>9} {'|dscore|':>8}")
+    bounded = []  # (MP, seconds, peak GiB)
     for size in args.sizes.split(","):
         h, w = (int(v) for v in size.split("x"))
         mpix = h * w / 1e6
@@ -107,6 +111,8 @@ def main() -> None:
             if r is None:
                 continue
             results[mode] = (r, save)
+            if mode == "bounded":
+                bounded.append((mpix, r["seconds"], r["peak_rss_kb"] / 2**20))
             ratio = dmap = dscore = ""
             if mode == "bounded" and "naive" in results:
                 ratio = f"{results['naive'][0]['seconds'] / r['seconds']:.2f}x"
@@ -118,6 +124,14 @@ def main() -> None:
         if "naive" not in modes:
             print(f"{size:>11} {mpix:5.1f} {'naive':>8}  skipped: stage-1 attention alone would need "
                   f"{(h // 4) * (w // 4) * (h // 32) * (w // 32) * 4 / 2**30:.0f} GiB")
+    if args.extrapolate and len(bounded) >= 3:
+        mp, secs, gib = (np.array(v) for v in zip(*bounded))
+        a, b, c = np.linalg.lstsq(np.stack([np.ones_like(mp), mp, mp ** 2], 1), secs, rcond=None)[0]
+        m1, m0 = np.polyfit(mp, gib, 1)
+        print(f"\nfit over the bounded sizes: seconds = {a:.1f} + {b:.2f} MP + {c:.3f} MP^2; "
+              f"peak GiB = {m0:.2f} + {m1:.3f} MP (a fit, not a measurement:)")
+        for x in (float(v) for v in args.extrapolate.split(",")):
+            print(f"  {x:5.0f} MP: ~{a + b * x + c * x * x:7.0f} s, ~{m0 + m1 * x:5.1f} GiB")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ def test_every_code_path_runs_without_ray_duckdb_or_fsspec():
     p = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     row = [ln.split() for ln in p.stdout.splitlines() if ln.strip().startswith("0.02")]
-    assert len(row) == 1 and row[0][2] == "fp32", p.stdout
-    model, predictor, official = float(row[0][3]), float(row[0][6]), float(row[0][8])
-    in_forward = float(row[0][7].rstrip("%"))  # the predictor's timings, read back from its JSON lines
+    assert len(row) == 1 and row[0][2:4] == ["fp32", "eager"], p.stdout
+    model, predictor, official = float(row[0][4]), float(row[0][7]), float(row[0][9])
+    in_forward = float(row[0][8].rstrip("%"))  # the predictor's timings, read back from its JSON lines
     assert model > 0 and predictor > 0 and official > 0 and 0 < in_forward <= 100

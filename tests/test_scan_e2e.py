@@ -402,3 +402,36 @@ def test_sweep_with_noise_anomaly_through_ray(ray_env, synth_ckpt, model, tmp_pa
         assert np.isfinite(r["noise_anomaly_score"]) and heat.max() <= r["noise_anomaly_score"] * (1 + 2e-3)
     keys = ("score", "map_uri", "noise_anomaly_score", "noise_anomaly_map_uri", "noise_anomaly_model")
     assert [copy[k] for k in keys] == [orig[k] for k in keys]
+
+
+def test_huge_image_progress_and_budget_through_ray(ray_env, synth_ckpt, tmp_path, capfd):
+    """An image that runs past its budget gets a transient error row saying how far it got, progress lines
+    (step k/N) reach the driver from the actor while it runs, the other image is scored; a later sweep with
+    a larger budget retries it and scores it. (Small figures stand in for a minute and 30 minutes.)"""
+    root = tmp_path / "archive"
+    root.mkdir()
+    (root / "big.png").write_bytes(_img(800, 1000, 7))
+    (root / "small.png").write_bytes(_img(64, 96, 8))
+    _local_ray(ray_env)
+    out = tmp_path / "out"
+    base = dict(input=str(root), output=str(out), checkpoint=str(synth_ckpt), allow_download=False, backend="eager",
+                slow_image_s=0.3)
+    capfd.readouterr()
+    s = run_scan(ScanConfig(**base, max_seconds_per_image=1.5, run_id="budget1", incremental=True), log=lambda m: None)
+    assert (s.ok, s.errors) == (1, 1)
+    err = capfd.readouterr().err
+    steps = re.findall(r"big\.png: step (\d+)/(\d+) after \d+ s", err)
+    assert steps, err[-3000:]
+    done, total = int(steps[-1][0]), int(steps[-1][1])
+    assert 0 < done < total
+    _, rows = run_sql(str(out), "SELECT uri, status, error_kind, error, steps, backend FROM latest ORDER BY uri")
+    big, small = rows
+    assert big[1:3] == ("error", "transient") and big[4] is None
+    assert re.fullmatch(r"out of time: stopped after \d+ s at step \d+/(\d+) \(budget 1.5 s per image\); a later "
+                        r"sweep retries it .*", big[3]) and f"/{total} " in big[3], big[3]
+    assert small[1] == "ok" and small[4] >= 1 and small[5] == "eager"
+    # The next sweep with no budget retries the transient row only, and scores it.
+    s2 = run_scan(ScanConfig(**base, max_seconds_per_image=0, run_id="budget2", incremental=True), log=lambda m: None)
+    assert (s2.to_scan, s2.ok, s2.errors) == (1, 1, 0)
+    _, rows = run_sql(str(out), "SELECT status, steps, run_id FROM latest WHERE uri LIKE '%big.png'")
+    assert rows == [("ok", total, "budget2")]

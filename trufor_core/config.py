@@ -19,6 +19,9 @@ DEFAULT_MAX_PIXELS = 100_000_000
 # are 2-20 pixels per byte (JPEG) and under 2 (PNG); flat graphics a few hundred at most; a bomb
 # thousands (a 86 KB PNG that decodes to 88 MP: 1,023).
 BOMB_MIN_PIXELS = 16_000_000
+# An image whose forward runs longer than this gets progress lines (then as often again) and a line of
+# its own when it ends.
+SLOW_IMAGE_S = 60.0
 MAX_PIXELS_PER_BYTE = 500
 
 

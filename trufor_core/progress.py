@@ -15,7 +15,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from .config import EvalConfig, TruForConfig
+from .config import SLOW_IMAGE_S, EvalConfig, TruForConfig
 
 _HOOK: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar("trufor_step_hook", default=None)
 
@@ -91,7 +91,7 @@ class Watch:
     """
 
     def __init__(self, total: int, budget_s: float | None = None, report: Callable[[int, int, float], None] | None = None,
-                 report_after_s: float = 60.0, report_every_s: float = 60.0, clock: Callable[[], float] | None = None):
+                 report_after_s: float = SLOW_IMAGE_S, report_every_s: float = SLOW_IMAGE_S, clock: Callable[[], float] | None = None):
         import time
 
         self.clock = clock or time.monotonic

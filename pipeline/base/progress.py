@@ -6,7 +6,7 @@ import sys
 
 from tqdm import tqdm
 
-SLOW_IMAGE_S = 60.0  # an image that took longer than this gets its own line
+from trufor_core.config import SLOW_IMAGE_S
 
 
 class Lines:
@@ -30,8 +30,10 @@ class Lines:
         return False
 
 
-def progress(total: int, desc: str, every_s: float = 10.0, stream=sys.stderr) -> tqdm:
-    """A live bar on a terminal; off a terminal (logs, CI), a plain line at most every ``every_s`` seconds."""
+def progress(total: int, desc: str, every_s: float = 10.0, stream=None) -> tqdm:
+    """A live bar on a terminal; off a terminal (logs, CI), a plain line at most every ``every_s`` seconds.
+    ``stream``: default the standard error of the moment (not of import time)."""
+    stream = sys.stderr if stream is None else stream
     tty = stream.isatty()
     return tqdm(total=total, desc=desc, unit="img", file=stream if tty else Lines(stream),
                 mininterval=0.5 if tty else every_s, ascii=not tty, dynamic_ncols=tty, smoothing=0.1)

@@ -20,7 +20,7 @@ from pipeline.base.lease import DEFAULT_TTL_S, Lease, LeaseLost
 from pipeline.base.maps import store_maps
 from pipeline.base.model_options import UNTRAINED_WEIGHTS, BatchOptions, WeightsOptions, weights_line
 from pipeline.base.options import carried, opt
-from pipeline.base.progress import SLOW_IMAGE_S, note_slow, progress
+from pipeline.base.progress import note_slow, progress
 from pipeline.base.quiet import harmless_lines_to
 from pipeline.base.schema import ERROR_TRANSIENT, STATUS_ERROR, ScanRow, rows_to_table
 from pipeline.base.storage import StorageOptions, local_copy, one_line, redact
@@ -33,7 +33,7 @@ from pipeline.scan.dedup import DedupResolver
 from pipeline.scan.plan import Plan, plan_run
 from pipeline.scan.predictor import PredictorConfig, TruForPredictor
 from trufor_core.checkpoint import check_checkpoint, sha256_file
-from trufor_core.config import TruForConfig
+from trufor_core.config import SLOW_IMAGE_S, TruForConfig
 from trufor_core.image import DEFAULT_MAX_PIXELS
 from trufor_core.model import min_image_side
 from trufor_core.weights import resolve_weights

@@ -14,14 +14,13 @@ import torch
 
 from pipeline.base import maps
 from pipeline.base.model_options import BatchOptions
-from pipeline.base.progress import SLOW_IMAGE_S
 from pipeline.base.schema import (DECODED_COLUMNS, ERROR_TRANSIENT, STATUS_ERROR, STATUS_OK, ScanRow, coerce,
                                   rows_to_table)
 from pipeline.base.storage import StorageConfig, local_copy, one_line, redact
 from pipeline.scan.dedup import CopyMarker
 from trufor_core import EvalConfig, load_trufor
 from trufor_core.backends import make_runner, openvino_cache
-from trufor_core.config import POOLED_FEATURE_NAMES
+from trufor_core.config import POOLED_FEATURE_NAMES, SLOW_IMAGE_S
 from trufor_core.model import autocast, describe_device, resolve_device
 from trufor_core.progress import OutOfTime, Watch
 
