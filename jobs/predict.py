@@ -131,7 +131,7 @@ def run_predict(cfg: PredictConfig, log=lambda m: print(m, file=sys.stderr)) -> 
     if info.untrained:
         log(f"WARNING: {UNTRAINED_WEIGHTS}")
     runner = make_runner(model, cfg.backend, f"{info.sha256}:{info.noiseprint_sha256}:{cfg.variant}", cfg.precision,
-                         cache=openvino_cache(), log=log)
+                         cache=openvino_cache(), log=log, max_pixels=cfg.compiled_max_pixels)
     log(f"=> backend {runner.name}")
     ev = EvalConfig()
     bar = progress(len(images), "predict")

@@ -136,13 +136,18 @@ def test_openvino_budget_cancels_its_call(tiny, ov):
 
 
 def test_decompression_bomb_refused_before_decoding(tmp_path: Path):
-    """An 88 MP PNG of 85 KB (under the pixel limit) is refused from its header; a photo-like file is not."""
+    """A 40 MP PNG of 40 KB (under the pixel limit) is refused from its header; a photo-like file is not; the
+    issue's 88 MP PNG of 86 KB is over the pixel limit itself."""
     buf = io.BytesIO()
-    Image.new("L", (10000, 8800)).save(buf, "PNG")
-    assert len(buf.getvalue()) < 100_000
-    with pytest.raises(ImageDecodeError, match=r"10000x8800 = 88000000 pixels from a file of \d+ bytes .*"
+    Image.new("L", (8000, 5000)).save(buf, "PNG")
+    assert len(buf.getvalue()) < 50_000
+    with pytest.raises(ImageDecodeError, match=r"8000x5000 = 40000000 pixels from a file of \d+ bytes .*"
                                                r"decompression bomb"):
         decode_image(buf.getvalue())
+    huge = io.BytesIO()
+    Image.new("L", (10000, 8800)).save(huge, "PNG")
+    with pytest.raises(ImageDecodeError, match="88000000 pixels exceeds the limit of 50000000"):
+        decode_image(huge.getvalue())
     (tmp_path / "bomb.png").write_bytes(buf.getvalue())
     with pytest.raises(ImageDecodeError, match="decompression bomb"):
         decode_image(tmp_path / "bomb.png")

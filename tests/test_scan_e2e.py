@@ -430,6 +430,14 @@ def test_huge_image_progress_and_budget_through_ray(ray_env, synth_ckpt, tmp_pat
     assert re.fullmatch(r"out of time: stopped after \d+ s at step \d+/(\d+) \(budget 1.5 s per image\); a later "
                         r"sweep retries it .*", big[3]) and f"/{total} " in big[3], big[3]
     assert small[1] == "ok" and small[4] >= 1 and small[5] == "eager"
+    # The review page lists it under "Slow images", with how far it got.
+    from jobs.cli import main as cli_main
+
+    assert cli_main(["report", str(out), "--out", str(tmp_path / "page")]) == 0
+    page = (tmp_path / "page" / "index.html").read_text()
+    slow = page[page.index('id="slow"'):page.index('id="runs"')]
+    assert "Slow images: 1 took over 60 s or ran out of time" in slow and "big.png" in slow and "small.png" not in slow
+    assert big[3] in slow  # the error row's own words: how far it got
     # The next sweep with no budget retries the transient row only, and scores it.
     s2 = run_scan(ScanConfig(**base, max_seconds_per_image=0, run_id="budget2", incremental=True), log=lambda m: None)
     assert (s2.to_scan, s2.ok, s2.errors) == (1, 1, 0)

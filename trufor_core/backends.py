@@ -4,13 +4,15 @@ A backend runs the costly part of the forward (Noiseprint++, the dual encoder, b
 the stride-4 logits: ``TruFor.lowres``); the rest (bilinear upsampling to full resolution, the
 confidence-weighted pooling and the detection head: ``TruFor.finish``) stays the eager code in the
 model dtype, so every backend shares it. A compiled graph evaluates the image whole
-(``WHOLE_IMAGE``: fused attention, no tiles or bands); an image over ``COMPILED_MAX_PIXELS`` takes
-the eager bounded-memory path instead, and the row says which path scored it (``Runner.__call__``).
+(``WHOLE_IMAGE``: fused attention, no tiles or bands); an image over ``max_pixels`` (default
+``COMPILED_MAX_PIXELS``) takes the eager bounded-memory path instead, and the row says which path
+scored it (``Runner.__call__``).
 
 Chosen by measurement (`make bench-backends`, BENCHMARKS.md "Compiled model paths"): on the CPU
-OpenVINO is the fastest everywhere measured and compiles once for every image shape, so "auto" is
-OpenVINO on the CPU; Inductor recompiles for each new image shape (about 85 s each on 2 cores) and
-stays available for CUDA, where OpenVINO does not run. float64 and reduced precision stay eager:
+OpenVINO is the fastest everywhere measured (2.1-2.3x eager, 85-98% of the CPU's measured limit) and
+converts once for every image shape, so "auto" is OpenVINO on the CPU; Inductor (1.3-1.5x eager)
+compiles again for each new image shape (65-150 s each on 2 cores) and stays available for CUDA, where
+OpenVINO does not run. float64 and reduced precision stay eager:
 OpenVINO's CPU plugin computes in float32 at most, and our bf16/fp16 keep Noiseprint++ in float32
 (``model.PRECISIONS``), which a whole-graph precision hint would not.
 """
@@ -39,10 +41,11 @@ BACKEND_HELP = ("auto (OpenVINO on the CPU in fp32 float32, else eager), eager (
 # What a compiled graph evaluates: the whole image at once, attention by the fused kernel.
 WHOLE_IMAGE = EvalConfig(attention="sdpa", attn_block_elems=None, mlp_block_elems=None, dncnn_tile=None,
                          decoder_block_elems=None)
-# Largest image (pixels) a compiled graph takes whole; larger ones take the bounded-memory eager path.
-# Measured (BENCHMARKS.md "Compiled model paths"): OpenVINO's peak memory grows by about 1.3 GiB per
-# megapixel; 4 MP keeps one actor near 6 GiB, as the bounded path's own 12 MP figure.
-COMPILED_MAX_PIXELS = 4_000_000
+# Default largest image (pixels) a compiled graph takes whole (``--compiled-max-pixels``); larger ones take
+# the bounded-memory eager path. Measured (BENCHMARKS.md "Compiled model paths"): OpenVINO's peak RSS
+# was 3.6 GiB at 1 MP and 8.3 GiB at 3 MP (eager's bounded path: 2.2 GiB); 3.2 MP takes a 2048x1536
+# image, the largest side most platforms serve.
+COMPILED_MAX_PIXELS = 3_200_000
 
 
 def openvino_cache() -> Path:
@@ -189,13 +192,20 @@ class OpenVINORunner(Runner):
 
     def compiled(self, x, watch):
         self.request.start_async([x.contiguous().numpy()])
-        if watch is None or watch.deadline is None:
+        if watch is None:
             self.request.wait()
-        elif not self.request.wait_for(max(1, int(1000 * (watch.deadline - time.monotonic())))):
-            # The budget ran out inside the one call: OpenVINO stops it; a canceled request is not reusable.
-            self.request.cancel()
-            self.request = self.graph.create_infer_request()
-            raise OutOfTime(0, 1, watch.elapsed(), watch.budget_s)
+        else:
+            # One call, waited on in slices of a second: progress lines stay due, and the budget can stop it.
+            while True:
+                left = 1.0 if watch.deadline is None else min(1.0, watch.deadline - time.monotonic())
+                if left <= 0:
+                    # OpenVINO stops the call; a canceled request is not reusable.
+                    self.request.cancel()
+                    self.request = self.graph.create_infer_request()
+                    raise OutOfTime(0, 1, watch.elapsed(), watch.budget_s)
+                if self.request.wait_for(max(1, int(1000 * left))):
+                    break
+                watch.poll()
         return tuple(torch.from_numpy(self.request.get_output_tensor(i).data.copy()) for i in range(3))
 
 
@@ -210,7 +220,7 @@ def _sha256(path: Path) -> str:
 class InductorRunner(Runner):
     """torch.compile (Inductor) of ``TruFor.lowres``, dynamic shapes; Dynamo recompiles when an image
     shape breaks a guard (measured: each new shape, about 85 s on 2 cores) and, past its cache limit
-    (``torch._dynamo.config.cache_size_limit``, 8), runs that call eagerly: recompilation is bounded."""
+    (``torch._dynamo.config.recompile_limit``, 8 shapes), runs that code eagerly: recompilation is bounded."""
 
     name = "inductor"
 
@@ -223,12 +233,16 @@ class InductorRunner(Runner):
 
 
 def make_runner(model: TruFor, backend: str, weights_key: str, precision: str = "fp32", threads: int | None = None,
-                cache: Path | None = None, log: Callable[[str], None] = lambda _: None) -> Runner:
-    """The runner for ``backend`` ("auto" resolved by ``choose``) on the model's device and dtype."""
+                cache: Path | None = None, log: Callable[[str], None] = lambda _: None,
+                max_pixels: int = COMPILED_MAX_PIXELS) -> Runner:
+    """The runner for ``backend`` ("auto" resolved by ``choose``) on the model's device and dtype; images over
+    ``max_pixels`` take the eager bounded-memory path on a compiled backend."""
+    if max_pixels < 1:
+        raise BackendError(f"--compiled-max-pixels must be a positive number of pixels, got {max_pixels}")
     device = next(model.parameters()).device
     name = choose(backend, device, model.dtype, precision)
     if name == "openvino":
-        return OpenVINORunner(model, weights_key, threads, cache, log=log)
+        return OpenVINORunner(model, weights_key, threads, cache, max_pixels, log=log)
     if name == "inductor":
-        return InductorRunner(model)
-    return Runner(model)
+        return InductorRunner(model, max_pixels)
+    return Runner(model, max_pixels)

@@ -13,7 +13,12 @@ POOLED_FEATURE_NAMES = (
 ALLOWED_FORMATS = ("JPEG", "MPO", "PNG", "TIFF", "BMP", "WEBP", "GIF", "HEIF")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif",
                     ".heic", ".heif", ".hif")
-DEFAULT_MAX_PIXELS = 100_000_000
+# Measured on the bounded-memory path (2 vCPUs, AVX-512; BENCHMARKS.md "Huge images"): 47 s and 1.7 GiB
+# at 3 MP, 116 s / 2.1 GiB at 6 MP, 355 s / 3.0 GiB at 12 MP. Time grows with the square of the
+# pixels (stage 1's attention), memory linearly: the fit gives ~78 min and ~8.5 GiB at 50 MP, ~5 h and
+# ~16 GiB at 100 MP. 50 MP admits every camera original short of medium format and keeps one image
+# of the worst case within an hour or two of 2 CPUs; anything larger is an error row, never resized.
+DEFAULT_MAX_PIXELS = 50_000_000
 # Decompression bombs: an image over BOMB_MIN_PIXELS must come from at least one byte of file per
 # MAX_PIXELS_PER_BYTE pixels, or it is refused from its header, before any pixel is decoded. Photographs
 # are 2-20 pixels per byte (JPEG) and under 2 (PNG); flat graphics a few hundred at most; a bomb

@@ -104,11 +104,16 @@ class Watch:
     def elapsed(self) -> float:
         return self.clock() - self.start
 
-    def __call__(self) -> None:
-        self.done += 1
+    def poll(self) -> None:
+        """Report if a line is due, without a step (a backend waiting on one long call calls this)."""
         t = self.elapsed()
         if self.report is not None and t >= self.after and (self.reported_at is None or t - self.reported_at >= self.every):
             self.reported_at = t
             self.report(self.done, self.total, t)
+
+    def __call__(self) -> None:
+        self.done += 1
+        self.poll()
+        t = self.elapsed()
         if self.budget_s is not None and t > self.budget_s and self.done < self.total:
             raise OutOfTime(self.done, self.total, t, self.budget_s)

@@ -25,6 +25,7 @@ from pipeline.base.progress import progress
 from pipeline.base.schema import COLUMNS, STATUS_ERROR, STATUS_OK, STATUS_SKIPPED
 from pipeline.base.sql import connect
 from pipeline.base.storage import StorageConfig, StorageOptions, one_line, redact
+from trufor_core.config import SLOW_IMAGE_S
 from pipeline.results.query import parse_since
 from pipeline.review.figures import (HOW_TO_READ, SCALES, SHA256_RE, colorize, css_gradient, encode_jpeg, encode_png,
                                      fit_size, load_maps, overlay, read_original, resize_map, resize_rgb)
@@ -109,6 +110,7 @@ class Summary:
     error_messages: int = 0
     runs: list = field(default_factory=list)
     untrained: int = 0
+    slow: list = field(default_factory=list)  # images whose forward ran past SLOW_IMAGE_S or out of its budget
 
 
 def query_report(cfg: ReportConfig, storage: StorageConfig) -> tuple[list[dict], Summary]:
@@ -136,10 +138,17 @@ def query_report(cfg: ReportConfig, storage: StorageConfig) -> tuple[list[dict],
         s.error_messages = con.execute("SELECT count(DISTINCT replace(error, uri, '<file>')) FROM scope "
                                        "WHERE status = ?", [STATUS_ERROR]).fetchone()[0]
         s.runs = [dict(zip(("run_id", "weights_sha256", "noiseprint_sha256", "untrained", "code_version", "precision",
-                            "first", "last", "rows"), r)) for r in con.execute(
+                            "first", "last", "rows", "backends"), r)) for r in con.execute(
             "SELECT run_id, weights_sha256, noiseprint_sha256, weights_untrained, code_version, precision, "
-            "min(scanned_at), max(scanned_at), count(*) FROM scope WHERE run_id IS NOT NULL GROUP BY ALL "
+            "min(scanned_at), max(scanned_at), count(*), string_agg(DISTINCT backend, ', ' ORDER BY backend) "
+            "FROM scope WHERE run_id IS NOT NULL GROUP BY ALL "
             "ORDER BY min(scanned_at) NULLS LAST, run_id LIMIT 200").fetchall()]
+        # Images that took minutes, or ran out of their budget (--max-seconds-per-image): how far each got.
+        s.slow = [dict(zip(("uri", "status", "seconds", "steps", "backend", "error", "width", "height"), r))
+                  for r in con.execute(
+            "SELECT uri, status, elapsed_ms / 1000, steps, backend, error, width, height FROM scope "
+            "WHERE elapsed_ms >= ? OR (status = ? AND error LIKE 'out of time: %') "
+            "ORDER BY elapsed_ms DESC NULLS FIRST, uri LIMIT 50", [SLOW_IMAGE_S * 1000, STATUS_ERROR]).fetchall()]
         s.untrained = con.execute("SELECT count(*) FROM scope WHERE weights_untrained").fetchone()[0]
     finally:
         con.close()
@@ -296,7 +305,7 @@ def build_report(cfg: ReportConfig) -> ReportResult:
         scales={k: (css_gradient(k), v[1]) for k, v in SCALES.items()},
         filters=scope_filter(cfg)[2],
         generated=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), code_version=code_version(),
-        statuses=(STATUS_OK, STATUS_ERROR, STATUS_SKIPPED), hist_bins=HIST_BINS)
+        statuses=(STATUS_OK, STATUS_ERROR, STATUS_SKIPPED), hist_bins=HIST_BINS, slow_image_s=SLOW_IMAGE_S)
     (out / "index.html").write_text(html, encoding="utf-8")
     t3 = time.monotonic()
     res = ReportResult(index=out / "index.html", shown=len(cards), candidates_total=summary.candidates_total,

@@ -73,7 +73,7 @@ class ScanConfig(WeightsOptions, BatchOptions, StorageOptions):
     gpus_per_actor: float | None = field(default=None, metadata=opt("default: 1 when a GPU exists, else 0"))
     cpus_per_actor: float | None = field(default=None, metadata=opt("default: the CPUs shared among actors"))
     max_pixels: int = field(default=DEFAULT_MAX_PIXELS, metadata=opt("larger images become error rows (never resized)"))
-    max_seconds_per_image: float = field(default=1800.0, metadata=opt(
+    max_seconds_per_image: float = field(default=3600.0, metadata=opt(
         "seconds one image may take in the model (0: no limit); past it the image gets a transient error row saying "
         "how far it got (retried by the next sweep); progress lines from a minute on (docs/scanning.md \"Huge "
         "images\")"))

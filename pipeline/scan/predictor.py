@@ -19,7 +19,7 @@ from pipeline.base.schema import (DECODED_COLUMNS, ERROR_TRANSIENT, STATUS_ERROR
 from pipeline.base.storage import StorageConfig, local_copy, one_line, redact
 from pipeline.scan.dedup import CopyMarker
 from trufor_core import EvalConfig, load_trufor
-from trufor_core.backends import make_runner, openvino_cache
+from trufor_core.backends import COMPILED_MAX_PIXELS, make_runner, openvino_cache
 from trufor_core.config import POOLED_FEATURE_NAMES, SLOW_IMAGE_S
 from trufor_core.model import autocast, describe_device, resolve_device
 from trufor_core.progress import OutOfTime, Watch
@@ -44,6 +44,7 @@ class PredictorConfig(BatchOptions):
         storage: object-store endpoint settings.
         precision: "fp32" (default), "bf16" or "fp16" (autocast; ``trufor_core.model.autocast``).
         backend: what runs the forward (``trufor_core.backends``: auto, eager, openvino, inductor).
+        compiled_max_pixels: larger images take the eager bounded-memory path on a compiled backend.
         timings_dir: when set, each call appends its timings to ``actor-<pid>.jsonl`` there (benchmarks).
         dedup: do not score bytes (sha256) already scored with these weights, in earlier runs
             (``known_hashes``) or earlier in this actor: such rows are marked ``dedup.pending`` and
@@ -66,6 +67,7 @@ class PredictorConfig(BatchOptions):
     storage: StorageConfig = field(default_factory=StorageConfig)
     precision: str = "fp32"
     backend: str = "auto"
+    compiled_max_pixels: int = COMPILED_MAX_PIXELS
     dedup: bool = False
     timings_dir: str | None = None
     noise_anomaly: str | None = None
@@ -113,7 +115,8 @@ class TruForPredictor:
                                             device=self.device, noiseprint=noiseprint)
         self.ev = EvalConfig()
         self.runner = make_runner(self.model, cfg.backend, f"{self.info.sha256}:{self.info.noiseprint_sha256}:{cfg.variant}",
-                                  cfg.precision, torch.get_num_threads(), openvino_cache())
+                                  cfg.precision, torch.get_num_threads(), openvino_cache(),
+                                  max_pixels=cfg.compiled_max_pixels)
         self.device_desc = describe_device(self.device)
         self.node_id = _node_id()
         self.copies = CopyMarker(cfg.dedup, known_hashes)
