@@ -76,6 +76,18 @@ def test_backend_choice_refuses_what_cannot_run():
         choose("tensorrt", cpu, torch.float32, "fp32")
 
 
+def test_openvino_refused_where_it_fails(monkeypatch):
+    """Measured: OpenVINO's CPU plugin fails under oneDNN's SSE4.1 limit (its layer norm): auto is eager
+    there, and an explicit openvino is one clear line, not an error row per image."""
+    cpu = torch.device("cpu")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "SSE41")
+    assert choose("auto", cpu, torch.float32, "fp32") == "eager"
+    with pytest.raises(BackendError, match="ONEDNN_MAX_CPU_ISA=SSE41 .OpenVINO's CPU plugin needs at least AVX."):
+        choose("openvino", cpu, torch.float32, "fp32")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert choose("auto", cpu, torch.float32, "fp32") == "openvino"
+
+
 def test_large_images_take_the_bounded_path(tiny, ov):
     """Over the compiled graph's pixel limit, the eager bounded-memory path runs, and says so."""
     x = torch.rand(1, 3, 64, 96)

@@ -35,7 +35,7 @@ from .result import TruForOutput
 from .weights import cache_dir
 
 BACKENDS = ("auto", "eager", "openvino", "inductor")
-BACKEND_HELP = ("auto (OpenVINO on the CPU in fp32 float32, else eager), eager (PyTorch), openvino (CPU) or "
+BACKEND_HELP = ("auto (OpenVINO on the CPU in fp32 float32 with at least AVX, else eager), eager (PyTorch), openvino (CPU) or "
                 "inductor (torch.compile; recompiles per image shape); measured in BENCHMARKS.md "
                 "\"Compiled model paths\"")
 # What a compiled graph evaluates: the whole image at once, attention by the fused kernel.
@@ -57,6 +57,16 @@ class BackendError(RuntimeError):
     """A backend that cannot run here or with these settings."""
 
 
+def openvino_blocked() -> str | None:
+    """Why OpenVINO's CPU plugin cannot run in this process, or None. Measured: with oneDNN limited to
+    SSE4.1 (``ONEDNN_MAX_CPU_ISA=SSE41``, which OpenVINO's own oneDNN reads too) its layer norm fails
+    ("MVN node ... bad combination"); AVX, AVX2 and AVX-512 limits run."""
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+    if isa.startswith("SSE"):
+        return f"ONEDNN_MAX_CPU_ISA={isa} (OpenVINO's CPU plugin needs at least AVX)"
+    return None
+
+
 def choose(name: str, device: torch.device, dtype: torch.dtype, precision: str) -> str:
     """The backend ``name`` means on ``device`` for a ``dtype`` model at ``precision``; refuses a
     combination that cannot run (never a silent substitute)."""
@@ -64,10 +74,12 @@ def choose(name: str, device: torch.device, dtype: torch.dtype, precision: str) 
         raise BackendError(f"unknown backend {name!r}; expected one of {BACKENDS}")
     plain = dtype == torch.float32 and precision == "fp32"
     if name == "auto":
-        return "openvino" if device.type == "cpu" and plain else "eager"
+        return "openvino" if device.type == "cpu" and plain and openvino_blocked() is None else "eager"
     if name == "openvino" and (device.type != "cpu" or not plain):
         raise BackendError(f"the openvino backend runs float32 fp32 on the CPU only (asked: {device}, {dtype}, "
                            f"{precision}): use --backend eager or inductor")
+    if name == "openvino" and openvino_blocked():
+        raise BackendError(f"the openvino backend cannot run here: {openvino_blocked()}; use --backend eager")
     return name
 
 
