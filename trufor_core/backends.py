@@ -88,7 +88,7 @@ class Runner:
 
     ``x`` is the model's input (B, 3, H, W); ``ev`` is how the eager path evaluates it (bounded memory).
     The path name goes into each row (`backend` column): e.g. "openvino 2026.4.1" or
-    "eager (bounded: over 4000000 px)" for an image a compiled graph does not take.
+    "eager (bounded: over 3200000 px)" for an image a compiled graph does not take.
     """
 
     name = "eager"
@@ -140,7 +140,7 @@ class _Lowres(torch.nn.Module):
 class OpenVINORunner(Runner):
     """OpenVINO's CPU plugin on the graph traced from ``TruFor.lowres``, float32, dynamic batch and size.
 
-    Converting takes about 30 s on 2 cores; the converted model is kept in ``cache`` under a key of
+    Converting took 10-12 s on 2 cores (BENCHMARKS.md); the converted model is kept in ``cache`` under a key of
     the weights (``weights_key``), this package's source and the torch/OpenVINO versions, with the
     sha256 of its files checked before it is used (an edited cache file is converted again).
     """
@@ -158,7 +158,7 @@ class OpenVINORunner(Runner):
         core = ov.Core()
         ir = self._cached(core, cache, key) if cache else None
         if ir is None:
-            log("openvino: converting the model (once per weights and version; about 30 s on 2 cores)")
+            log("openvino: converting the model (once per weights and version on this machine; about 10 s on 2 cores)")
             ir = self._convert(ov, model)
             if cache:
                 self._store(ov, ir, cache, key)
@@ -231,7 +231,7 @@ def _sha256(path: Path) -> str:
 
 class InductorRunner(Runner):
     """torch.compile (Inductor) of ``TruFor.lowres``, dynamic shapes; Dynamo recompiles when an image
-    shape breaks a guard (measured: each new shape, about 85 s on 2 cores) and, past its cache limit
+    shape breaks a guard (measured: each new shape, 65-150 s on 2 cores) and, past its cache limit
     (``torch._dynamo.config.recompile_limit``, 8 shapes), runs that code eagerly: recompilation is bounded."""
 
     name = "inductor"

@@ -307,8 +307,10 @@ def _score(cfg: ScanConfig, plan: Plan, writer: ResultWriter, resolver, predicto
     address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
     log(f"{run.command} {run.run_id}: " + (f"connecting to Ray at {redact(address)}" if address else "starting Ray"))
     started_ray = _init_ray(cfg)
+    convert = (" (on the CPU OpenVINO converts the model once per weights and version on a machine: about 10 s)"
+               if cfg.backend in ("auto", "openvino") else "")
     log(f"{run.command} {run.run_id}: Ray ready after {time.monotonic() - t0:.0f} s; {cfg.actors} actor(s) load the "
-        "weights, then the first batch")
+        f"weights{convert}, then the first batch")
     bar = progress(plan.to_scan, run.command, cfg.progress_every_s)
     first = True
     # Lines about images past a minute come from the actors through a Ray queue, printed above the bar.
