@@ -72,6 +72,36 @@ def test_small_fixture_parity_openvino(openvino_runner, name, image):
     assert got["map"].std() > 1e-3
 
 
+def test_openvino_mixed_shapes(model, synth_ckpt):
+    """An archive's shapes in a shuffled order through one OpenVINO graph (one thread, as a scan actor
+    on a small node): every call matches eager. With OpenVINO's per-shape kernel cache on, this
+    sequence gave scores off by up to 0.16 after some shape switches (the two-node scan test caught it)."""
+    import random
+
+    from trufor_core.backends import make_runner
+    from trufor_core.checkpoint import sha256_file
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        runner = make_runner(model, "openvino", sha256_file(synth_ckpt), threads=1)
+        rng = np.random.default_rng(0)
+        xs = {n: to_model_input(decode_rgb(IMAGES / n)[0])
+              for n in ("tampered2.png", "pristine1.jpg", "synthetic_odd_333x517.png")}
+        for h, w in [(64, 96), (45, 33), (40, 56), (48, 64), (192, 288)]:
+            xs[f"{h}x{w}"] = torch.from_numpy(rng.integers(0, 256, (1, 3, h, w)).astype(np.float32)) / 256
+        with torch.inference_mode():
+            ref = {k: model(x).det_logit for k, x in xs.items()}
+            order = list(xs) * 3
+            random.Random(1).shuffle(order)
+            for k in order:
+                got, path = runner(xs[k], EvalConfig())
+                assert path.startswith("openvino")
+                assert_f32_close(got.det_logit.numpy(), ref[k].numpy(), "det_logit")
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.slow
 def test_large_fixture_parity_bounded_path(model, alt_model):
     """tampered1 (1536x2048) runs through the tiled/chunked path by default and matches.
