@@ -364,7 +364,8 @@ class ProgressLines:
                 continue
             except Exception:  # noqa: BLE001 - the queue is gone (Ray shut down): nothing more will come
                 return
-            self.bar.write(str(line), file=self.bar.fp)
+            # A uri is data: one line, no control characters or credentials, as every message.
+            self.bar.write(one_line(redact(str(line))), file=self.bar.fp)
 
     def close(self) -> None:
         self._stop.set()
