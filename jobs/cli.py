@@ -266,6 +266,13 @@ def _cmd_weights_download(cfg) -> int:
     return EXIT_OK
 
 
+def _cmd_weights_get(cfg) -> int:
+    from mantranet_core.weights import get_weights
+
+    print(get_weights(cfg.dir, source=cfg.source, url=cfg.url, blob_sha1=cfg.blob_sha1))
+    return EXIT_OK
+
+
 def _cmd_weights_synthesize(cfg) -> int:
     from trufor_core.checkpoint import write_synthetic_checkpoint
 
@@ -277,7 +284,9 @@ def _cmd_weights_synthesize(cfg) -> int:
 
 
 def _cmd_weights_licence(_) -> int:
-    print(LICENCE_NOTICE)
+    from mantranet_core.weights import LICENCE_NOTICE as MANTRANET_LICENCE
+
+    print(LICENCE_NOTICE + "\n\n" + MANTRANET_LICENCE)
     return EXIT_OK
 
 
@@ -352,9 +361,11 @@ COMMAND_TABLE: tuple[Command, ...] = (
             "noiseprint_lab.splice_eval:SpliceEvalConfig", _cmd_eval_splices, aliases=("eval-splices",)),
     Command("weights download", "fetch the official weights (MD5-checked) and show the licence",
             "jobs.weights:DownloadConfig", _cmd_weights_download),
+    Command("weights get", "a second detector's official weights (mantranet: ManTraNet_Ptrain4.h5, checksum-"
+            "verified; --from FILE offline) and their licence", "jobs.weights:GetConfig", _cmd_weights_get),
     Command("weights synthesize", "build UNTRAINED weights with the parity-fixture recipe (tests, benchmarks)",
             "jobs.weights:SynthesizeConfig", _cmd_weights_synthesize),
-    Command("weights licence", "print the licence terms of the official weights",
+    Command("weights licence", "print the licence terms of the official weights (TruFor, ManTra-Net)",
             "jobs.weights:LicenceConfig", _cmd_weights_licence),
 )
 GROUP_HELP = {"noiseprint": "the Noiseprint++ lab: corpora, training, evaluation, localisers",

@@ -17,6 +17,8 @@ SHARED = Path(os.environ.get("TRUFOR_SHARED", REPO.parent / "shared"))
 FIXTURES = SHARED / "fixtures" / "trufor_parity"
 FIXTURES_F64 = SHARED / "fixtures" / "trufor_parity_f64"
 IMAGES = SHARED / "fixtures" / "images"
+MANTRANET_FIXTURES = SHARED / "fixtures" / "mantranet_parity"
+MANTRANET_H5 = MANTRANET_FIXTURES / "mantranet_synth_ptrain4.h5"  # synthesized, Ptrain4 layout (its README)
 NOISEPRINT = SHARED / "weights" / "noiseprint++.th"
 
 
@@ -99,6 +101,18 @@ def write_parts(output, run_id: str, date: str, tables: list, state: str = "comp
         w.commit()
     w.close(state)
     return w
+
+
+@pytest.fixture(scope="session")
+def mantranet_h5(shared) -> Path:
+    """ManTra-Net weights in the official HDF5 layout (synthesized: the fixtures' README)."""
+    return MANTRANET_H5
+
+
+def mantranet_npz(name: str) -> dict[str, np.ndarray]:
+    """The official ManTra-Net code's outputs for one input (float32 and f64_* fields)."""
+    with np.load(MANTRANET_FIXTURES / f"{name}.npz") as z:
+        return {k: z[k] for k in z.files}
 
 
 def fixture_npz(name: str, f64: bool = False) -> dict[str, np.ndarray]:

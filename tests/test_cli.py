@@ -305,3 +305,31 @@ def test_a_single_valued_option_given_twice_is_refused(capsys):
     assert "argument --input: given more than once" in capsys.readouterr().err
     args = build_parser("export").parse_args(["export", "out", "--uri", "a", "b", "--uri", "c", "--out", "x"])
     assert args.uri == ["a", "b", "c"]
+
+
+def test_weights_get_mantranet_verifies_the_git_blob_id(http_root, tmp_path, capsys):
+    """Downloaded or copied from a file (offline), the weights are kept only when their git object id is the
+    official repository's; the licence is printed."""
+    import subprocess
+
+    from mantranet_core.weights import FILE_NAME, git_blob_sha1
+
+    root, base = http_root
+    (root / "m.h5").write_bytes(b"keras weights \x00 bytes")
+    blob = subprocess.run(["git", "hash-object", str(root / "m.h5")], capture_output=True, text=True,
+                          timeout=30).stdout.strip()
+    assert git_blob_sha1(root / "m.h5") == blob  # the same id git computes
+    rc = main(["weights", "get", "mantranet", "--dir", str(tmp_path / "d"), "--url", f"{base}/m.h5", "--blob-sha1", blob])
+    captured = capsys.readouterr()
+    assert rc == 0 and (tmp_path / "d" / FILE_NAME).read_bytes() == (root / "m.h5").read_bytes()
+    assert "NON-COMMERCIAL" in captured.err and "USC" in captured.err
+    assert captured.out.strip() == str(tmp_path / "d" / FILE_NAME)
+    # the official id: these bytes are not it -> one line, nothing kept
+    assert main(["weights", "get", "mantranet", "--dir", str(tmp_path / "e"), "--url", f"{base}/m.h5"]) == 2
+    assert "checksum mismatch" in capsys.readouterr().err
+    assert list((tmp_path / "e").iterdir()) == []
+    rc = main(["weights", "get", "mantranet", "--dir", str(tmp_path / "f"), "--from", str(root / "m.h5"),
+               "--blob-sha1", blob])
+    assert rc == 0 and (tmp_path / "f" / FILE_NAME).is_file()
+    assert main(["weights", "get", "mantranet", "--dir", str(tmp_path / "g"), "--url", f"{base}/missing.h5"]) == 2
+    assert "could not download" in capsys.readouterr().err

@@ -9,10 +9,10 @@ import sys
 
 from conftest import REPO
 
-PACKAGES = ("trufor_core", "pipeline", "jobs", "noiseprint_lab")
+PACKAGES = ("trufor_core", "mantranet_core", "pipeline", "jobs", "noiseprint_lab")
 # Lowest first: a module may import its own layer and the layers before it, never a later one.
 # pipeline.scan and pipeline.results do not import each other (tested: either order would hold).
-LAYERS = ("trufor_core", "pipeline.base", "noiseprint_lab", "pipeline.scan", "pipeline.results", "pipeline.review",
+LAYERS = ("trufor_core", "mantranet_core", "pipeline.base", "noiseprint_lab", "pipeline.scan", "pipeline.results", "pipeline.review",
           "jobs")
 
 
@@ -93,7 +93,8 @@ def test_packages_import_only_downwards():
 
 
 def test_library_packages_import_without_ray():
-    code = ("import sys, noiseprint_lab.training, noiseprint_lab.metrics, noiseprint_lab.data, noiseprint_lab.cameras; "
+    code = ("import sys, noiseprint_lab.training, noiseprint_lab.metrics, noiseprint_lab.data, noiseprint_lab.cameras, "
+            "mantranet_core, mantranet_core.weights; "
             "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert out.returncode == 0, out.stderr

@@ -61,7 +61,7 @@ def add_options(parser: argparse.ArgumentParser, cls, command: str, defaults: di
         typ, _ = _base(hints[f.name])
         default = (defaults or {}).get(f.name, f.default)
         if m["positional"]:
-            parser.add_argument(f.name, help=m["help"].replace("%", "%%"), metavar=m["metavar"])
+            parser.add_argument(f.name, help=m["help"].replace("%", "%%"), metavar=m["metavar"], choices=m["choices"])
             continue
         flags = m["flag"] or "--" + f.name.replace("_", "-")
         flags = (flags,) if isinstance(flags, str) else tuple(flags)
