@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from pipeline.base.listing import iter_listing
-from pipeline.base.model_options import UNTRAINED_WEIGHTS, WeightsOptions, weights_line
+from pipeline.base.model_options import MANTRANET_UNTRAINED, UNTRAINED_WEIGHTS, WeightsOptions, weights_line
 from pipeline.base.options import opt
 from pipeline.base.progress import note_slow, progress
 from pipeline.base.storage import StorageConfig, local_path
@@ -22,10 +22,11 @@ from trufor_core import EvalConfig, load_trufor
 from trufor_core.backends import make_runner, openvino_cache
 from trufor_core.image import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, decode_rgb, to_model_input
 from trufor_core.model import autocast, describe_device, resolve_device
-from trufor_core.progress import Watch
+from trufor_core.progress import Watch, on_step
 from trufor_core.weights import resolve_weights
 
 NAME_MAX = 255  # bytes in one file name (ext4, xfs, APFS)
+MODELS = ("trufor", "mantranet")
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,9 @@ class PredictConfig(WeightsOptions):
                                                       flag=("--save-np", "--save_np")))
     overwrite: bool = field(default=False, metadata=opt("replace existing outputs (the official script keeps them)"))
     device: str = field(default="auto", metadata=opt("auto, cpu, cuda or cuda:N"))
+    model: str = field(default="trufor", metadata=opt(
+        "which detector: trufor (the official .npz fields) or mantranet (ManTra-Net; --checkpoint a Keras .h5, "
+        "default the file `weights get mantranet` cached; writes map and score)", choices=MODELS))
     max_pixels: int = field(default=DEFAULT_MAX_PIXELS, metadata=opt("refuse images with more pixels"))
 
 
@@ -124,16 +128,7 @@ def run_predict(cfg: PredictConfig, log=lambda m: print(m, file=sys.stderr)) -> 
         raise ValueError(f"--output {cfg.output!r} is a file name but {len(images)} images were listed; "
                          "give a directory")
     device = resolve_device(cfg.device)
-    ckpt = resolve_weights(cfg.checkpoint, allow_download=cfg.allow_download, log=log)
-    model, info = load_trufor(ckpt, noiseprint=cfg.noiseprint_weights, variant=cfg.variant, device=device)
-    summary.weights, summary.untrained = weights_line(str(info.path), info.sha256, info.untrained), info.untrained
-    log(f"=> {summary.weights}, device {describe_device(device)}")
-    if info.untrained:
-        log(f"WARNING: {UNTRAINED_WEIGHTS}")
-    runner = make_runner(model, cfg.backend, f"{info.sha256}:{info.noiseprint_sha256}:{cfg.variant}", cfg.precision,
-                         cache=openvino_cache(), log=log, max_pixels=cfg.compiled_max_pixels)
-    log(f"=> backend {runner.name}")
-    ev = EvalConfig()
+    score_image = (_trufor if cfg.model == "trufor" else _mantranet)(cfg, device, summary, log)
     bar = progress(len(images), "predict")
     for path in images:
         t1 = time.monotonic()
@@ -143,14 +138,10 @@ def run_predict(cfg: PredictConfig, log=lambda m: print(m, file=sys.stderr)) -> 
         else:
             try:
                 rgb, _ = decode_rgb(path, cfg.max_pixels)
-                x = to_model_input(rgb).to(device)
                 # A line per minute for an image that takes longer (step k of N: tiles, chunks, bands).
-                watch = Watch(runner.steps(x, ev), report=lambda done, total, s, path=path: bar.write(
+                fields = score_image(rgb, lambda done, total, s, path=path: bar.write(
                     f"{path}: step {done}/{total} after {s:.0f} s", file=bar.fp))
-                with torch.inference_mode(), autocast(device, cfg.precision):
-                    res = runner(x, ev, watch)[0].results()[0]
-                fields = res.official_npz(save_np=cfg.save_np)
-                if info.untrained:
+                if summary.untrained:
                     fields["weights_untrained"] = True
                 Path(out).parent.mkdir(parents=True, exist_ok=True)
                 tmp = os.path.join(os.path.dirname(out) or ".", f".part-{os.getpid()}.npz")
@@ -168,3 +159,54 @@ def run_predict(cfg: PredictConfig, log=lambda m: print(m, file=sys.stderr)) -> 
     bar.close()
     summary.seconds = time.monotonic() - t0
     return summary
+
+
+def _say_weights(summary: PredictSummary, path, sha256: str, untrained: bool, device, log,
+                 warning: str = UNTRAINED_WEIGHTS) -> None:
+    summary.weights, summary.untrained = weights_line(str(path), sha256, untrained), untrained
+    log(f"=> {summary.weights}, device {describe_device(device)}")
+    if untrained:
+        log(f"WARNING: {warning}")
+
+
+def _trufor(cfg: PredictConfig, device, summary: PredictSummary, log):
+    """TruFor loaded once; returns rgb, report -> the official script's .npz fields."""
+    ckpt = resolve_weights(cfg.checkpoint, allow_download=cfg.allow_download, log=log)
+    model, info = load_trufor(ckpt, noiseprint=cfg.noiseprint_weights, variant=cfg.variant, device=device)
+    _say_weights(summary, info.path, info.sha256, info.untrained, device, log)
+    runner = make_runner(model, cfg.backend, f"{info.sha256}:{info.noiseprint_sha256}:{cfg.variant}", cfg.precision,
+                         cache=openvino_cache(), log=log, max_pixels=cfg.compiled_max_pixels)
+    log(f"=> backend {runner.name}")
+    ev = EvalConfig()
+
+    def score(rgb: np.ndarray, report) -> dict:
+        x = to_model_input(rgb).to(device)
+        watch = Watch(runner.steps(x, ev), report=report)
+        with torch.inference_mode(), autocast(device, cfg.precision):
+            res = runner(x, ev, watch)[0].results()[0]
+        return res.official_npz(save_np=cfg.save_np)
+
+    return score
+
+
+def _mantranet(cfg: PredictConfig, device, summary: PredictSummary, log):
+    """ManTra-Net loaded once; returns rgb, report -> {map: full-resolution float32 likelihood (the official
+    demo's output), score: its maximum (``mantranet_core.image_score``), imgsize, weights_sha256}."""
+    from mantranet_core import count_steps, load_mantranet, to_input
+    from mantranet_core.weights import resolve_weights as resolve_mantranet
+
+    if cfg.backend not in ("auto", "eager") or cfg.precision != "fp32" or cfg.save_np or cfg.noiseprint_weights:
+        raise ValueError("--model mantranet runs eager in fp32 and has no Noiseprint++: drop --backend "
+                         f"{cfg.backend} / --precision {cfg.precision} / --save-np / --noiseprint-weights")
+    model, info = load_mantranet(resolve_mantranet(cfg.checkpoint), device=device)
+    _say_weights(summary, info.path, info.sha256, info.untrained, device, log, MANTRANET_UNTRAINED)
+    log("=> model ManTra-Net (Ptrain4), backend eager")
+
+    def score(rgb: np.ndarray, report) -> dict:
+        x = to_input(rgb).to(device)
+        with torch.inference_mode(), on_step(Watch(count_steps(*rgb.shape[:2]), report=report)):
+            out = model(x)
+        return {"map": out.mask[0].float().cpu().numpy(), "score": np.float32(out.score[0].item()),
+                "imgsize": np.array(rgb.shape[:2]), "weights_sha256": info.sha256}
+
+    return score

@@ -60,6 +60,18 @@ def count_steps(h: int, w: int, tile: int | None = DEFAULT_TILE) -> int:
     return 2 * len(tiles(h, w, tile))
 
 
+def image_score(mask: torch.Tensor) -> torch.Tensor:
+    """The image-level score of (N, H, W) masks: each map's maximum.
+
+    ManTra-Net has no image-level output. The maximum reads "somewhere in this image a region looks
+    manipulated", needs no parameter, and is how the noise-anomaly second opinion scores too, so both
+    second opinions read alike. A high percentile would hide small edits (a splice of 0.5% of the image
+    stays under the 99th percentile); the map is smooth (7x7 convs on 7..31-pixel windows), so one stray
+    pixel does not make the maximum. Larger images give the maximum more chances: compare scores within
+    a size band, or calibrate per source (`calibrate`)."""
+    return mask.flatten(1).amax(1)
+
+
 @dataclass
 class ManTraNetOutput:
     logits: torch.Tensor  # (N, 1, H, W) pre-sigmoid
@@ -69,6 +81,11 @@ class ManTraNetOutput:
     def mask(self) -> torch.Tensor:
         """(N, H, W) forgery likelihood in [0, 1], the official demo's output."""
         return torch.sigmoid(self.logits[:, 0])
+
+    @property
+    def score(self) -> torch.Tensor:
+        """(N,) image-level scores (``image_score``)."""
+        return image_score(self.mask)
 
 
 class ManTraNet(nn.Module):

@@ -48,6 +48,20 @@ def mantranet_cache() -> Path:
     return cache_dir() / "mantranet"
 
 
+def resolve_weights(path: str | os.PathLike | None) -> Path:
+    """The ManTra-Net weights to use: ``path``, else the cached official file (``weights get mantranet``)."""
+    if path:
+        p = Path(path).expanduser()
+        if not p.is_file():
+            raise WeightsError(f"ManTra-Net weights {p} is not a file")
+        return p
+    cached = mantranet_cache() / FILE_NAME
+    if not cached.is_file():
+        raise WeightsError(f"no ManTra-Net weights given and none in {cached}: run `trufor-scan weights get mantranet` "
+                           "(or `--from FILE` offline), or pass the .h5 file")
+    return cached
+
+
 def _install(tmp: Path, dest_dir: Path, expected: str, origin: str) -> Path:
     got = git_blob_sha1(tmp)
     if got != expected:

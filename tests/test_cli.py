@@ -333,3 +333,23 @@ def test_weights_get_mantranet_verifies_the_git_blob_id(http_root, tmp_path, cap
     assert rc == 0 and (tmp_path / "f" / FILE_NAME).is_file()
     assert main(["weights", "get", "mantranet", "--dir", str(tmp_path / "g"), "--url", f"{base}/missing.h5"]) == 2
     assert "could not download" in capsys.readouterr().err
+
+
+def test_predict_mantranet_writes_map_and_score(mantranet_h5, tmp_path, capsys):
+    """`predict --model mantranet`: the full-resolution map the official demo returns (within the float32
+    tolerance of its own output on this fixture), its maximum as the score, the weights said to be untrained."""
+    from conftest import IMAGES, mantranet_npz
+    from tolerances import MANTRANET_F32_ATOL
+
+    out = tmp_path / "p.npz"
+    rc = main(["predict", "--model", "mantranet", "--checkpoint", str(mantranet_h5), "--input",
+               str(IMAGES / "pristine1.jpg"), "--output", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 0 and "ManTra-Net weights are UNTRAINED" in err
+    z, ref = np.load(out), mantranet_npz("pristine1")
+    assert z["map"].dtype == np.float32 and z["map"].shape == ref["mask"].shape
+    assert np.abs(z["map"] - ref["mask"]).max() < MANTRANET_F32_ATOL["mask_vs_official_f32"]
+    assert float(z["score"]) == float(z["map"].max()) and bool(z["weights_untrained"])
+    rc = main(["predict", "--model", "mantranet", "--checkpoint", str(mantranet_h5), "--input",
+               str(IMAGES / "pristine1.jpg"), "--output", str(tmp_path / "q.npz"), "--backend", "openvino"])
+    assert rc == 2 and "runs eager in fp32" in capsys.readouterr().err

@@ -14,6 +14,9 @@ from trufor_core.model import PRECISION_HELP, PRECISIONS
 UNTRAINED_WEIGHTS = ("these weights are UNTRAINED (synthesized for tests by `weights synthesize`): their scores and "
                      "maps mean nothing; scan with the released TruFor weights (`weights download`)")
 
+MANTRANET_UNTRAINED = ("these ManTra-Net weights are UNTRAINED (the synthesized parity-fixture file): their scores and "
+                       "maps mean nothing; get the official ones with `trufor-scan weights get mantranet`")
+
 
 def weights_line(path: str, sha256: str, untrained: bool) -> str:
     """Which weights a run scores with, said at its start."""
