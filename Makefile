@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install browser scan predict test docs bench bench-scan bench-backends bench-float bench-sweep bench-precision bench-gpu bench-flops bench-report bench-duplicates bench-calibration bench-evaluate
+.PHONY: install browser scan predict test docs bench bench-scan bench-backends bench-mantranet bench-float bench-sweep bench-precision bench-gpu bench-flops bench-report bench-duplicates bench-calibration bench-evaluate
 
 $(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -75,6 +75,9 @@ bench-scan: $(STAMP)
 	$(BIN)/python bench/bench_scan.py $(ARGS)
 
 # The model through each backend (eager, OpenVINO, torch.compile) at 0.4, 1 and 3 MP and the scan's batch.
+bench-mantranet: $(STAMP)
+	$(BIN)/python bench/bench_mantranet.py $(ARGS)
+
 bench-backends: $(STAMP)
 	$(BIN)/python bench/bench_backends.py $(ARGS)
 

@@ -367,7 +367,7 @@ def test_predictor_noise_anomaly_second_opinion(shared, synth_ckpt, model, tmp_p
         heat = fitted.heatmap(model.dncnn, img)
         assert r.noise_anomaly_score == pytest.approx(float(heat.max()), rel=1e-5)
         assert r.noise_anomaly_model == sha256_file(path) and r.score is not None  # TruFor's own score unchanged
-        stored = maps.load_noise_anomaly(resolve_ref(str(tmp_path), r.noise_anomaly_map_uri))
+        stored = maps.load_lowres_map(resolve_ref(str(tmp_path), r.noise_anomaly_map_uri))
         assert stored.shape == img.shape[:2] and r.noise_anomaly_map_uri.endswith(f".na-{r.noise_anomaly_model[:16]}.npz")
         # Stored as the heat map's 4 x 4 cell means in float16 (rounding ~5e-4 relative).
         with np.load(resolve_ref(str(tmp_path), r.noise_anomaly_map_uri)) as z:
@@ -389,3 +389,36 @@ def test_predictor_noise_anomaly_second_opinion(shared, synth_ckpt, model, tmp_p
     with pytest.raises(ValueError, match="fitted on the features of another Noiseprint"):
         TruForPredictor(PredictorConfig(checkpoint=str(synth_ckpt), output_root=str(tmp_path / "m3"), run_id="x",
                                         code_version="t", noise_anomaly=str(tmp_path / "other.pt")))
+
+
+def test_predictor_mantranet_second_opinion(shared, synth_ckpt, mantranet_h5, tmp_path):
+    """`scan --mantranet`: ManTra-Net's score (its map's maximum, equal to `predict --model mantranet`'s) and
+    its stored map (4 x 4 cell means, float16) per image beside TruFor's own outputs, in the same budget."""
+    import torch
+
+    from conftest import IMAGES
+    from mantranet_core import load_mantranet, to_input
+    from trufor_core.image import decode_rgb
+
+    rgb, _ = decode_rgb(IMAGES / "pristine1.jpg")
+    pix = np.empty(1, dtype=object)
+    pix[:] = [rgb]
+    batch = {"uri": np.array(["p.jpg"], dtype=object), "status": np.array(["ok"], dtype=object),
+             "error": np.array([None], dtype=object), "sha256": np.array(["b" * 64], dtype=object),
+             "size_bytes": np.array([1]), "pixels": pix}
+    cfg = PredictorConfig(checkpoint=str(synth_ckpt), output_root=str(tmp_path), run_id="mt", code_version="test",
+                          mantranet=str(mantranet_h5))
+    (r,) = table_to_rows(maps.store_maps(TruForPredictor(cfg)(batch), cfg.output_root))
+    m, info = load_mantranet(mantranet_h5)
+    with torch.inference_mode():
+        mask = m(to_input(rgb)).mask[0].numpy()
+    assert r.status == "ok" and r.score is not None and r.mantranet_weights == info.sha256
+    assert r.mantranet_score == pytest.approx(float(mask.max()), abs=1e-6)
+    assert r.mantranet_map_uri.endswith(f".mt-{info.sha256[:16]}.npz")
+    stored = maps.load_lowres_map(resolve_ref(str(tmp_path), r.mantranet_map_uri))
+    assert stored.shape == rgb.shape[:2]
+    with np.load(resolve_ref(str(tmp_path), r.mantranet_map_uri)) as z:
+        np.testing.assert_allclose(z["noise"].astype(np.float32), maps.cell_means(mask), atol=1e-3)
+    # the steps of both detectors are counted (progress lines and the time budget cover both)
+    from mantranet_core import count_steps
+    assert r.steps > count_steps(*rgb.shape[:2])

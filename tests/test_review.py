@@ -341,4 +341,4 @@ def test_a_map_reference_to_a_fifo_is_never_opened(tmp_path):
     with pytest.raises(OSError, match="FIFO|not a regular file"):
         maps.load(str(fifo))
     with pytest.raises(OSError, match="FIFO|not a regular file"):
-        maps.load_noise_anomaly(str(fifo))
+        maps.load_lowres_map(str(fifo))

@@ -396,7 +396,7 @@ def test_sweep_with_noise_anomaly_through_ray(ray_env, synth_ckpt, model, tmp_pa
     for name in ("a_repost.png", Path(orig["uri"]).name):
         r = r2[name]
         assert r["noise_anomaly_model"] == sha256_file(na), name
-        heat = maps.load_noise_anomaly(resolve_ref(str(out), r["noise_anomaly_map_uri"]))
+        heat = maps.load_lowres_map(resolve_ref(str(out), r["noise_anomaly_map_uri"]))
         assert heat.shape == (r["height"], r["width"]) and np.isfinite(heat).all()
         # The score is the map's largest value (stored as float16 4x4 cell means, so below or at it).
         assert np.isfinite(r["noise_anomaly_score"]) and heat.max() <= r["noise_anomaly_score"] * (1 + 2e-3)

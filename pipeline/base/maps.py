@@ -113,33 +113,48 @@ def preview_uri(map_uri: str) -> str:
     return map_uri[: -len("npz")] + "png"
 
 
-def pack(margin_lowres: np.ndarray, conf_lowres: np.ndarray, size: tuple[int, int],
-         noise_lowres: np.ndarray | None = None) -> bytes:
+# The second opinions' maps, stored beside the image's TruFor map as 4 x 4 cell means in float16 (the
+# pack key, the file-name prefix, the row's model and map columns): one per (image, model file).
+SECOND_OPINIONS = {"noise": ("na", "noise_anomaly_model", "noise_anomaly_map_uri"),
+                   "mantranet": ("mt", "mantranet_weights", "mantranet_map_uri")}
+
+
+def cell_means(full: np.ndarray) -> np.ndarray:
+    """(H, W) -> (ceil(H/4), ceil(W/4)) means of 4 x 4 cells (edge cells padded with their edge values)."""
+    h, w = full.shape
+    pad = np.pad(full, ((0, -h % 4), (0, -w % 4)), mode="edge")
+    return pad.reshape(pad.shape[0] // 4, 4, pad.shape[1] // 4, 4).mean((1, 3))  # (h/4, 4, w/4, 4) -> cells
+
+
+def pack(margin_lowres: np.ndarray, conf_lowres: np.ndarray, size: tuple[int, int], **second: np.ndarray | None) -> bytes:
     """The model stage's hand-over: the logits as computed (uncompressed: compressing is the map stage's
-    work), and the noise-anomaly heat map at stride 4 when the scan computes one."""
+    work), and each second opinion's map at stride 4 when the scan computes one (``SECOND_OPINIONS`` keys)."""
+    unknown = set(second) - set(SECOND_OPINIONS)
+    if unknown:
+        raise ValueError(f"unknown second opinions {sorted(unknown)}")
     buf = io.BytesIO()
-    extra = {} if noise_lowres is None else {"noise": noise_lowres}
+    extra = {k: v for k, v in second.items() if v is not None}
     np.savez(buf, margin=margin_lowres, conf=conf_lowres, size=np.asarray(size, np.int64), **extra)
     return buf.getvalue()
 
 
-def unpack(data: bytes) -> tuple[np.ndarray, np.ndarray, tuple[int, int], np.ndarray | None]:
+def unpack(data: bytes) -> tuple[np.ndarray, np.ndarray, tuple[int, int], dict[str, np.ndarray]]:
     with np.load(io.BytesIO(data), allow_pickle=False) as z:
-        noise = z["noise"] if "noise" in z.files else None
-        return z["margin"], z["conf"], (int(z["size"][0]), int(z["size"][1])), noise
+        second = {k: z[k] for k in SECOND_OPINIONS if k in z.files}
+        return z["margin"], z["conf"], (int(z["size"][0]), int(z["size"][1])), second
 
 
-def noise_anomaly_path(maps_root: str, sha256: str, model_sha256: str) -> str:
-    """Beside the image's TruFor map; one per (image, fitted model)."""
-    return map_path(maps_root, sha256, f"na-{model_sha256[:16]}.npz")
+def second_map_path(maps_root: str, sha256: str, kind: str, model_sha256: str) -> str:
+    """Beside the image's TruFor map; one per (image, second-opinion model file)."""
+    return map_path(maps_root, sha256, f"{SECOND_OPINIONS[kind][0]}-{model_sha256[:16]}.npz")
 
 
-def save_noise_anomaly(maps_root: str, sha256: str, model_sha256: str, noise_lowres: np.ndarray,
-                       size: tuple[int, int], storage: StorageConfig | None = None) -> str:
-    """Store a noise-anomaly heat map (stride 4, float16) once per image and model; returns its URI."""
-    uri = noise_anomaly_path(maps_root, sha256, model_sha256)
-    buf = io.BytesIO()
-    np.savez_compressed(buf, noise=noise_lowres.astype(np.float16), size=np.asarray(size, np.int64))
+def save_lowres_map(maps_root: str, sha256: str, kind: str, model_sha256: str, lowres: np.ndarray,
+                    size: tuple[int, int], storage: StorageConfig | None = None) -> str:
+    """Store a second opinion's map (stride 4, float16) once per image and model; returns its URI."""
+    uri = second_map_path(maps_root, sha256, kind, model_sha256)
+    buf = io.BytesIO()  # field "noise": the name of the format's first user, kept for every second opinion
+    np.savez_compressed(buf, noise=lowres.astype(np.float16), size=np.asarray(size, np.int64))
     if not is_remote(uri):
         if not os.path.exists(uri):
             os.makedirs(os.path.dirname(uri), exist_ok=True)
@@ -152,8 +167,8 @@ def save_noise_anomaly(maps_root: str, sha256: str, model_sha256: str, noise_low
     return uri
 
 
-def load_noise_anomaly(uri: str, storage: StorageConfig | None = None) -> np.ndarray:
-    """A stored noise-anomaly heat map at the image's resolution (bilinear from stride 4), float32 (H, W)."""
+def load_lowres_map(uri: str, storage: StorageConfig | None = None) -> np.ndarray:
+    """A stored second-opinion map at the image's resolution (bilinear from stride 4), float32 (H, W)."""
     import torch  # here only, as in decode
     import torch.nn.functional as F
 
@@ -186,12 +201,12 @@ def store_maps(table: pa.Table, output_root: str, storage: StorageConfig | None 
         if payload is None:
             continue
         try:
-            margin, conf, size, noise = unpack(payload)
+            margin, conf, size, second = unpack(payload)
             uri = save(maps_root, row["sha256"], margin, conf, size, storage)
             row.update(map_uri=rel(uri), preview_uri=rel(preview_uri(uri)), map_codec=MAP_CODEC)
-            if noise is not None:
-                row["noise_anomaly_map_uri"] = rel(save_noise_anomaly(maps_root, row["sha256"],
-                                                                      row["noise_anomaly_model"], noise, size, storage))
+            for kind, lowres in second.items():
+                _, model_col, map_col = SECOND_OPINIONS[kind]
+                row[map_col] = rel(save_lowres_map(maps_root, row["sha256"], kind, row[model_col], lowres, size, storage))
         except Exception as e:  # noqa: BLE001 - becomes an error row, the stage lives on
             row.update(dict.fromkeys((*MODEL_OUTPUT_COLUMNS, *MAP_COLUMNS)), status=STATUS_ERROR,
                        error_kind=ERROR_TRANSIENT,

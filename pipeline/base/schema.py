@@ -105,8 +105,12 @@ class ScanRow:
                              "review's slow images count them")
     noise_anomaly_score: float | None = _opt("second opinion", "``scan --noise-anomaly MODEL``: the largest value of "
                                              "the Noiseprint++ noise-anomaly heat map (``noiseprint_lab.localizers``)")
-    noise_anomaly_map_uri: str | None = _opt("second opinion", "its map (``pipeline.base.maps.load_noise_anomaly``)")
+    noise_anomaly_map_uri: str | None = _opt("second opinion", "its map (``pipeline.base.maps.load_lowres_map``)")
     noise_anomaly_model: str | None = _opt("second opinion", "sha256 of the fitted model file")
+    mantranet_score: float | None = _opt("second opinion", "``scan --mantranet FILE.h5``: ManTra-Net's image score, the "
+                                         "largest value of its map (``mantranet_core.image_score``)")
+    mantranet_map_uri: str | None = _opt("second opinion", "its map (``pipeline.base.maps.load_lowres_map``)")
+    mantranet_weights: str | None = _opt("second opinion", "sha256 of the ManTra-Net weights file")
 
 
 _NAMES = [f.name for f in dataclasses.fields(ScanRow)]
@@ -127,8 +131,9 @@ ROW_SCHEMA: pa.Schema = pa.schema([_arrow_field(f, typing.get_type_hints(ScanRow
 COLUMNS: tuple[str, ...] = tuple(ROW_SCHEMA.names)
 # What the model gives an ok row, and where its maps went: all of them NULL on an error row.
 MODEL_OUTPUT_COLUMNS: tuple[str, ...] = ("score", *POOLED_FEATURE_NAMES, "det_logit", "frac_anom", "frac_anom_conf",
-                                         "max_anom_conf", "noise_anomaly_score", "noise_anomaly_model")
-MAP_COLUMNS: tuple[str, ...] = ("map_uri", "preview_uri", "map_codec", "noise_anomaly_map_uri")
+                                         "max_anom_conf", "noise_anomaly_score", "noise_anomaly_model", "mantranet_score",
+                                         "mantranet_weights")
+MAP_COLUMNS: tuple[str, ...] = ("map_uri", "preview_uri", "map_codec", "noise_anomaly_map_uri", "mantranet_map_uri")
 C2PA_COLUMNS: tuple[str, ...] = ("c2pa_state", "c2pa_status", "c2pa_claim_generator", "c2pa_actions")
 # What the decode stage fills and the model stage passes through unchanged (``pipeline.scan``).
 DECODED_COLUMNS: tuple[str, ...] = ("uri", "status", "size_bytes", "etag_or_mtime", "sha256", "phash", "format", "width",

@@ -488,7 +488,10 @@ def parquet_sql(snap: Snapshot) -> str:
         cols = ", ".join(f"NULL::{_duck_type(f.type)} AS \"{f.name}\"" for f in snap.schema)
         return f"(SELECT {cols} LIMIT 0)"
     files = ", ".join(sql_str(f) for f in snap.files)
-    return f"read_parquet([{files}], union_by_name = true)"
+    # BY NAME after the typed empty select: every column of the schema is there (NULL in files written
+    # before it existed, e.g. mantranet_score), so SQL may name it whatever the table's age.
+    cols = ", ".join(f"NULL::{_duck_type(f.type)} AS \"{f.name}\"" for f in snap.schema)
+    return f"(SELECT {cols} WHERE false UNION ALL BY NAME SELECT * FROM read_parquet([{files}], union_by_name = true))"
 
 
 def _duck_type(t: pa.DataType) -> str:
@@ -546,7 +549,8 @@ class ResultWriter:
                                                                                  pa.string()))
         _commit(table_uri(self.output, RESULTS_DIR), table, self.storage, app_id=self.run.run_id,
                 seq=self.run.commits, metadata={"trufor_scan.run_id": self.run.run_id,
-                                                "trufor_scan.commit": self.run.commits})
+                                                "trufor_scan.commit": self.run.commits},
+                merge_schema=True)  # a table written before a column was added (mantranet_*) takes it
         status = table.column("status").to_pylist()
         r = self.run
         r.rows += table.num_rows

@@ -49,7 +49,7 @@ class Detector:
         uri = resolve_ref(output, ref)
         if self.name == "trufor":
             return maps.load(uri, storage)[0]
-        return maps.load_noise_anomaly(uri, storage)
+        return maps.load_lowres_map(uri, storage)
 
 
 DETECTORS = (

@@ -1,5 +1,5 @@
 """Reposts and copies scored once: rows whose bytes (sha256) were already scored the same way (the
-same weights, Noiseprint++ and noise-anomaly model: ``Scoring``).
+same weights, Noiseprint++, noise-anomaly model and ManTra-Net weights: ``Scoring``).
 
 The actors mark such a row ``dedup_of = "sha256:<hex>"`` (``pending_marker``) instead of running
 the model; the driver completes it from the original's row (score, features, map) before the
@@ -24,8 +24,8 @@ FROM_ORIGINAL = (*MODEL_OUTPUT_COLUMNS, *MAP_COLUMNS, "model_name", "weights_sha
 _HASH_CHUNK = 1 << 16
 # What makes two rows' results interchangeable: a copy repeats only a result it would have computed
 # itself (a run with --noise-anomaly does not copy a row scored without it, nor the reverse).
-SCORING_COLUMNS = ("weights_sha256", "noiseprint_sha256", "noise_anomaly_model")
-Scoring = tuple  # (weights_sha256, noiseprint_sha256 or None, noise_anomaly_model or None), SCORING_COLUMNS' order
+SCORING_COLUMNS = ("weights_sha256", "noiseprint_sha256", "noise_anomaly_model", "mantranet_weights")
+Scoring = tuple  # (weights_sha256, noiseprint_sha256, noise_anomaly_model, mantranet_weights), None where absent
 
 
 def same_scoring_sql(alias: str = "") -> str:

@@ -22,7 +22,7 @@ from trufor_core import EvalConfig, load_trufor
 from trufor_core.backends import COMPILED_MAX_PIXELS, make_runner, openvino_cache
 from trufor_core.config import POOLED_FEATURE_NAMES, SLOW_IMAGE_S
 from trufor_core.model import autocast, describe_device, resolve_device
-from trufor_core.progress import OutOfTime, Watch
+from trufor_core.progress import OutOfTime, Watch, on_step
 
 MODEL_NAME = "trufor-detconfcmx-mit_b2"
 
@@ -54,6 +54,8 @@ class PredictorConfig(BatchOptions):
         slow_image_s: a forward running longer reports a progress line (``progress``), then as often again.
         noise_anomaly: a model from `noiseprint fit-anomaly` (fitted on this checkpoint's Noiseprint++):
             each scored image also gets its noise-anomaly heat map and score (a second opinion).
+        mantranet: ManTra-Net weights (Keras .h5): each scored image also gets ManTra-Net's map and score
+            (a second opinion from an independent detector; ``mantranet_core``), in its time budget.
     """
 
     checkpoint: str
@@ -71,6 +73,7 @@ class PredictorConfig(BatchOptions):
     dedup: bool = False
     timings_dir: str | None = None
     noise_anomaly: str | None = None
+    mantranet: str | None = None
     max_seconds_per_image: float = 0.0
     slow_image_s: float = SLOW_IMAGE_S
 
@@ -129,6 +132,12 @@ class TruForPredictor:
             path = local_copy(cfg.noise_anomaly, cfg.storage)
             self.noise_anomaly, self.noise_anomaly_sha = NoiseAnomalyModel.load(path), sha256_file(path)
             check_fitted_on(self.noise_anomaly, self.model.dncnn.state_dict(), "the scan's weights", cfg.noise_anomaly)
+        self.mantranet = self.mantranet_sha = None
+        if cfg.mantranet:
+            from mantranet_core import load_mantranet
+
+            self.mantranet, info = load_mantranet(local_copy(cfg.mantranet, cfg.storage), device=self.device)
+            self.mantranet_sha = info.sha256
         self.ready_at = time.time()
 
     def _common(self) -> dict:
@@ -162,7 +171,12 @@ class TruForPredictor:
         x = x.permute(0, 3, 1, 2).to(self.model.dtype).contiguous() / 256.0  # (B, 3, H, W), as to_model_input
         with torch.inference_mode():
             budget = self.cfg.max_seconds_per_image
-            watch = Watch(self.runner.steps(x, self.ev), budget * len(pixels) if budget > 0 else None,
+            steps = self.runner.steps(x, self.ev)
+            if self.mantranet is not None:  # the second detector runs in the same budget and progress count
+                from mantranet_core import count_steps
+
+                steps += len(pixels) * count_steps(*pixels[0].shape[:2])
+            watch = Watch(steps, budget * len(pixels) if budget > 0 else None,
                           report=lambda *a: self._report(uris, *a), report_after_s=self.cfg.slow_image_s,
                           report_every_s=self.cfg.slow_image_s)
             with autocast(self.device, self.cfg.precision):
@@ -178,19 +192,29 @@ class TruForPredictor:
             conf = out.conf_logits_lowres[:, 0].cpu().numpy()
         size, n_pix = tuple(x.shape[-2:]), x.shape[-2] * x.shape[-1]
         noise = [self._noise_anomaly(p) for p in pixels] if self.noise_anomaly else [(None, None)] * len(pixels)
+        mt = [self._mantranet(p, watch) for p in pixels] if self.mantranet else [(None, None)] * len(pixels)
         return [{"score": scores[i], "det_logit": dets[i].item(),
                  **{k: float(v) for k, v in zip(POOLED_FEATURE_NAMES, pooled[i])},
                  "frac_anom": stats[i][0] / n_pix, "frac_anom_conf": stats[i][1] / n_pix, "max_anom_conf": peak[i],
                  "backend": backend, "steps": watch.total, "noise_anomaly_score": noise[i][0], "noise_anomaly_model": self.noise_anomaly_sha,
-                 maps.PAYLOAD_COLUMN: maps.pack(margin[i], conf[i], size, noise[i][1])} for i in range(len(pixels))]
+                 "mantranet_score": mt[i][0], "mantranet_weights": self.mantranet_sha,
+                 maps.PAYLOAD_COLUMN: maps.pack(margin[i], conf[i], size, noise=noise[i][1], mantranet=mt[i][1])}
+                for i in range(len(pixels))]
 
     def _noise_anomaly(self, rgb: np.ndarray) -> tuple[float, np.ndarray]:
         """(score = the heat map's largest value, the heat map averaged over 4 x 4 cells) of one image."""
         heat = self.noise_anomaly.heatmap(self.model.dncnn, rgb)  # (H, W) float32
-        h, w = heat.shape
-        pad = np.pad(heat, ((0, -h % 4), (0, -w % 4)), mode="edge")
-        low = pad.reshape(pad.shape[0] // 4, 4, pad.shape[1] // 4, 4).mean((1, 3))  # (ceil(H/4), ceil(W/4))
-        return float(heat.max()), low
+        return float(heat.max()), maps.cell_means(heat)
+
+    def _mantranet(self, rgb: np.ndarray, watch: Watch) -> tuple[float, np.ndarray]:
+        """(score = the map's largest value, the map averaged over 4 x 4 cells) of one image, by ManTra-Net's
+        bounded-memory forward; its steps count on the image's watch (progress lines, the time budget)."""
+        from mantranet_core import to_input
+
+        with torch.inference_mode(), on_step(watch):
+            out = self.mantranet(to_input(rgb).to(self.device))
+        mask = out.mask[0].float().cpu().numpy()  # (H, W)
+        return float(out.score[0]), maps.cell_means(mask)
 
     def _run_group(self, idx: list[int], pixels, uris, extra: list[dict]) -> float:
         """Score one same-shape group; a failing group is retried image by image to isolate the culprit, except
