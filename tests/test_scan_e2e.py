@@ -351,10 +351,11 @@ def test_scan_command_line(shared, synth_ckpt, tmp_path, capsys):
     assert abs(recorded - best["score"]) < 1e-6 and abs(reproduced - recorded) <= F32_ATOL["score"], rep.stdout
 
 
-def test_sweep_with_noise_anomaly_through_ray(ray_env, synth_ckpt, model, tmp_path):
-    """`sweep --noise-anomaly` through real Ray actors and the real predictor: ok rows get the second
-    opinion and its stored map; a copy of bytes scored earlier WITHOUT it is scored again (its
-    result would lack the columns), a copy of bytes scored with it repeats them (dedup)."""
+def test_sweep_with_second_opinions_through_ray(ray_env, synth_ckpt, model, mantranet_h5, tmp_path):
+    """`sweep --noise-anomaly`, then `--mantranet`, through real Ray actors and the real predictor: ok rows get
+    the second opinions and their stored maps; a copy of bytes scored earlier WITHOUT one is scored again (its
+    result would lack the columns), a copy of bytes scored with it repeats them (dedup); --rescore rescans
+    what was scored another way; SQL asks where both detectors agree."""
     from noiseprint_lab.localizers import fit_noise_anomaly
     from trufor_core.checkpoint import sha256_file
 
@@ -368,10 +369,10 @@ def test_sweep_with_noise_anomaly_through_ray(ray_env, synth_ckpt, model, tmp_pa
     (root / "bad.png").write_bytes(b"not an image")
     _local_ray(ray_env)
 
-    def sweep(run_id, noise_anomaly):
+    def sweep(run_id, noise_anomaly, mantranet=None, rescore=False):
         return run_scan(ScanConfig(input=str(root), output=str(out), checkpoint=str(synth_ckpt), run_id=run_id,
-                                   incremental=True, batch_size=2, allow_download=False,
-                                   noise_anomaly=noise_anomaly), log=lambda m: None)
+                                   incremental=True, batch_size=2, allow_download=False, rescore=rescore,
+                                   noise_anomaly=noise_anomaly, mantranet=mantranet), log=lambda m: None)
 
     def rows(run_id):
         cols, rs = run_sql(str(out), "SELECT * FROM results WHERE run_id = ? ORDER BY uri", [run_id])
@@ -402,6 +403,30 @@ def test_sweep_with_noise_anomaly_through_ray(ray_env, synth_ckpt, model, tmp_pa
         assert np.isfinite(r["noise_anomaly_score"]) and heat.max() <= r["noise_anomaly_score"] * (1 + 2e-3)
     keys = ("score", "map_uri", "noise_anomaly_score", "noise_anomaly_map_uri", "noise_anomaly_model")
     assert [copy[k] for k in keys] == [orig[k] for k in keys]
+
+    # ManTra-Net as a further opinion: bytes scored without it are scored again, not copied (another scoring)
+    (root / "d.png").write_bytes(_img(72, 88, 14))
+    shutil.copy(root / "c.png", root / "c_repost2.png")
+    s3 = sweep("mt", str(na), str(mantranet_h5))
+    assert (s3.to_scan, s3.ok, s3.dedup) == (2, 2, 0)
+    r3 = rows("mt")
+    mt_sha = sha256_file(mantranet_h5)
+    for r in r3.values():
+        assert r["mantranet_weights"] == mt_sha and r["noise_anomaly_model"] == sha256_file(na)
+        mt_map = maps.load_lowres_map(resolve_ref(str(out), r["mantranet_map_uri"]))
+        assert mt_map.shape == (r["height"], r["width"]) and 0 <= mt_map.min() and mt_map.max() <= r["mantranet_score"] + 1e-3
+    # --rescore: every ok row scored another way is scored again; a and a_repost share bytes (one copy), c and
+    # c_repost repeat bytes just scored this way (c_repost2): copies of it
+    s4 = sweep("mt-rescore", str(na), str(mantranet_h5), rescore=True)
+    assert (s4.to_scan, s4.ok, s4.dedup) == (5, 5, 3)
+    r4 = rows("mt-rescore")
+    assert r4["c.png"]["mantranet_score"] == r3["c_repost2.png"]["mantranet_score"]
+    assert r4["c.png"]["dedup_of"] == r3["c_repost2.png"]["uri"]
+    # SQL: where both detectors agree (docs/results.md); the rows' own numbers say the same
+    cols, agree = run_sql(str(out), "SELECT uri FROM latest WHERE status = 'ok' AND score >= 0.5 AND mantranet_score >= 0.5")
+    _, every = run_sql(str(out), "SELECT uri, score, mantranet_score FROM latest WHERE status = 'ok'")
+    assert sorted(u for (u,) in agree) == sorted(u for u, a, b in every if a >= 0.5 and b >= 0.5)
+    assert len(every) == 7  # every ok file (bad.png is an error row)
 
 
 def test_huge_image_progress_and_budget_through_ray(ray_env, synth_ckpt, tmp_path, capfd):
