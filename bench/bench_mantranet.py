@@ -31,8 +31,8 @@ H5 = Path(os.environ.get("TRUFOR_SHARED", REPO.parent / "shared")) / "fixtures" 
 
 def child(a: argparse.Namespace) -> None:
     import torch
-
     from bench_backends import shape
+
     from mantranet_core import load_mantranet
 
     h, w = shape(a.mp)
@@ -82,9 +82,9 @@ def main(argv: list[str] | None = None) -> None:
         return child(a)
 
     import torch
-
     from bench_backends import shape
     from flops import attainable
+
     from trufor_core.checkpoint import write_synthetic_checkpoint
 
     print(f"bench-mantranet: {os.cpu_count()} CPUs, {torch.get_num_threads()} threads, torch {torch.__version__}, "

@@ -27,7 +27,8 @@ from torch import nn
 
 from trufor_core.progress import step
 
-from .anomaly import PRED_KERNEL, LSTM_KERNEL, WINDOWS, BNorm, ConvLSTM, GlobalStd, OutlierTrans, Pred, nested_deviations
+from .anomaly import (LSTM_KERNEL, PRED_KERNEL, WINDOWS, BNorm, ConvLSTM, GlobalStd, OutlierTrans, Pred,
+                      nested_deviations)
 from .featex import FEATEX_HALO, Featex
 
 # Context the head reads: step t (windows 7, 15, 31, then the global mean) passes through the ConvLSTM's

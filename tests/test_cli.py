@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import IMAGES, fixture_npz
+from tolerances import assert_f32_close
+
 from jobs.cli import main
 from jobs.predict import list_inputs, output_path
-from tolerances import assert_f32_close
 from trufor_core.weights import WeightsError, download_weights, resolve_weights
 
 
@@ -217,6 +217,7 @@ def test_resolve_order_and_first_use_download(http_root, tmp_path, monkeypatch):
 
 def test_synthesize_command_marks_untrained(shared, tmp_path, capsys):
     from conftest import NOISEPRINT
+
     from trufor_core.checkpoint import read_torch_file
 
     out = tmp_path / "UNTRAINED.pth.tar"

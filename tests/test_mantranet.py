@@ -14,12 +14,11 @@ import h5py
 import numpy as np
 import pytest
 import torch
-
 from conftest import mantranet_npz
 from mantranet_harness import fields
 from tolerances import F64_ATOL, F64_PATHS_ATOL, MANTRANET_F32_ATOL, assert_close
-from mantranet_core import count_steps, load_mantranet
-from mantranet_core import model as mmodel
+
+from mantranet_core import count_steps, load_mantranet, model as mmodel
 from trufor_core.checkpoint import CheckpointError
 from trufor_core.progress import OutOfTime, Watch, on_step
 

@@ -9,9 +9,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
-
 from conftest import heic_bytes, write_parts
+from PIL import Image
+from tolerances import F32_ATOL, MAP_CODEC_ATOL, MAP_ROUNDTRIP_ATOL, assert_close, assert_f32_close
+
 from pipeline.base import maps
 from pipeline.base.listing import list_input, read_manifest
 from pipeline.base.schema import COLUMNS, ROW_SCHEMA, ScanRow, rows_to_table, table_to_rows
@@ -21,7 +22,6 @@ from pipeline.base.store import resolve_ref
 from pipeline.results.query import format_rows, top
 from pipeline.scan.decode import load_batch, load_one
 from pipeline.scan.predictor import PredictorConfig, TruForPredictor, group_batches
-from tolerances import F32_ATOL, MAP_CODEC_ATOL, MAP_ROUNDTRIP_ATOL, assert_close, assert_f32_close
 
 ST = StorageConfig()
 
@@ -224,8 +224,8 @@ def test_redact_hides_credentials(monkeypatch):
 
 def test_predictor_hand_built_batch(shared, synth_ckpt, model, tmp_path):
     import torch
-
     from conftest import IMAGES
+
     from trufor_core.image import decode_rgb, to_model_input
 
     rgb, _ = decode_rgb(IMAGES / "tampered2.png")  # 256x256
@@ -347,6 +347,7 @@ def test_predictor_noise_anomaly_second_opinion(shared, synth_ckpt, model, tmp_p
     """`scan --noise-anomaly`: a fitted model on the checkpoint's own Noiseprint++ adds a score and a
     stored map per image; one fitted on another network is refused."""
     from conftest import IMAGES
+
     from noiseprint_lab.localizers import fit_noise_anomaly
     from trufor_core.checkpoint import sha256_file
     from trufor_core.image import decode_rgb
@@ -395,8 +396,8 @@ def test_predictor_mantranet_second_opinion(shared, synth_ckpt, mantranet_h5, tm
     """`scan --mantranet`: ManTra-Net's score (its map's maximum, equal to `predict --model mantranet`'s) and
     its stored map (4 x 4 cell means, float16) per image beside TruFor's own outputs, in the same budget."""
     import torch
-
     from conftest import IMAGES
+
     from mantranet_core import load_mantranet, to_input
     from trufor_core.image import decode_rgb
 
@@ -407,7 +408,7 @@ def test_predictor_mantranet_second_opinion(shared, synth_ckpt, mantranet_h5, tm
              "error": np.array([None], dtype=object), "sha256": np.array(["b" * 64], dtype=object),
              "size_bytes": np.array([1]), "pixels": pix}
     cfg = PredictorConfig(checkpoint=str(synth_ckpt), output_root=str(tmp_path), run_id="mt", code_version="test",
-                          mantranet=str(mantranet_h5))
+                          mantranet=str(mantranet_h5), backend="eager")  # eager: no OpenVINO conversion to wait for
     (r,) = table_to_rows(maps.store_maps(TruForPredictor(cfg)(batch), cfg.output_root))
     m, info = load_mantranet(mantranet_h5)
     with torch.inference_mode():

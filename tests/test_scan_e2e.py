@@ -14,17 +14,17 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
-
 from conftest import IMAGES, REPO, S3_KEY, S3_SECRET, C2paTestSigner, heic_bytes
 from page_check import browser_missing, check_report
+from PIL import Image
+from tolerances import F32_ATOL, MAP_CODEC_ATOL, assert_close, assert_f32_close
+
 from pipeline.base import maps
 from pipeline.base.sql import run_sql
 from pipeline.base.storage import StorageConfig
 from pipeline.base.store import resolve_ref
 from pipeline.results.query import top
 from pipeline.scan.driver import RAY_ENV_DEFAULTS, ScanConfig, run_scan
-from tolerances import F32_ATOL, MAP_CODEC_ATOL, assert_close, assert_f32_close
 
 sys.path.insert(0, str(REPO / "bench"))
 pytestmark = pytest.mark.slow
@@ -282,8 +282,9 @@ def test_scan_on_two_node_cluster(ray_env, reference_scores, synth_ckpt, tmp_pat
 def test_scan_command_line(shared, synth_ckpt, tmp_path, capsys):
     """`trufor-scan scan` starts its own local Ray; `query`, `top`, `report`, `show` and `export` read what it
     wrote, as a person would use them (the page in headless Chromium; the bundle's reproduce.sh run)."""
-    from jobs.cli import main as cli_main
     from report_data import jpeg_with_exif
+
+    from jobs.cli import main as cli_main
 
     root = tmp_path / "archive"
     root.mkdir()
@@ -427,6 +428,22 @@ def test_sweep_with_second_opinions_through_ray(ray_env, synth_ckpt, model, mant
     _, every = run_sql(str(out), "SELECT uri, score, mantranet_score FROM latest WHERE status = 'ok'")
     assert sorted(u for (u,) in agree) == sorted(u for u, a, b in every if a >= 0.5 and b >= 0.5)
     assert len(every) == 7  # every ok file (bad.png is an error row)
+
+    # The review shows both maps: the page's detail panels, `show`'s figure (a fifth panel), the evidence bundle
+    from jobs.cli import main as cli_main
+    from pipeline.review.evidence import render_figure
+    from pipeline.review.figures import find_row
+
+    assert cli_main(["report", str(out), "--out", str(tmp_path / "page"), "--min-score", "0"]) == 0
+    assert len(list((tmp_path / "page").glob("c/*/*/mantranet.jpg"))) == 4  # distinct bytes: a, b, c, d
+    assert "ManTra-Net map (second detector)" in (tmp_path / "page" / "index.html").read_text()
+    if not browser_missing():
+        check_report(tmp_path / "page")  # every image decodes, nothing leaves the disk, no script error
+    _, boxes = render_figure(find_row(str(out), str(root / "d.png"), StorageConfig()), str(out), StorageConfig())
+    assert "ManTra-Net map" in boxes and len(boxes) == 5
+    assert cli_main(["export", str(out), "--uri", str(root / "d.png"), "--out", str(tmp_path / "ev")]) == 0
+    bundle = next((tmp_path / "ev").iterdir())
+    assert (bundle / "mantranet.png").is_file() and "mantranet.png" in (bundle / "SHA256SUMS").read_text()
 
 
 def test_huge_image_progress_and_budget_through_ray(ray_env, synth_ckpt, tmp_path, capfd):

@@ -28,7 +28,7 @@ from pathlib import Path
 from pipeline.base.options import opt
 from pipeline.base.storage import StorageConfig, StorageOptions, one_line, redact
 from pipeline.review.figures import (HOW_TO_READ, SHA256_RE, encode_png, figure_png, find_row, four_panel_figure,
-                                     load_maps, map_to_gray8, plain_row, read_original)
+                                     load_mantranet_map, load_maps, map_to_gray8, plain_row, read_original)
 
 FORMAT_EXT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "TIFF": "tif", "BMP": "bmp", "GIF": "gif", "MPO": "jpg", "HEIF": "heic"}
 # Expected agreement of a re-run with the row's score (measured: tests/tolerances.py, BENCHMARKS.md).
@@ -61,7 +61,8 @@ def render_figure(row: dict, output: str, storage: StorageConfig, original=None)
     """(PNG bytes, panel boxes) of the four-panel figure of one ok row."""
     anomaly, confidence = load_maps(row, output, storage)
     original = original if original is not None else read_original(row, storage)
-    return figure_png(four_panel_figure(row, original.rgb, anomaly, confidence, problem=original.problem))
+    return figure_png(four_panel_figure(row, original.rgb, anomaly, confidence, problem=original.problem,
+                                        mantranet=load_mantranet_map(row, output, storage)))
 
 
 def show(cfg: ShowConfig) -> dict:
@@ -190,12 +191,18 @@ def write_bundle(row: dict, output: str, out_dir: Path, storage: StorageConfig, 
         described.append((original_name, "the scanned file, byte for byte (its sha256 is checked above)"))
         note = f"{original_name} (verified: same sha256 as when scanned)"
     anomaly, confidence = load_maps(row, output, storage)
-    png, _ = figure_png(four_panel_figure(row, original.rgb, anomaly, confidence, problem=original.problem))
+    mantranet = load_mantranet_map(row, output, storage)
+    png, _ = figure_png(four_panel_figure(row, original.rgb, anomaly, confidence, problem=original.problem,
+                                          mantranet=mantranet))
     files["figure.png"] = png
     files["anomaly.png"] = encode_png(map_to_gray8(anomaly))
     files["confidence.png"] = encode_png(map_to_gray8(confidence))
+    if mantranet is not None:
+        files["mantranet.png"] = encode_png(map_to_gray8(mantranet))
+        described.append(("mantranet.png", "ManTra-Net's map (the second detector: scan --mantranet), the same way "
+                          "(stored as 4x4 cell means, resized back)"))
     files["row.json"] = json.dumps(plain_row(row), indent=1, sort_keys=True).encode() + b"\n"
-    described += [("figure.png", "image | anomaly | confidence | anomaly x confidence, with the score"),
+    described += [("figure.png", "image | anomaly | confidence | anomaly x confidence (| ManTra-Net), with the score"),
                   ("anomaly.png", f"anomaly map, 8-bit grey = value x 255, {row['width']}x{row['height']} px"),
                   ("confidence.png", "confidence map, the same way"),
                   ("row.json", "the full result row of the image's latest scan"),

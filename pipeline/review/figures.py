@@ -30,6 +30,7 @@ SCALES = {
     "anomaly": ("RdBu_r", "anomaly: blue 0 (no trace) to red 1 (manipulation trace)"),
     "confidence": ("gray", "confidence: black 0 (do not trust the map here) to white 1"),
     "product": ("inferno", "anomaly x confidence: black 0 to yellow 1 (a trusted anomaly)"),
+    "mantranet": ("magma", "ManTra-Net (second detector): black 0 to light yellow 1 (forgery likelihood)"),
 }
 # What the integrity score means, said once for the page, the figure and the bundles (TruFor paper).
 HOW_TO_READ = (
@@ -126,6 +127,13 @@ def load_maps(row: dict, output: str, storage: StorageConfig | None = None) -> t
     return maps.load(resolve_ref(output, row["map_uri"]), storage)
 
 
+def load_mantranet_map(row: dict, output: str, storage: StorageConfig | None = None) -> np.ndarray | None:
+    """ManTra-Net's float32 full-resolution map of a row scanned with ``--mantranet`` (None without one)."""
+    if row.get("status") != STATUS_OK or not row.get("mantranet_map_uri"):
+        return None
+    return maps.load_lowres_map(resolve_ref(output, row["mantranet_map_uri"]), storage)
+
+
 def fit_size(h: int, w: int, max_side: int | None) -> tuple[int, int]:
     """(h, w) scaled down (never up) so the longer side is at most ``max_side`` (None or 0: unchanged)."""
     if not max_side or max(h, w) <= max_side:
@@ -195,19 +203,23 @@ def figure_title(row: dict) -> str:
     head = f"integrity score {score:.3f}" if score is not None else f"no score ({row.get('status')})"
     verdict = "" if score is None else (" (above 0.5: likely manipulated)" if score >= 0.5 else " (below 0.5)")
     warn = "   UNTRAINED WEIGHTS: meaningless" if row.get("weights_untrained") else ""
-    return f"{head}{verdict}{warn}\n{row['uri']}"
+    second = f"   ManTra-Net score {row['mantranet_score']:.3f}" if row.get("mantranet_score") is not None else ""
+    return f"{head}{verdict}{warn}{second}\n{row['uri']}"
 
 
 def four_panel_figure(row: dict, rgb: np.ndarray | None, anomaly: np.ndarray, confidence: np.ndarray,
-                      noiseprint: np.ndarray | None = None, problem: str | None = None):
+                      noiseprint: np.ndarray | None = None, problem: str | None = None,
+                      mantranet: np.ndarray | None = None):
     """The paper's figure for one image: image | anomaly | confidence | Noiseprint++ (when given, else
-    anomaly x confidence), the score in the title, a colour bar under each map. Returns a matplotlib Figure."""
+    anomaly x confidence), then ManTra-Net's map when the row has one (a fifth panel), the score(s) in the
+    title, a colour bar under each map. Returns a matplotlib Figure."""
     from matplotlib.figure import Figure
 
     h, w = anomaly.shape
     panel_w = 4.0
-    fig = Figure(figsize=(4 * panel_w, panel_w * h / w + 1.3), dpi=100, layout="constrained")
-    grid = fig.subplots(2, 4, height_ratios=[1.0, 0.05])  # panels, then their colour bars
+    n = 4 if mantranet is None else 5
+    fig = Figure(figsize=(n * panel_w, panel_w * h / w + 1.3), dpi=100, layout="constrained")
+    grid = fig.subplots(2, n, height_ratios=[1.0, 0.05])  # panels, then their colour bars
     axes, bars = grid[0], grid[1]
     if rgb is not None:
         axes[0].imshow(rgb)
@@ -222,6 +234,8 @@ def four_panel_figure(row: dict, rgb: np.ndarray | None, anomaly: np.ndarray, co
         panels.append(("Noiseprint++", noiseprint, None))
     else:
         panels.append(("anomaly x confidence", anomaly * confidence, "product"))
+    if mantranet is not None:
+        panels.append(("ManTra-Net map", mantranet, "mantranet"))
     for ax, bar, (title, m, scale) in zip(axes[1:], bars[1:], panels):
         if scale is None:
             im = ax.imshow(m, cmap="gray")

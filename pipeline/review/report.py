@@ -25,10 +25,11 @@ from pipeline.base.progress import progress
 from pipeline.base.schema import COLUMNS, STATUS_ERROR, STATUS_OK, STATUS_SKIPPED
 from pipeline.base.sql import connect
 from pipeline.base.storage import StorageConfig, StorageOptions, one_line, redact
-from trufor_core.config import SLOW_IMAGE_S
 from pipeline.results.query import parse_since
 from pipeline.review.figures import (HOW_TO_READ, SCALES, SHA256_RE, colorize, css_gradient, encode_jpeg, encode_png,
-                                     fit_size, load_maps, overlay, read_original, resize_map, resize_rgb)
+                                     fit_size, load_mantranet_map, load_maps, overlay, read_original, resize_map,
+                                     resize_rgb)
+from trufor_core.config import SLOW_IMAGE_S
 
 TEMPLATES = Path(__file__).with_name("templates")
 ASSETS = ("report.css", "report.js")
@@ -40,7 +41,9 @@ STATS = (("score", "score", "integrity score (high = likely manipulated)"),
          ("max_anom_conf", "max anomaly x conf.", "largest anomaly x confidence"),
          ("frac_anom", "anomalous", "fraction of pixels with anomaly > 0.5"),
          ("noise_anomaly_score", "noise anomaly", "second opinion: Noiseprint++ noise anomaly, max of its map "
-          "(scan --noise-anomaly)"))
+          "(scan --noise-anomaly)"),
+         ("mantranet_score", "ManTra-Net", "second opinion: ManTra-Net, an independent detector, max of its map "
+          "(scan --mantranet)"))
 # (The pooled features conf_mean, anom_mean, ... are statistics of logits, not of the maps: they are
 # in the detail view's full row, not shown as if they were probabilities.)
 
@@ -208,12 +211,18 @@ def draw_candidate(row: dict, out: Path, cfg: ReportConfig, storage: StorageConf
             files["anomaly.jpg"] = encode_jpeg(colorize(a_d, "anomaly"), 90, subsampling=0)
             files["confidence.jpg"] = encode_jpeg(colorize(c_d, "confidence"), 90, subsampling=0)
             files["product.jpg"] = encode_jpeg(colorize(a_d * c_d, "product"), 90, subsampling=0)
+        try:
+            mt = load_mantranet_map(row, cfg.output, storage)
+            if mt is not None:
+                files["mantranet.jpg"] = encode_jpeg(colorize(resize_map(mt, dsize), "mantranet"), 90, subsampling=0)
+        except Exception as e:  # noqa: BLE001 - shown on the card
+            d.problems.append(one_line(redact(f"ManTra-Net map not readable: {type(e).__name__}: {e}"), 300))
         for name, data in files.items():
             (out / rel / name).write_bytes(data)
         d.thumb = f"{rel}/thumb.jpg" if "thumb.jpg" in files else None
         d.overlay = f"{rel}/overlay.jpg" if "overlay.jpg" in files else None
         d.conf_thumb = f"{rel}/conf_thumb.png" if "conf_thumb.png" in files else None
-        d.panels = {k: f"{rel}/{k}.jpg" for k in ("image", "anomaly", "confidence", "product") if f"{k}.jpg" in files}
+        d.panels = {k: f"{rel}/{k}.jpg" for k in ("image", "anomaly", "confidence", "product", "mantranet") if f"{k}.jpg" in files}
     except Exception as e:  # noqa: BLE001 - one bad image must not stop the page
         d.problems.append(one_line(redact(f"could not draw: {type(e).__name__}: {e}"), 300))
     return d

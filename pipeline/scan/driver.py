@@ -18,7 +18,8 @@ import pyarrow.parquet as pq
 
 from pipeline.base.lease import DEFAULT_TTL_S, Lease, LeaseLost
 from pipeline.base.maps import store_maps
-from pipeline.base.model_options import MANTRANET_UNTRAINED, UNTRAINED_WEIGHTS, BatchOptions, WeightsOptions, weights_line
+from pipeline.base.model_options import (MANTRANET_UNTRAINED, UNTRAINED_WEIGHTS, BatchOptions, WeightsOptions,
+                                         weights_line)
 from pipeline.base.options import carried, opt
 from pipeline.base.progress import note_slow, progress
 from pipeline.base.quiet import harmless_lines_to
