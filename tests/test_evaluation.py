@@ -297,10 +297,10 @@ def test_evaluation_page_in_browser(labelled, tmp_path):
 
 
 @pytest.mark.slow
-def test_evaluate_real_splices_through_a_real_scan(shared, synth_ckpt, model, tmp_path, capsys):
+def test_evaluate_real_splices_through_a_real_scan(shared, synth_ckpt, model, mantranet_h5, tmp_path, capsys):
     """The whole loop from a clean clone: a labelled set of real splices (with masks) and pristine
-    photographs, scanned by `trufor-scan scan` with the noise-anomaly second opinion; then
-    `evaluate` (both detectors, pixel level from the stored maps) and `calibrate --forged TRUTH`."""
+    photographs, scanned by `trufor-scan scan` with the noise-anomaly and ManTra-Net second opinions; then
+    `evaluate` (every detector, pixel level from the stored maps) and `calibrate --forged TRUTH`."""
     import skimage.data as skd
 
     from noiseprint_lab.localizers import fit_noise_anomaly
@@ -331,14 +331,17 @@ def test_evaluate_real_splices_through_a_real_scan(shared, synth_ckpt, model, tm
     exe = str(Path(sys.executable).with_name("trufor-scan"))
     out = tmp_path / "out"
     p = subprocess.run([exe, "scan", str(root / "images"), "--output", str(out), "--no-download", "--noise-anomaly", str(na),
-                        "--checkpoint", str(synth_ckpt)], capture_output=True, text=True, timeout=600)
+                        "--checkpoint", str(synth_ckpt), "--mantranet", str(mantranet_h5)],
+                       capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     ev_dir = tmp_path / "ev"
     assert main(["evaluate", str(out), "--truth", str(root / "truth.csv"), "--out", str(ev_dir), "--workers", "2",
                  "--bootstrap", "100"]) == 0
     ev = json.loads((ev_dir / "evaluation.json").read_text())
     assert ev["counts"]["evaluated"] == 6 and ev["counts"]["forged_with_pixel_figures"] == 3
-    assert set(ev["detectors"]) == {"trufor", "noise_anomaly"} and ev["untrained_weights"]
+    assert set(ev["detectors"]) == {"trufor", "noise_anomaly", "mantranet"} and ev["untrained_weights"]
+    assert ev["detectors"]["mantranet"]["pixel"]["all"]["forged_images"] == 3
+    assert 0 <= ev["detectors"]["mantranet"]["pixel"]["all"]["f1"]["mean"] <= 1  # a fixed point: its sigmoid's 0.5
     assert ev["detectors"]["noise_anomaly"]["pixel"]["all"]["forged_images"] == 3
     assert "f1" not in ev["detectors"]["noise_anomaly"]["pixel"]["all"]  # no fixed threshold in the rows
     for f in ("f1", "f1_best", "mcc", "iou", "pixel_auc"):

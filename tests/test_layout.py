@@ -12,8 +12,8 @@ from conftest import REPO
 PACKAGES = ("trufor_core", "mantranet_core", "pipeline", "jobs", "noiseprint_lab")
 # Lowest first: a module may import its own layer and the layers before it, never a later one.
 # pipeline.scan and pipeline.results do not import each other (tested: either order would hold).
-LAYERS = ("trufor_core", "mantranet_core", "pipeline.base", "noiseprint_lab", "pipeline.scan", "pipeline.results", "pipeline.review",
-          "jobs")
+LAYERS = ("trufor_core", "mantranet_core", "pipeline.base", "noiseprint_lab", "pipeline.scan", "pipeline.results",
+          "pipeline.review", "jobs")
 
 
 def layer_of(module: str) -> int | None:

@@ -79,6 +79,28 @@ def test_bad_checkpoint_fails_on_the_driver_before_ray(tmp_path, capsys):
     assert "ray" not in sys.modules or not __import__("ray").is_initialized()
 
 
+def test_bad_mantranet_weights_fail_on_the_driver_before_ray(synth_ckpt, tmp_path, capsys):
+    """`scan --mantranet` with a file that is not Keras weights, or a FIFO (never opened): one line, exit 2,
+    before Ray starts and before anything is written."""
+    import os
+    import sys
+
+    from jobs.cli import main
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.png").write_bytes(_jpeg(64, 64))
+    (tmp_path / "text.h5").write_text("not hdf5")
+    os.mkfifo(tmp_path / "fifo.h5")
+    for h5, msg in ((tmp_path / "text.h5", "is not an HDF5 file"), (tmp_path / "fifo.h5", "is not a regular file")):
+        rc = main(["scan", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--checkpoint", str(synth_ckpt),
+                   "--no-download", "--mantranet", str(h5)])
+        err = capsys.readouterr().err
+        lines = [line for line in err.splitlines() if line.startswith("trufor-scan: error:")]
+        assert rc == 2 and len(lines) == 1 and msg in lines[0] and "Traceback" not in err, err
+        assert not (tmp_path / "out").exists()
+    assert "ray" not in sys.modules or not __import__("ray").is_initialized()
+
+
 def test_user_sql_sees_the_results_and_nothing_else(results_dir, tmp_path_factory, capsys):
     """`query` is read-only and confined: no files, databases or extensions beyond the results."""
     from jobs.cli import main

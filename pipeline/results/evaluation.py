@@ -58,6 +58,9 @@ DETECTORS = (
     # not in the rows: threshold-free figures only.
     Detector("noise_anomaly", "Noiseprint++ noise anomaly (second opinion)", "noise_anomaly_score",
              "noise_anomaly_map_uri", None),
+    # Its map is a sigmoid output (a likelihood), so 0.5 is its own decision point, as TruFor's; its image
+    # score is the map's maximum (mantranet_core.image_score).
+    Detector("mantranet", "ManTra-Net (second detector)", "mantranet_score", "mantranet_map_uri", 0.5),
 )
 DETECTOR_BY_NAME = {d.name: d for d in DETECTORS}
 
