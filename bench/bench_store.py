@@ -109,7 +109,7 @@ def child(kind: str, out: str, arg: str) -> dict:
 
         with tempfile.TemporaryDirectory() as work:
             plan = plan_run(arg, out, StorageConfig(), work, incremental=True, rescore=False, max_bytes=None,
-                            scoring=("w" * 64, None, None))
+                            scoring=("w" * 64, None, None, None))
         extra = {"listed": plan.listed, "to_scan": plan.to_scan}
     elif kind == "top":
         from pipeline.results.query import top

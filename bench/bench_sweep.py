@@ -46,7 +46,7 @@ def child(kind: str, spec: str, out: str, ckpt: str, endpoint: str | None) -> di
     if kind == "listing":
         with tempfile.TemporaryDirectory() as work:
             plan = plan_run(spec, out, StorageConfig(endpoint_url=endpoint), work, incremental=False, rescore=False,
-                            max_bytes=None, scoring=("x", None, None))
+                            max_bytes=None, scoring=("x", None, None, None))
         n, extra = plan.listed, {}
     else:
         s = run_scan(ScanConfig(input=spec, output=out, checkpoint=ckpt, incremental=True, allow_download=False,

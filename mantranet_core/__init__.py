@@ -2,4 +2,5 @@
 from .checkpoint import ManTraNetInfo, load_mantranet
 from .model import DEFAULT_TILE, ManTraNet, ManTraNetOutput, count_steps, image_score, to_input
 
-__all__ = ["DEFAULT_TILE", "ManTraNet", "ManTraNetInfo", "ManTraNetOutput", "count_steps", "image_score", "load_mantranet", "to_input"]
+__all__ = ["DEFAULT_TILE", "ManTraNet", "ManTraNetInfo", "ManTraNetOutput", "count_steps", "image_score",
+           "load_mantranet", "to_input"]

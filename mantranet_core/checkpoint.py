@@ -83,11 +83,13 @@ def read_h5_weights(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], str
     if not stat.S_ISREG(st.st_mode):
         raise CheckpointError(f"ManTra-Net weights {p} is not a regular file")
     if st.st_size > MAX_FILE_BYTES:
-        raise CheckpointError(f"ManTra-Net weights {p} is {st.st_size} bytes, over {MAX_FILE_BYTES} (the official file is ~15 MB)")
+        raise CheckpointError(f"ManTra-Net weights {p} is {st.st_size} bytes, over {MAX_FILE_BYTES} "
+                              "(the official file is ~15 MB)")
     try:
         f = h5py.File(p, "r")
     except OSError as e:
-        raise CheckpointError(f"{p} is not an HDF5 file ({e}); expected Keras weights such as ManTraNet_Ptrain4.h5") from None
+        raise CheckpointError(f"{p} is not an HDF5 file ({e}); expected Keras weights such as "
+                              "ManTraNet_Ptrain4.h5") from None
     out: dict[str, np.ndarray] = {}
     with f:
         g = f["model_weights"] if "layer_names" not in f.attrs and "model_weights" in f else f

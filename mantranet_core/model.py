@@ -56,6 +56,11 @@ def tiles(h: int, w: int, tile: int | None) -> list[tuple[int, int, int, int]]:
     return [(r, min(r + tile, h), c, min(c + tile, w)) for r in range(0, h, tile) for c in range(0, w, tile)]
 
 
+def _grown(r0: int, r1: int, c0: int, c1: int, halo: int, h: int, w: int) -> tuple[int, int, int, int]:
+    """A tile's rows and columns with ``halo`` pixels of context on each side, clipped to the h x w image."""
+    return max(r0 - halo, 0), min(r1 + halo, h), max(c0 - halo, 0), min(c1 + halo, w)
+
+
 def count_steps(h: int, w: int, tile: int | None = DEFAULT_TILE) -> int:
     """Progress steps of one forward (``trufor_core.progress``): one per tile of each pass."""
     return 2 * len(tiles(h, w, tile))
@@ -130,7 +135,7 @@ class ManTraNet(nn.Module):
         parts = tiles(h, w, tile)
         with _store((n, self.bnorm.moving_mean.numel(), h, w), x.dtype, x.device, spill_bytes) as bn:
             for r0, r1, c0, c1 in parts:
-                a0, a1, b0, b1 = max(r0 - FEATEX_HALO, 0), min(r1 + FEATEX_HALO, h), max(c0 - FEATEX_HALO, 0), min(c1 + FEATEX_HALO, w)
+                a0, a1, b0, b1 = _grown(r0, r1, c0, c1, FEATEX_HALO, h, w)
                 f = self.features(x[..., a0:a1, b0:b1])  # (N, 64, a1-a0, b1-b0)
                 bn[..., r0:r1, c0:c1] = f[..., r0 - a0:r1 - a0, c0 - b0:c1 - b0]
                 step()
@@ -142,7 +147,7 @@ class ManTraNet(nn.Module):
             mean, sigma = mean.to(x.device), self.glbStd(std.to(x.device))
             logits = torch.empty((n, 1, h, w), dtype=x.dtype, device=x.device)
             for r0, r1, c0, c1 in parts:
-                a0, a1, b0, b1 = max(r0 - HEAD_HALO, 0), min(r1 + HEAD_HALO, h), max(c0 - HEAD_HALO, 0), min(c1 + HEAD_HALO, w)
+                a0, a1, b0, b1 = _grown(r0, r1, c0, c1, HEAD_HALO, h, w)
                 region = torch.as_tensor(bn[..., a0:a1, b0:b1]).to(x.device)
                 out = self.head(region, mean, sigma, (a0, b0), (h, w))  # (N, 1, a1-a0, b1-b0)
                 logits[..., r0:r1, c0:c1] = out[..., r0 - a0:r1 - a0, c0 - b0:c1 - b0]

@@ -89,6 +89,8 @@ def get_weights(dest_dir: str | os.PathLike | None = None, source: str | os.Path
         src = Path(source)
         if not src.exists() or not stat.S_ISREG(src.stat().st_mode):
             raise WeightsError(f"{src} is not a regular file (point at a copy of the official {FILE_NAME})")
+        if src.stat().st_size > MAX_BYTES:
+            raise WeightsError(f"{src} is {src.stat().st_size} bytes, over {MAX_BYTES} (the official file is ~15 MB)")
         shutil.copyfile(src, tmp)
         origin = str(src)
     else:

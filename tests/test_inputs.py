@@ -223,7 +223,7 @@ def test_scan_options_are_declared_once_on_the_config():
             "--batch-max-pixels", "123", "--max-pixels", "456", "--max-bytes", "789", "--read-timeout", "9.5",
             "--rows-per-part", "11", "--commit-every", "12.5", "--run-id", "R", "--wait", "30", "--lease-ttl", "60", "--ray-address", "ray://h:1",
             "--s3-endpoint", "http://e", "--anon", "--variant", "train_test", "--precision", "bf16", "--no-download", "--progress-every", "3",
-            "--backend", "eager", "--max-seconds-per-image", "600", "--compiled-max-pixels", "5"]
+            "--backend", "eager", "--max-seconds-per-image", "600", "--compiled-max-pixels", "5", "--mantranet", "m.h5"]
     cfg = from_args(ScanConfig, build_parser("sweep").parse_args(argv), "sweep", incremental=True)
     changed = {f.name for f in dataclasses.fields(ScanConfig) if getattr(cfg, f.name) != f.default}
     assert changed == {f.name for f in cli_fields(ScanConfig, "sweep")} | {"incremental"}

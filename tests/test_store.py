@@ -185,7 +185,7 @@ def test_300_queries_and_100_plans_in_one_process_never_hang(tmp_path):
                 work_dir = tmp_path / f"plan{i % 2}"
                 work_dir.mkdir(exist_ok=True)
                 p = plan_run(str(arc), str(out), ST, str(work_dir), incremental=True, rescore=False, max_bytes=None,
-                             scoring=("w", None, None))
+                             scoring=("w", None, None, None))
                 assert p.listed == 20
                 done[1] += 1
         except Exception as e:  # noqa: BLE001 - reported below

@@ -126,7 +126,8 @@ def cell_means(full: np.ndarray) -> np.ndarray:
     return pad.reshape(pad.shape[0] // 4, 4, pad.shape[1] // 4, 4).mean((1, 3))  # (h/4, 4, w/4, 4) -> cells
 
 
-def pack(margin_lowres: np.ndarray, conf_lowres: np.ndarray, size: tuple[int, int], **second: np.ndarray | None) -> bytes:
+def pack(margin_lowres: np.ndarray, conf_lowres: np.ndarray, size: tuple[int, int],
+         **second: np.ndarray | None) -> bytes:
     """The model stage's hand-over: the logits as computed (uncompressed: compressing is the map stage's
     work), and each second opinion's map at stride 4 when the scan computes one (``SECOND_OPINIONS`` keys)."""
     unknown = set(second) - set(SECOND_OPINIONS)
@@ -206,7 +207,8 @@ def store_maps(table: pa.Table, output_root: str, storage: StorageConfig | None 
             row.update(map_uri=rel(uri), preview_uri=rel(preview_uri(uri)), map_codec=MAP_CODEC)
             for kind, lowres in second.items():
                 _, model_col, map_col = SECOND_OPINIONS[kind]
-                row[map_col] = rel(save_lowres_map(maps_root, row["sha256"], kind, row[model_col], lowres, size, storage))
+                uri_2 = save_lowres_map(maps_root, row["sha256"], kind, row[model_col], lowres, size, storage)
+                row[map_col] = rel(uri_2)
         except Exception as e:  # noqa: BLE001 - becomes an error row, the stage lives on
             row.update(dict.fromkeys((*MODEL_OUTPUT_COLUMNS, *MAP_COLUMNS)), status=STATUS_ERROR,
                        error_kind=ERROR_TRANSIENT,
