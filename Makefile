@@ -60,7 +60,7 @@ OPENVINO_OTHER_KERNELS := ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2
 
 test: $(STAMP) browser
 	$(BIN)/python -m pytest -q --durations=15 $(PYTEST_ARGS)
-	$(OTHER_KERNELS) $(BIN)/python -m pytest -q -m "parity and not slow" -k "((synthetic_odd or recipe) and not openvino) or (mantranet_f32 and (tiny or crop256))" $(PYTEST_ARGS)
+	$(OTHER_KERNELS) $(BIN)/python -m pytest -q -m "parity and not slow" -k "((synthetic_odd or recipe) and not openvino) or (mantranet_f32 and (tiny or crop256) and not intermediates)" $(PYTEST_ARGS)
 	$(OPENVINO_OTHER_KERNELS) $(BIN)/python -m pytest -q -m "parity and not slow" -k "openvino" $(PYTEST_ARGS)
 
 # The generated reference (docs/cli.md from the parser, docs/schema.md from the row schema); a

@@ -42,10 +42,11 @@ BACKEND_HELP = ("auto (OpenVINO on the CPU in fp32 float32 with at least AVX, el
 WHOLE_IMAGE = EvalConfig(attention="sdpa", attn_block_elems=None, mlp_block_elems=None, dncnn_tile=None,
                          decoder_block_elems=None)
 # Default largest image (pixels) a compiled graph takes whole (``--compiled-max-pixels``); larger ones take
-# the bounded-memory eager path. Measured (BENCHMARKS.md "Compiled model paths"): OpenVINO's peak RSS
-# was 3.6 GiB at 1 MP and 8.3 GiB at 3 MP (eager's bounded path: 2.2 GiB); 3.2 MP takes a 2048x1536
-# image, the largest side most platforms serve.
-COMPILED_MAX_PIXELS = 3_200_000
+# the bounded-memory eager path. OpenVINO's peak RSS with its per-shape kernel cache off (needed for correct
+# results, below), measured 2026-12-05 (BENCHMARKS.md "Compiled model paths"): 4.2 / 6.8 / 10.1 / 14.3 /
+# 19.3 GiB at 1 / 1.5 / 2 / 2.5 / 3 MP (eager's bounded path: under 2 GiB). 1.7 MP (~8 GiB, the budget
+# 3.2 MP had with the cache on) takes a 1080x1350 or 1280x1280 post whole; a 2048x1536 photo goes eager.
+COMPILED_MAX_PIXELS = 1_700_000
 
 
 def openvino_cache() -> Path:
