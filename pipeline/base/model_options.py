@@ -29,7 +29,8 @@ class WeightsOptions:
     """Which weights and numerics a command scores with (keyword-only: after each config's own fields)."""
 
     checkpoint: str | None = field(default=None, metadata=opt(
-        "trufor.pth.tar (default: $TRUFOR_WEIGHTS, then the cache, then download)"))
+        "trufor.pth.tar (default: $TRUFOR_WEIGHTS, then the cache, then download); `predict --model mantranet`: "
+        "its Keras .h5 (default: the file `weights get mantranet` cached)"))
     noiseprint_weights: str | None = field(default=None, metadata=opt(
         "a noiseprint++.th-format file replacing the Noiseprint++ weights"))
     variant: str = field(default=VARIANTS[0], metadata=opt(
