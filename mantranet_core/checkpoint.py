@@ -58,7 +58,7 @@ def _param_key(layer: str, weight_name: str) -> str:
 
 
 def _to_torch_layout(key: str, a: np.ndarray) -> np.ndarray:
-    if a.ndim == 4 and key.endswith("kernel") and not key.endswith("min_std"):
+    if a.ndim == 4 and key.endswith("kernel"):
         return a.transpose(3, 2, 0, 1)  # (kh, kw, in, out) -> (out, in, kh, kw)
     if key.endswith("min_std"):
         return a.reshape(-1)  # (1, 1, 1, C) -> (C,)

@@ -17,6 +17,7 @@ so float32 sums are smaller and rounding differs (tested: float64 tiled = whole 
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import tempfile
 from dataclasses import dataclass
@@ -155,25 +156,15 @@ class ManTraNet(nn.Module):
         return ManTraNetOutput(logits=logits, glbstd=sigma)
 
 
-class _store:
-    """The bnorm output of a whole image: a tensor, or above ``spill_bytes`` a tensor over a temporary
-    file in $TMPDIR (deleted on exit), so pass 1's output does not have to fit in RAM."""
-
-    def __init__(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, spill_bytes: int):
-        self.shape, self.dtype, self.device, self.spill = shape, dtype, device, spill_bytes
-        self.file = None
-
-    def __enter__(self) -> torch.Tensor:
-        size = math.prod(self.shape) * torch.empty((), dtype=self.dtype).element_size()
-        if size <= self.spill:
-            return torch.empty(self.shape, dtype=self.dtype, device=self.device)
-        self.file = tempfile.NamedTemporaryFile(prefix="mantranet-bnorm-", suffix=".bin")
-        self.file.truncate(size)
-        np_dtype = torch.empty((), dtype=self.dtype).numpy().dtype
-        return torch.from_numpy(np.memmap(self.file.name, dtype=np_dtype, mode="r+", shape=self.shape))
-
-    def __exit__(self, *exc) -> None:
-        if self.file is not None:
-            self.file.close()
-            self.file = None
-
+@contextlib.contextmanager
+def _store(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, spill_bytes: int):
+    """The bnorm output of a whole image: a tensor, or above ``spill_bytes`` a tensor over a temporary file
+    in $TMPDIR (deleted on exit), so pass 1's output does not have to fit in RAM."""
+    size = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    if size <= spill_bytes:
+        yield torch.empty(shape, dtype=dtype, device=device)
+        return
+    with tempfile.NamedTemporaryFile(prefix="mantranet-bnorm-", suffix=".bin") as f:
+        f.truncate(size)
+        np_dtype = torch.empty((), dtype=dtype).numpy().dtype
+        yield torch.from_numpy(np.memmap(f.name, dtype=np_dtype, mode="r+", shape=shape))

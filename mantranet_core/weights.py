@@ -14,11 +14,10 @@ import shutil
 import stat
 import sys
 import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Callable
 
-from trufor_core.weights import WeightsError, cache_dir
+from trufor_core.weights import WeightsError, cache_dir, fetch_to
 
 OFFICIAL_COMMIT = "59436db177eba11cacba846d53eb7b44b6d482ea"  # the snapshot the parity fixtures come from
 FILE_NAME = "ManTraNet_Ptrain4.h5"
@@ -96,13 +95,7 @@ def get_weights(dest_dir: str | os.PathLike | None = None, source: str | os.Path
     else:
         origin = url
         try:
-            with urllib.request.urlopen(url, timeout=timeout) as resp, open(tmp, "wb") as f:
-                n = 0
-                while block := resp.read(1 << 20):
-                    n += len(block)
-                    if n > MAX_BYTES:
-                        raise WeightsError(f"{url} sent more than {MAX_BYTES} bytes (the official file is ~15 MB)")
-                    f.write(block)
+            fetch_to(url, tmp, timeout, max_bytes=MAX_BYTES)
         except (urllib.error.URLError, OSError, WeightsError) as e:
             tmp.unlink(missing_ok=True)
             raise WeightsError(f"could not download {url}: {e}; offline, copy {FILE_NAME} here and run "

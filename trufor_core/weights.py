@@ -67,6 +67,21 @@ def resolve_weights(checkpoint: str | None, allow_download: bool = False,
     return download_weights(cache_dir(), url=url, md5=md5, log=log)
 
 
+def fetch_to(url: str, path: Path, timeout: float, hasher=None, max_bytes: int | None = None) -> None:
+    """Stream ``url`` into ``path`` (each socket operation within ``timeout``), feeding ``hasher`` as it goes;
+    past ``max_bytes`` it stops with WeightsError. Raises what urllib and the file raise; the caller removes
+    ``path`` on failure."""
+    n = 0
+    with urllib.request.urlopen(url, timeout=timeout) as resp, open(path, "wb") as f:
+        while block := resp.read(1 << 20):
+            n += len(block)
+            if max_bytes is not None and n > max_bytes:
+                raise WeightsError(f"{url} sent more than {max_bytes} bytes")
+            if hasher is not None:
+                hasher.update(block)
+            f.write(block)
+
+
 def download_weights(dest_dir: str | os.PathLike, url: str = OFFICIAL_WEIGHTS_URL, md5: str = OFFICIAL_ZIP_MD5,
                      timeout: float = 60.0, log: Callable[[str], None] = print) -> Path:
     """Fetch the weights zip, check its MD5, unpack ``trufor.pth.tar`` into ``dest_dir``.
@@ -81,10 +96,7 @@ def download_weights(dest_dir: str | os.PathLike, url: str = OFFICIAL_WEIGHTS_UR
     zip_part = dest_dir / "TruFor_weights.zip.part"
     digest = hashlib.md5()
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp, open(zip_part, "wb") as f:
-            while block := resp.read(1 << 20):
-                digest.update(block)
-                f.write(block)
+        fetch_to(url, zip_part, timeout, hasher=digest)
     except (urllib.error.URLError, OSError) as e:
         zip_part.unlink(missing_ok=True)
         raise WeightsError(f"could not download {url}: {e}; {how_to_get_weights()}") from e

@@ -484,13 +484,12 @@ def sql_str(s: str) -> str:
 
 def parquet_sql(snap: Snapshot) -> str:
     """A DuckDB table expression over a snapshot's validated files (typed and empty when it has none)."""
+    cols = ", ".join(f"NULL::{_duck_type(f.type)} AS \"{f.name}\"" for f in snap.schema)
     if not snap.files:
-        cols = ", ".join(f"NULL::{_duck_type(f.type)} AS \"{f.name}\"" for f in snap.schema)
         return f"(SELECT {cols} LIMIT 0)"
     files = ", ".join(sql_str(f) for f in snap.files)
     # BY NAME after the typed empty select: every column of the schema is there (NULL in files written
     # before it existed, e.g. mantranet_score), so SQL may name it whatever the table's age.
-    cols = ", ".join(f"NULL::{_duck_type(f.type)} AS \"{f.name}\"" for f in snap.schema)
     return f"(SELECT {cols} WHERE false UNION ALL BY NAME SELECT * FROM read_parquet([{files}], union_by_name = true))"
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from mantranet_core import count_steps as mantranet_steps, load_mantranet, to_input
 from pipeline.base import maps
 from pipeline.base.model_options import BatchOptions
 from pipeline.base.schema import (DECODED_COLUMNS, ERROR_TRANSIENT, STATUS_ERROR, STATUS_OK, ScanRow, coerce,
@@ -134,8 +135,6 @@ class TruForPredictor:
             check_fitted_on(self.noise_anomaly, self.model.dncnn.state_dict(), "the scan's weights", cfg.noise_anomaly)
         self.mantranet = self.mantranet_sha = None
         if cfg.mantranet:
-            from mantranet_core import load_mantranet
-
             self.mantranet, info = load_mantranet(local_copy(cfg.mantranet, cfg.storage), device=self.device)
             self.mantranet_sha = info.sha256
         self.ready_at = time.time()
@@ -173,9 +172,7 @@ class TruForPredictor:
             budget = self.cfg.max_seconds_per_image
             steps = self.runner.steps(x, self.ev)
             if self.mantranet is not None:  # the second detector runs in the same budget and progress count
-                from mantranet_core import count_steps
-
-                steps += len(pixels) * count_steps(*pixels[0].shape[:2])
+                steps += len(pixels) * mantranet_steps(*pixels[0].shape[:2])
             watch = Watch(steps, budget * len(pixels) if budget > 0 else None,
                           report=lambda *a: self._report(uris, *a), report_after_s=self.cfg.slow_image_s,
                           report_every_s=self.cfg.slow_image_s)
@@ -209,8 +206,6 @@ class TruForPredictor:
     def _mantranet(self, rgb: np.ndarray, watch: Watch) -> tuple[float, np.ndarray]:
         """(score = the map's largest value, the map averaged over 4 x 4 cells) of one image, by ManTra-Net's
         bounded-memory forward; its steps count on the image's watch (progress lines, the time budget)."""
-        from mantranet_core import to_input
-
         with torch.inference_mode(), on_step(watch):
             out = self.mantranet(to_input(rgb).to(self.device))
         mask = out.mask[0].float().cpu().numpy()  # (H, W)
